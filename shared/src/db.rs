@@ -1,0 +1,264 @@
+//! The PostgreSQL adapter: connection pools, migrations, the queries every
+//! level shares, and the translation of database errors into purchase
+//! outcomes.
+//!
+//! Strategies write their own SQL for the part that *is* their lesson (a
+//! `FOR UPDATE`, a `WHERE version = $2`); what is the same everywhere (insert
+//! an order, read a ticket, reset a sale, count the truth) lives here once.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
+use sqlx::Row as _;
+
+use crate::domain::{Order, OrderId, PurchaseError, Ticket, TicketId, UserId};
+
+/// The schema, embedded in every binary. Applied with [`migrate`].
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Opens a pool of at most `max_connections` connections to `url`.
+///
+/// A buyer who cannot get a connection within `acquire_timeout` is answered
+/// `busy` (see [`classify`]): 1000 buyers and a pool of 10 means 990 wait in
+/// line *in the server*, which is part of what Level 2 teaches.
+pub async fn connect(
+    url: &str,
+    max_connections: u32,
+    acquire_timeout: Duration,
+) -> anyhow::Result<PgPool> {
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(acquire_timeout)
+        .connect(url)
+        .await
+        .with_context(|| format!("cannot connect to PostgreSQL at {}", redact(url)))
+}
+
+/// Applies the migrations. Safe when two servers start at the same moment:
+/// sqlx takes a PostgreSQL advisory lock around the whole run, so the second
+/// server waits, then finds everything applied and does nothing.
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    MIGRATOR
+        .run(pool)
+        .await
+        .context("cannot apply the database migrations")
+}
+
+/// Hides the password in a database URL before it is printed.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _password)) => {
+                    format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+                }
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// The SQLSTATE of a database error, if `err` is one.
+pub fn sqlstate(err: &sqlx::Error) -> Option<String> {
+    match err {
+        sqlx::Error::Database(db) => db.code().map(|code| code.into_owned()),
+        _ => None,
+    }
+}
+
+/// SQLSTATE 40001 (serialization_failure) or 40P01 (deadlock_detected): the
+/// transaction lost a race that PostgreSQL detected, and may simply be retried.
+pub fn is_retryable_conflict(err: &sqlx::Error) -> bool {
+    matches!(sqlstate(err).as_deref(), Some("40001" | "40P01"))
+}
+
+/// Translates a database error into the purchase outcome a caller acts on.
+///
+/// The constraints do real work here: a UNIQUE violation *is* the answer
+/// "already purchased", a foreign-key violation *is* "no such ticket", and a
+/// lock that could not be had (NOWAIT, `lock_timeout`) is "busy, try again".
+pub fn classify(err: sqlx::Error) -> PurchaseError {
+    match &err {
+        sqlx::Error::PoolTimedOut => PurchaseError::busy("every database connection is in use"),
+        sqlx::Error::Io(_) | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) => {
+            PurchaseError::Unavailable(anyhow::Error::new(err).context("the database"))
+        }
+        sqlx::Error::Database(_) => match sqlstate(&err).as_deref() {
+            Some("23505") => PurchaseError::AlreadyPurchased,
+            Some("23503") => PurchaseError::NotFound,
+            Some("55P03") => PurchaseError::busy("the ticket row is locked by another buyer"),
+            Some("40001" | "40P01") => {
+                PurchaseError::busy("the transaction lost a race and was rolled back")
+            }
+            Some(code) if code.starts_with("08") || code.starts_with("57P") => {
+                PurchaseError::Unavailable(anyhow::Error::new(err).context("the database"))
+            }
+            _ => PurchaseError::Unexpected(anyhow::Error::new(err)),
+        },
+        _ => PurchaseError::Unexpected(anyhow::Error::new(err)),
+    }
+}
+
+impl From<sqlx::Error> for PurchaseError {
+    fn from(err: sqlx::Error) -> Self {
+        classify(err)
+    }
+}
+
+/// Inserts the order row. A second order by the same buyer fails on
+/// UNIQUE (ticket_id, user_id) and comes back as
+/// [`PurchaseError::AlreadyPurchased`], whatever lock the caller holds.
+pub async fn insert_order(
+    conn: &mut PgConnection,
+    ticket: TicketId,
+    user: UserId,
+) -> Result<Order, PurchaseError> {
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO ticket_orders (ticket_id, user_id) VALUES ($1, $2) RETURNING id",
+    )
+    .bind(ticket.get())
+    .bind(user.get())
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(Order {
+        order_id: OrderId(id),
+        ticket_id: ticket,
+        user_id: user,
+    })
+}
+
+/// Whether `user` already holds `ticket`. Strategies that hold a lock ask
+/// this before touching stock, so that a second click by the same buyer is
+/// answered without spending a unit of stock.
+pub async fn has_order(
+    conn: &mut PgConnection,
+    ticket: TicketId,
+    user: UserId,
+) -> Result<bool, PurchaseError> {
+    let found: Option<i32> =
+        sqlx::query_scalar("SELECT 1 FROM ticket_orders WHERE ticket_id = $1 AND user_id = $2")
+            .bind(ticket.get())
+            .bind(user.get())
+            .fetch_optional(&mut *conn)
+            .await?;
+    Ok(found.is_some())
+}
+
+/// Reads a ticket with both counts of what was sold (see [`Ticket`]).
+pub async fn fetch_ticket(pool: &PgPool, id: TicketId) -> Result<Option<Ticket>, PurchaseError> {
+    let row = sqlx::query(
+        "SELECT t.name, t.total, t.stock, \
+                (SELECT count(*) FROM ticket_orders o WHERE o.ticket_id = t.id) AS sold \
+         FROM tickets t WHERE t.id = $1",
+    )
+    .bind(id.get())
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|row| Ticket {
+        id,
+        name: row.get("name"),
+        total: row.get("total"),
+        stock: row.get("stock"),
+        sold: row.get("sold"),
+    }))
+}
+
+/// Puts `ticket` on sale afresh: deletes its orders and sets total and stock
+/// to `stock`, creating the row if needed. The load tool calls this before
+/// every run.
+pub async fn reset_ticket(
+    pool: &PgPool,
+    ticket: TicketId,
+    name: &str,
+    stock: i32,
+) -> anyhow::Result<()> {
+    let mut tx = pool.begin().await.context("begin reset")?;
+    sqlx::query("DELETE FROM ticket_orders WHERE ticket_id = $1")
+        .bind(ticket.get())
+        .execute(&mut *tx)
+        .await
+        .context("delete the ticket's orders")?;
+    sqlx::query(
+        "INSERT INTO tickets (id, name, total, stock, version) VALUES ($1, $2, $3, $3, 0) \
+         ON CONFLICT (id) DO UPDATE SET name = $2, total = $3, stock = $3, version = 0",
+    )
+    .bind(ticket.get())
+    .bind(name)
+    .bind(stock)
+    .execute(&mut *tx)
+    .await
+    .context("reset the ticket's stock")?;
+    tx.commit().await.context("commit reset")?;
+    Ok(())
+}
+
+/// What the database says happened to one ticket: the ground truth a load
+/// run is judged by (see [`crate::verify`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DbTruth {
+    /// Units put on sale.
+    pub total: i32,
+    /// The stock column as it stands.
+    pub stock: i32,
+    /// Order rows for the ticket.
+    pub orders: i64,
+    /// Distinct buyers among those rows.
+    pub distinct_buyers: i64,
+}
+
+impl DbTruth {
+    /// Rows beyond one per buyer. UNIQUE (ticket_id, user_id) should keep this
+    /// at zero; the verifier counts it instead of trusting the constraint.
+    pub fn duplicate_orders(&self) -> i64 {
+        self.orders - self.distinct_buyers
+    }
+}
+
+/// Reads [`DbTruth`] for `ticket` in one consistent snapshot.
+pub async fn truth(pool: &PgPool, ticket: TicketId) -> anyhow::Result<DbTruth> {
+    let row = sqlx::query(
+        "SELECT t.total, t.stock, \
+                (SELECT count(*) FROM ticket_orders o WHERE o.ticket_id = t.id) AS orders, \
+                (SELECT count(DISTINCT o.user_id) FROM ticket_orders o WHERE o.ticket_id = t.id) AS buyers \
+         FROM tickets t WHERE t.id = $1",
+    )
+    .bind(ticket.get())
+    .fetch_optional(pool)
+    .await
+    .context("read the ticket's orders and stock")?
+    .with_context(|| format!("ticket {ticket} does not exist"))?;
+    Ok(DbTruth {
+        total: row.get("total"),
+        stock: row.get("stock"),
+        orders: row.get("orders"),
+        distinct_buyers: row.get("buyers"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_hides_only_the_password() {
+        assert_eq!(
+            redact("postgres://rush:secret@127.0.0.1:5432/rush"),
+            "postgres://rush:***@127.0.0.1:5432/rush"
+        );
+        assert_eq!(
+            redact("postgres://postgres@127.0.0.1/rush"),
+            "postgres://postgres@127.0.0.1/rush"
+        );
+        assert_eq!(redact("postgres:///rush"), "postgres:///rush");
+    }
+
+    #[test]
+    fn pool_exhaustion_is_busy_not_a_bug() {
+        assert_eq!(classify(sqlx::Error::PoolTimedOut).code(), "busy");
+        assert_eq!(classify(sqlx::Error::PoolClosed).code(), "unavailable");
+        assert_eq!(classify(sqlx::Error::RowNotFound).code(), "internal");
+    }
+}

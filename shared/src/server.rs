@@ -1,0 +1,238 @@
+//! Starting a level's server: the one function every level binary calls.
+//!
+//! It binds the port first (so `--port 0` works and a port in use fails
+//! before anything else happens), connects to PostgreSQL (or starts a
+//! throwaway one), applies migrations, builds the chosen strategy, and serves
+//! the API until Ctrl-C or SIGTERM, finishing the requests in flight.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::builder::{PossibleValue, PossibleValuesParser};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::api::{app, AppState};
+use crate::db;
+use crate::metrics::Metrics;
+use crate::services::Postgres;
+use crate::strategy::{find, StrategyContext, StrategyEntry};
+
+/// The flags every level's server accepts.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServerArgs {
+    /// Port to listen on. Use 8080 and 8081 to run two servers side by side;
+    /// 0 picks a free port and prints it.
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+
+    /// Address to listen on. The default keeps the server private to this
+    /// machine.
+    #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
+    pub host: IpAddr,
+
+    /// PostgreSQL to use, for example postgres://postgres@127.0.0.1:5432/postgres.
+    /// Two servers must share one database for the multi-server lessons.
+    /// Without it, the server starts a private throwaway PostgreSQL (fine
+    /// for trying one server, useless for two).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Milliseconds to pause between reading the stock and writing it back.
+    /// This widens the race window so that unsafe strategies fail every
+    /// time instead of once in a while; safe strategies stay correct, only
+    /// slower.
+    #[arg(long, default_value_t = 0, value_name = "MS")]
+    pub think_time_ms: u64,
+
+    /// Most database connections this server opens. Buyers beyond it wait in
+    /// line inside the server for a free connection.
+    #[arg(long, default_value_t = 10)]
+    pub max_connections: u32,
+
+    /// How long a request waits for a free connection before it is answered
+    /// 503 busy.
+    #[arg(long, default_value_t = 10_000, value_name = "MS")]
+    pub acquire_timeout_ms: u64,
+}
+
+impl Default for ServerArgs {
+    fn default() -> Self {
+        Self {
+            port: 8080,
+            host: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            database_url: None,
+            think_time_ms: 0,
+            max_connections: 10,
+            acquire_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// A clap value parser that accepts exactly the names in a strategy table,
+/// with each strategy's one-liner shown by `--help`.
+pub fn strategy_parser<C>(table: &'static [StrategyEntry<C>]) -> PossibleValuesParser {
+    PossibleValuesParser::new(
+        table
+            .iter()
+            .map(|entry| PossibleValue::new(entry.name).help(entry.about)),
+    )
+}
+
+/// A server that is up and answering.
+pub struct RunningServer {
+    addr: SocketAddr,
+    level: &'static str,
+    strategy: &'static str,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+    // Keeps a throwaway PostgreSQL alive for as long as the server runs.
+    _postgres: Option<Postgres>,
+}
+
+impl RunningServer {
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Its base URL, `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops accepting, finishes requests in flight, and returns.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        (&mut self.task)
+            .await
+            .context("the server task panicked")??;
+        Ok(())
+    }
+
+    /// Serves until Ctrl-C or SIGTERM, then shuts down gracefully.
+    pub async fn run_until_signal(self) -> anyhow::Result<()> {
+        shutdown_signal().await;
+        tracing::info!(
+            level = self.level,
+            strategy = self.strategy,
+            "shutting down"
+        );
+        self.stop().await
+    }
+}
+
+/// Starts a level's server with the strategy called `strategy` from `table`.
+/// `config` holds the level's own settings (retries, lock timeouts...).
+pub async fn start<C: Send + Sync + 'static>(
+    args: ServerArgs,
+    level: &'static str,
+    table: &'static [StrategyEntry<C>],
+    strategy: &str,
+    config: C,
+) -> anyhow::Result<RunningServer> {
+    let entry = find(table, strategy)?;
+    let listener = TcpListener::bind((args.host, args.port))
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {}:{} (is another server already using that port?)",
+                args.host, args.port
+            )
+        })?;
+    let addr = listener.local_addr()?;
+
+    let (postgres, url) = match args.database_url {
+        Some(url) => (None, url),
+        None => {
+            tracing::warn!(
+                "no --database-url or DATABASE_URL: starting a private throwaway PostgreSQL; \
+                 a second server would not share it"
+            );
+            let pg = tokio::task::spawn_blocking(Postgres::throwaway).await??;
+            let url = pg.url().to_owned();
+            (Some(pg), url)
+        }
+    };
+    let pool = db::connect(
+        &url,
+        args.max_connections,
+        Duration::from_millis(args.acquire_timeout_ms),
+    )
+    .await?;
+    db::migrate(&pool).await?;
+
+    let metrics = Metrics::new();
+    let context = StrategyContext {
+        pool: pool.clone(),
+        think_time: Duration::from_millis(args.think_time_ms),
+        metrics: metrics.clone(),
+        instance: format!("{level}-{}-{:08x}", addr.port(), rand::random::<u32>()),
+    };
+    let sell = (entry.build)(&context, &config)
+        .with_context(|| format!("cannot set up strategy {}", entry.name))?;
+    let router = app(AppState {
+        strategy: sell,
+        pool,
+        metrics,
+    });
+
+    let (shutdown, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    tracing::info!(
+        level,
+        strategy = entry.name,
+        think_time_ms = args.think_time_ms,
+        database = %db::redact(&url),
+        "listening on http://{addr}"
+    );
+    Ok(RunningServer {
+        addr,
+        level,
+        strategy: entry.name,
+        shutdown: Some(shutdown),
+        task,
+        _postgres: postgres,
+    })
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}
+
+/// Sets up logging for a binary: `RUST_LOG` if set, else `info` for our
+/// crates and warnings for the noisy ones. Calling it twice is harmless.
+pub fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,hyper=warn,tower=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

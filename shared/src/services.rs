@@ -1,0 +1,468 @@
+//! Finding PostgreSQL and Redis: the one module that tests, the load tool and
+//! the server binaries all use.
+//!
+//! In this order:
+//! 1. a URL given by flag or environment (`DATABASE_URL`, `REDIS_URL`);
+//! 2. otherwise a throwaway server started from the binaries on `PATH`
+//!    (`initdb`/`pg_ctl`/`postgres`, `redis-server`) on a free loopback port,
+//!    in a temporary directory;
+//! 3. otherwise a clear error that says what to install (or to use
+//!    `docker compose up`, see the README).
+//!
+//! A throwaway server is watched by a small `sh` supervisor whose standard
+//! input is a pipe from this process. When this process ends *in any way* (a
+//! normal exit, a panic, Ctrl-C, even SIGKILL) the pipe closes, the
+//! supervisor reads end-of-file, stops the server and deletes its directory.
+//! That is what lets a test binary keep one server in a `static` (never
+//! dropped) without leaking processes.
+//!
+//! PostgreSQL refuses to run as root; when this process is root, the server
+//! runs as the `postgres` user.
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+
+/// How long a throwaway server may take to come up.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A PostgreSQL server: one someone else runs (a URL), or a throwaway one
+/// that lives as long as this value (or this process).
+pub struct Postgres {
+    url: String,
+    process: Option<Supervised>,
+}
+
+impl std::fmt::Debug for Postgres {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Postgres")
+            .field("url", &crate::db::redact(&self.url))
+            .field("throwaway", &self.process.is_some())
+            .finish()
+    }
+}
+
+impl Postgres {
+    /// A server someone else runs.
+    pub fn external(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            process: None,
+        }
+    }
+
+    /// `DATABASE_URL` if set, otherwise a throwaway server.
+    pub fn from_env_or_throwaway() -> anyhow::Result<Self> {
+        match std::env::var("DATABASE_URL") {
+            Ok(url) if !url.trim().is_empty() => Ok(Self::external(url)),
+            _ => Self::throwaway(),
+        }
+    }
+
+    /// One server per process, started on first use: tests call this so that
+    /// a test binary pays for one server, and each test then takes a
+    /// [`fresh_database`](Self::fresh_database) of its own.
+    pub fn shared() -> anyhow::Result<&'static Postgres> {
+        static SHARED: OnceLock<Result<Postgres, String>> = OnceLock::new();
+        SHARED
+            .get_or_init(|| Self::from_env_or_throwaway().map_err(|e| format!("{e:#}")))
+            .as_ref()
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    }
+
+    /// Starts a throwaway PostgreSQL on a free loopback port. Tuned for speed
+    /// (fsync off): it holds nothing worth keeping.
+    pub fn throwaway() -> anyhow::Result<Self> {
+        let bin = find_postgres_bin().context(
+            "no PostgreSQL server binaries found (initdb, pg_ctl, postgres). Install them \
+             (Debian: apt-get install postgresql), set DATABASE_URL to a server you run, \
+             or start one with `docker compose up -d postgres`",
+        )?;
+        let run_as = postgres_user()?;
+        let dir = make_private_dir("pg", run_as.as_ref())?;
+        let port = free_port()?;
+        let script = r#"
+set -eu
+"$PGBIN/initdb" -D "$DIR/data" -U postgres -A trust -E UTF8 --no-sync >"$DIR/initdb.log" 2>&1
+"$PGBIN/pg_ctl" -D "$DIR/data" -l "$DIR/postgres.log" -w -t 60 -s \
+  -o "-p $PORT -k $DIR -c listen_addresses=127.0.0.1 -c max_connections=$MAXCONN -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c shared_buffers=128MB" \
+  start
+echo ready
+read -r _ || true
+"$PGBIN/pg_ctl" -D "$DIR/data" -m immediate -s stop >/dev/null 2>&1 || true
+rm -rf "$DIR"
+"#;
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(script)
+            .env("PGBIN", &bin)
+            .env("DIR", &dir)
+            .env("PORT", port.to_string())
+            .env("MAXCONN", "600");
+        let process = Supervised::spawn(
+            command,
+            run_as.as_ref(),
+            &dir,
+            &["initdb.log", "postgres.log"],
+        )
+        .context("cannot start a throwaway PostgreSQL")?;
+        let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+        tracing::info!(%url, dir = %dir.display(), "started a throwaway PostgreSQL");
+        Ok(Self {
+            url,
+            process: Some(process),
+        })
+    }
+
+    /// The server's URL (its `postgres` database).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Whether this value started the server (and will stop it).
+    pub fn is_throwaway(&self) -> bool {
+        self.process.is_some()
+    }
+
+    /// Creates an empty database with a unique name and returns its URL, so
+    /// that tests sharing one server never see each other's rows.
+    pub async fn fresh_database(&self) -> anyhow::Result<String> {
+        use sqlx::Connection as _;
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "rush_{}_{}_{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed),
+            rand::random::<u32>()
+        );
+        let mut admin = sqlx::PgConnection::connect(&self.url)
+            .await
+            .with_context(|| format!("cannot connect to {}", crate::db::redact(&self.url)))?;
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .context("cannot create a fresh database")?;
+        admin.close().await.ok();
+        Ok(with_database(&self.url, &name))
+    }
+}
+
+/// Replaces the database name in a PostgreSQL URL.
+pub fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let authority_start = base.find("://").map_or(0, |i| i + 3);
+    let path_start = base[authority_start..]
+        .find('/')
+        .map_or(base.len(), |i| authority_start + i);
+    let mut out = format!("{}/{database}", &base[..path_start]);
+    if let Some(query) = query {
+        out.push('?');
+        out.push_str(query);
+    }
+    out
+}
+
+/// A Redis server: one someone else runs (a URL), or a throwaway one.
+pub struct Redis {
+    url: String,
+    port: Option<u16>,
+    process: Option<Supervised>,
+}
+
+impl std::fmt::Debug for Redis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redis")
+            .field("url", &self.url)
+            .field("throwaway", &self.process.is_some())
+            .finish()
+    }
+}
+
+impl Redis {
+    /// A server someone else runs.
+    pub fn external(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            port: None,
+            process: None,
+        }
+    }
+
+    /// `REDIS_URL` if set, otherwise a throwaway server.
+    pub fn from_env_or_throwaway() -> anyhow::Result<Self> {
+        match std::env::var("REDIS_URL") {
+            Ok(url) if !url.trim().is_empty() => Ok(Self::external(url)),
+            _ => Self::throwaway(),
+        }
+    }
+
+    /// One server per process, started on first use (see [`Postgres::shared`]).
+    pub fn shared() -> anyhow::Result<&'static Redis> {
+        static SHARED: OnceLock<Result<Redis, String>> = OnceLock::new();
+        SHARED
+            .get_or_init(|| Self::from_env_or_throwaway().map_err(|e| format!("{e:#}")))
+            .as_ref()
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    }
+
+    /// Starts a throwaway Redis on a free loopback port, without persistence.
+    pub fn throwaway() -> anyhow::Result<Self> {
+        Self::throwaway_on(free_port()?, &[])
+    }
+
+    /// Starts a throwaway Redis on `port` with extra `redis-server` arguments
+    /// (for instance `["--appendonly", "yes"]`). Tests that stop and restart
+    /// Redis use the same port again.
+    pub fn throwaway_on(port: u16, extra_args: &[&str]) -> anyhow::Result<Self> {
+        let server = which("redis-server").context(
+            "no redis-server found on PATH. Install it (Debian: apt-get install redis-server), \
+             set REDIS_URL to a server you run, or start one with `docker compose up -d redis`",
+        )?;
+        let dir = make_private_dir("redis", None)?;
+        let script = r#"
+set -eu
+"$REDIS_SERVER" --port "$PORT" --bind 127.0.0.1 --dir "$DIR" --save '' --appendonly no \
+  --logfile "$DIR/redis.log" "$@" &
+pid=$!
+echo ready
+read -r _ || true
+kill "$pid" 2>/dev/null || true
+wait "$pid" 2>/dev/null || true
+rm -rf "$DIR"
+"#;
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(script)
+            .arg("redis-supervisor")
+            .args(extra_args)
+            .env("REDIS_SERVER", &server)
+            .env("DIR", &dir)
+            .env("PORT", port.to_string());
+        let process = Supervised::spawn(command, None, &dir, &["redis.log"])
+            .context("cannot start a throwaway Redis")?;
+        wait_for_redis(port, &process).context("the throwaway Redis did not come up")?;
+        let url = format!("redis://127.0.0.1:{port}/");
+        tracing::info!(%url, "started a throwaway Redis");
+        Ok(Self {
+            url,
+            port: Some(port),
+            process: Some(process),
+        })
+    }
+
+    /// The server's URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The port of a throwaway server.
+    pub fn port(&self) -> Option<u16> {
+        self.port
+    }
+}
+
+/// A server process under an `sh` supervisor that stops it when our end of
+/// its stdin pipe closes.
+struct Supervised {
+    child: Child,
+    stdin: Option<ChildStdin>,
+}
+
+impl Supervised {
+    fn spawn(
+        mut command: Command,
+        run_as: Option<&nix::unistd::User>,
+        dir: &Path,
+        logs: &[&str],
+    ) -> anyhow::Result<Self> {
+        let stderr = std::fs::File::create(dir.join("supervisor.log"))
+            .context("cannot create the supervisor's log")?;
+        command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            // Its own process group: a Ctrl-C in the terminal reaches us, and
+            // we (through the pipe) decide when the server stops.
+            .process_group(0);
+        if let Some(user) = run_as {
+            command.uid(user.uid.as_raw()).gid(user.gid.as_raw());
+        }
+        let mut child = command.spawn().context("cannot run sh")?;
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let mut process = Self { child, stdin };
+        match rx.recv_timeout(START_TIMEOUT) {
+            Ok(line) if line.trim() == "ready" => Ok(process),
+            Ok(_) => {
+                let _ = process.child.wait();
+                bail!("the server failed to start:\n{}", tail_logs(dir, logs))
+            }
+            Err(_) => bail!(
+                "the server did not start within {START_TIMEOUT:?}:\n{}",
+                tail_logs(dir, logs)
+            ),
+        }
+    }
+
+    fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Supervised {
+    fn drop(&mut self) {
+        // Closing the pipe tells the supervisor to stop the server.
+        drop(self.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if !self.is_running() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_for_redis(port: u16, process: &Supervised) -> anyhow::Result<()> {
+    let _ = process;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let answer = TcpStream::connect((Ipv4Addr::LOCALHOST, port)).and_then(|mut stream| {
+            stream.set_read_timeout(Some(Duration::from_millis(500)))?;
+            stream.write_all(b"PING\r\n")?;
+            let mut buf = [0u8; 16];
+            let n = stream.read(&mut buf)?;
+            Ok(buf[..n].starts_with(b"+PONG"))
+        });
+        if let Ok(true) = answer {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("no PONG on port {port} within 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Asks the kernel for a free loopback port. Another process could take it
+/// before the server binds; the window is tiny and a failed start says so.
+pub fn free_port() -> anyhow::Result<u16> {
+    let listener =
+        TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("cannot find a free port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// Finds an executable on PATH.
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|candidate| candidate.is_file())
+    })
+}
+
+/// The directory holding initdb, pg_ctl and postgres: from PATH, else the
+/// newest Debian install under /usr/lib/postgresql.
+fn find_postgres_bin() -> Option<PathBuf> {
+    if let Some(initdb) = which("initdb") {
+        let resolved = std::fs::canonicalize(&initdb).unwrap_or(initdb);
+        return resolved.parent().map(Path::to_path_buf);
+    }
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|entry| entry.ok().map(|e| e.path().join("bin")))
+        .filter(|bin| bin.join("initdb").is_file())
+        .collect();
+    versions.sort_by_key(|path| {
+        path.parent()
+            .and_then(|v| v.file_name()?.to_str()?.parse::<u32>().ok())
+            .unwrap_or(0)
+    });
+    versions.pop()
+}
+
+/// PostgreSQL will not run as root: when we are root, run it as `postgres`.
+fn postgres_user() -> anyhow::Result<Option<nix::unistd::User>> {
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(None);
+    }
+    let user = nix::unistd::User::from_name("postgres")
+        .context("cannot look up the postgres user")?
+        .context(
+            "running as root, and PostgreSQL refuses to run as root, but there is no \
+             `postgres` user to run it as: create one (useradd --system postgres) or run \
+             as an ordinary user",
+        )?;
+    Ok(Some(user))
+}
+
+/// A new empty directory under the temp dir, owned by `owner` when given.
+fn make_private_dir(kind: &str, owner: Option<&nix::unistd::User>) -> anyhow::Result<PathBuf> {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "ticket-rush-{kind}-{}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        rand::random::<u16>()
+    ));
+    std::fs::create_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    if let Some(user) = owner {
+        nix::unistd::chown(&dir, Some(user.uid), Some(user.gid))
+            .with_context(|| format!("cannot hand {} to {}", dir.display(), user.name))?;
+    }
+    Ok(dir)
+}
+
+fn tail_logs(dir: &Path, logs: &[&str]) -> String {
+    let mut out = String::new();
+    for name in logs.iter().chain(std::iter::once(&"supervisor.log")) {
+        if let Ok(text) = std::fs::read_to_string(dir.join(name)) {
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(15)..];
+            out.push_str(&format!("--- {name}\n{}\n", tail.join("\n")));
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
+    if out.is_empty() {
+        out.push_str("(no log was written)");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn with_database_swaps_only_the_database() {
+        assert_eq!(
+            with_database("postgres://u:p@127.0.0.1:5432/postgres", "rush_1"),
+            "postgres://u:p@127.0.0.1:5432/rush_1"
+        );
+        assert_eq!(
+            with_database("postgres://u@localhost:5432/x?sslmode=disable", "y"),
+            "postgres://u@localhost:5432/y?sslmode=disable"
+        );
+        assert_eq!(with_database("postgres://h:1", "z"), "postgres://h:1/z");
+    }
+}
