@@ -1,0 +1,130 @@
+//! `optimistic`: take no lock while deciding; at the write, check that nobody
+//! changed the ticket since we read it, and start over if somebody did.
+//!
+//! The `version` column is the whole mechanism. Every write bumps it; our
+//! write says `WHERE version = <the version we read>`. If another buyer
+//! committed in between, that condition matches no row, the UPDATE changes
+//! nothing, and we know our read was stale. Nothing wrong was written, so we
+//! can simply try again with a fresh read: a lost race costs a retry, never
+//! an oversell.
+//!
+//! Where the locks are:
+//!
+//! - While reading and thinking: **none**. The read is a plain SELECT that
+//!   returns its connection to the pool at once. A buyer who thinks for a
+//!   second holds nothing, not even a connection. That is what "optimistic"
+//!   buys: it bets that nobody else is writing.
+//! - The UPDATE takes the ticket's **row lock** (an exclusive row-level lock,
+//!   which PostgreSQL takes for every UPDATE), held until COMMIT, a few
+//!   milliseconds later. A second writer of the same row waits for it, then
+//!   PostgreSQL re-checks its `WHERE version = $v` against the row the first
+//!   writer committed, finds a newer version, and updates nothing. That
+//!   re-check is why the version test cannot be fooled, even by two writes
+//!   that arrive in the same instant.
+//!
+//! The bet loses under a rush: 20 buyers read version 7, one wins, 19 find
+//! version 8 and retry, 18 of those lose again... Each lost race is a wasted
+//! read, a wasted transaction and a pause. Retries are therefore bounded
+//! (`--max-retries`) and jittered (see [`crate::retry`]); when they run out
+//! the buyer is answered 503 busy and clicks again. `--max-retries 0` fails
+//! fast on the first lost race.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use ticket_core::strategy::StrategyContext;
+use ticket_core::{db, Order, PurchaseError, SellTickets, TicketId, UserId};
+
+use crate::retry::{finish, with_retries, Failure, RetryPolicy};
+use crate::Level2Config;
+
+/// Sells with a version check at the write, retrying lost races.
+pub struct Optimistic {
+    ctx: StrategyContext,
+    retry: RetryPolicy,
+}
+
+/// Builds [`Optimistic`].
+pub fn build(
+    context: &StrategyContext,
+    config: &Level2Config,
+) -> anyhow::Result<Arc<dyn SellTickets>> {
+    Ok(Arc::new(Optimistic {
+        ctx: context.clone(),
+        retry: config.retry_policy(),
+    }))
+}
+
+#[async_trait]
+impl SellTickets for Optimistic {
+    fn name(&self) -> &'static str {
+        "optimistic"
+    }
+
+    async fn purchase(&self, ticket: TicketId, user: UserId) -> Result<Order, PurchaseError> {
+        with_retries(self.retry, &self.ctx.metrics, || self.attempt(ticket, user)).await
+    }
+}
+
+impl Optimistic {
+    /// One try: read, check, think, then write only if the version is still
+    /// the one we read. Every call starts from a fresh read.
+    async fn attempt(&self, ticket: TicketId, user: UserId) -> Result<Order, Failure> {
+        // 1. Read stock *and version*, and whether this buyer already holds
+        //    the ticket, on one connection that goes back to the pool before
+        //    we think. No transaction, no lock.
+        let (stock, version) = {
+            let mut conn = self.ctx.pool.acquire().await?;
+            let row: (i32, i64) =
+                sqlx::query_as("SELECT stock, version FROM tickets WHERE id = $1")
+                    .bind(ticket.get())
+                    .fetch_optional(&mut *conn)
+                    .await?
+                    .ok_or(PurchaseError::NotFound)?;
+            if db::has_order(&mut conn, ticket, user).await? {
+                return Err(PurchaseError::AlreadyPurchased.into());
+            }
+            row
+        };
+
+        // 2. Check. Stock only ever goes down, so "none left" is final.
+        if stock <= 0 {
+            return Err(PurchaseError::SoldOut.into());
+        }
+
+        // 3. The race window, holding nothing.
+        self.ctx.think().await;
+
+        // 4. Write what we decided, on the condition that the ticket is the
+        //    one we read. We write `stock = <what we read> - 1`, not
+        //    `stock - 1`, on purpose: the version check alone has to make
+        //    that safe, and it does.
+        let mut tx = self.ctx.pool.begin().await?;
+        let attempt = async {
+            let waiting = Instant::now();
+            let updated = sqlx::query(
+                "UPDATE tickets SET stock = $3, version = version + 1 \
+                 WHERE id = $1 AND version = $2",
+            )
+            .bind(ticket.get())
+            .bind(version)
+            .bind(stock - 1)
+            .execute(&mut *tx)
+            .await?;
+            self.ctx.metrics.lock_wait(waiting.elapsed());
+            if updated.rows_affected() == 0 {
+                // Somebody committed a sale since our read. Nothing was
+                // written; go round again.
+                return Err(Failure::Lost { event: "conflict" });
+            }
+            // 5. The order, in the same transaction: if this buyer's second
+            //    click got here first, UNIQUE (ticket_id, user_id) refuses
+            //    it, the transaction rolls back, and the stock we just took
+            //    is given back with it.
+            Ok(db::insert_order(&mut tx, ticket, user).await?)
+        }
+        .await;
+        finish(tx, attempt).await
+    }
+}

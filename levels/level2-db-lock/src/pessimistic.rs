@@ -1,0 +1,140 @@
+//! `pessimistic`: lock the ticket's row first, then read, decide and write
+//! while nobody else can.
+//!
+//! This is Level 1's mutex moved into PostgreSQL. `SELECT ... FOR UPDATE`
+//! takes the row's exclusive lock *as it reads*, so the stock we read cannot
+//! change under us: every other buyer of this ticket, on this server or any
+//! other, stops at the same `FOR UPDATE` and waits in PostgreSQL's queue
+//! until we COMMIT. Read-check-write becomes one indivisible step again.
+//!
+//! Where the lock is:
+//!
+//! - **Kind:** PostgreSQL's row-level `FOR UPDATE` lock on the one `tickets`
+//!   row being sold. Plain SELECTs (the `GET /tickets/{id}` page) are not
+//!   blocked by it; only other writers and lockers of that row wait.
+//! - **What it protects:** the sequence read stock, check, write `stock - 1`,
+//!   insert the order, *commit*.
+//! - **Why that scope:** PostgreSQL holds row locks until the transaction
+//!   ends; there is no way to let go earlier, and that is exactly right. A
+//!   lock released before COMMIT (Level 1's rule) would let the next buyer
+//!   read the stock we have not committed yet. Because the lock is one row,
+//!   a rush on ticket 1 does not slow down ticket 2.
+//!
+//! What it costs: buyers of one ticket are served one at a time, each
+//! holding the lock for a whole transaction (plus `--think-time-ms`). The
+//! waiters each hold a database connection while they wait, so with a pool
+//! of 10 per server, 10 buyers per server queue inside PostgreSQL and the
+//! rest queue inside the server for a connection.
+//!
+//! A waiter does not wait forever: `lock_timeout` (`--lock-timeout-ms`),
+//! set with `SET LOCAL` for this transaction only, makes PostgreSQL cancel
+//! the `FOR UPDATE` with SQLSTATE 55P03 when the wait runs out. The buyer is
+//! answered 503 busy, and the connection goes back to the pool instead of
+//! sitting in a queue that is not moving (a holder stuck in a slow
+//! transaction, say).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use sqlx::PgConnection;
+use ticket_core::strategy::StrategyContext;
+use ticket_core::{db, Order, PurchaseError, SellTickets, TicketId, UserId};
+
+use crate::retry::{finish, settle, Failure};
+use crate::Level2Config;
+
+/// Sells under `SELECT ... FOR UPDATE`, waiting at most `lock_timeout`.
+pub struct Pessimistic {
+    ctx: StrategyContext,
+    /// PostgreSQL's spelling of the lock timeout, for example `"1000ms"`;
+    /// `"0"` waits forever.
+    lock_timeout: String,
+}
+
+/// Builds [`Pessimistic`].
+pub fn build(
+    context: &StrategyContext,
+    config: &Level2Config,
+) -> anyhow::Result<Arc<dyn SellTickets>> {
+    Ok(Arc::new(Pessimistic {
+        ctx: context.clone(),
+        lock_timeout: format!("{}ms", config.lock_timeout_ms),
+    }))
+}
+
+#[async_trait]
+impl SellTickets for Pessimistic {
+    fn name(&self) -> &'static str {
+        "pessimistic"
+    }
+
+    async fn purchase(&self, ticket: TicketId, user: UserId) -> Result<Order, PurchaseError> {
+        let attempt = async {
+            let mut tx = self.ctx.pool.begin().await?;
+            let sale = self.sell(&mut tx, ticket, user).await;
+            finish(tx, sale).await
+        }
+        .await;
+        settle(&self.ctx.metrics, attempt)
+    }
+}
+
+impl Pessimistic {
+    async fn sell(
+        &self,
+        tx: &mut PgConnection,
+        ticket: TicketId,
+        user: UserId,
+    ) -> Result<Order, Failure> {
+        // `SET LOCAL lock_timeout = '...'`, in function form because SET
+        // takes no bind parameters. `true` makes it LOCAL: it ends with this
+        // transaction and never leaks to the next user of the connection.
+        sqlx::query("SELECT set_config('lock_timeout', $1, true)")
+            .bind(&self.lock_timeout)
+            .execute(&mut *tx)
+            .await?;
+
+        // 1. Lock, then read. Waiting happens here, in PostgreSQL's queue
+        //    for this row, for at most lock_timeout.
+        let waiting = Instant::now();
+        let stock: Option<i32> =
+            sqlx::query_scalar("SELECT stock FROM tickets WHERE id = $1 FOR UPDATE")
+                .bind(ticket.get())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(|err| match db::sqlstate(&err).as_deref() {
+                    Some("55P03") => Failure::Busy {
+                        event: "lock_timeout",
+                        reason: "waited lock_timeout for the ticket row without getting it",
+                    },
+                    _ => Failure::from(err),
+                })?;
+        self.ctx.metrics.lock_wait(waiting.elapsed());
+        let stock = stock.ok_or(PurchaseError::NotFound)?;
+
+        // 2. Check, against a value nobody can change until we commit. The
+        //    order check is exact too: another click by the same buyer waits
+        //    behind us on the same row lock.
+        if db::has_order(tx, ticket, user).await? {
+            return Err(PurchaseError::AlreadyPurchased.into());
+        }
+        if stock <= 0 {
+            return Err(PurchaseError::SoldOut.into());
+        }
+
+        // 3. The race window: harmless now, only slow. Every other buyer of
+        //    this ticket waits for the whole of it.
+        self.ctx.think().await;
+
+        // 4. Write what we decided. Still holding the lock, so `stock - 1`
+        //    computed from our read is safe.
+        sqlx::query("UPDATE tickets SET stock = $2, version = version + 1 WHERE id = $1")
+            .bind(ticket.get())
+            .bind(stock - 1)
+            .execute(&mut *tx)
+            .await?;
+        Ok(db::insert_order(tx, ticket, user).await?)
+        // 5. `finish` commits, and the lock is released with the commit.
+    }
+}
