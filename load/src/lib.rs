@@ -1,1 +1,23 @@
-//! stub
+//! # load: 1000 buyers, 100 tickets, and the database's verdict
+//!
+//! The load tool is how every lesson in ticket-rush is *shown*. It starts
+//! one or two servers of any level (or uses servers you started), puts a
+//! ticket on sale, releases every buyer at the same instant, and then asks
+//! the database, not the HTTP answers, what really happened.
+//!
+//! | module | role |
+//! | --- | --- |
+//! | [`levels`] | the levels and strategies it knows, and what each should show |
+//! | [`servers`] | starting servers in this process (tests) or as child processes (runs, tour) |
+//! | [`rush`] | the buyers, the start barrier, retries on 503, latency, the report |
+//! | [`run`] | `load run` and `load tour`: services, servers, rounds |
+//! | [`output`] | the text tables |
+//!
+//! The verdict rules live in [`ticket_core::verify`], so that tests and the
+//! tool judge the same way.
+
+pub mod levels;
+pub mod output;
+pub mod run;
+pub mod rush;
+pub mod servers;

@@ -1,2 +1,332 @@
-//! stub
-fn main() {}
+//! `load`: rush any level of ticket-rush and verify the outcome from the
+//! database.
+//!
+//! Run with:
+//!
+//! ```text
+//! cargo run --release -p load -- tour
+//! cargo run --release -p load -- run --level 1 --strategy mutex --servers 2
+//! cargo run --release -p load -- run --level 1 --target http://127.0.0.1:8080 --target http://127.0.0.1:8081
+//! ```
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use load::output::{render_report, tour_header, tour_row, verdict_label};
+use load::run::{run, tour, RunOptions, RushSettings, TourOptions};
+
+/// Rush a ticket-rush server with many buyers at once and check, from the
+/// database, whether exactly the right number of tickets sold.
+#[derive(Parser, Debug)]
+#[command(name = "load", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Rush one level and strategy, on servers this tool starts (--servers)
+    /// or on servers you started (--target).
+    Run(RunArgs),
+    /// Rush every level and strategy, on one server and on two, and print
+    /// one comparison table. Exits non-zero when a result is not the
+    /// expected one (a correct strategy oversold, or a race that did not
+    /// reproduce).
+    Tour(TourArgs),
+    /// Start a throwaway PostgreSQL (and Redis) for a two-terminal demo and
+    /// print their URLs; stops them on Ctrl-C.
+    Services(ServicesArgs),
+    /// Run one level's server (used by `run` and `tour` to start servers as
+    /// separate processes). Example: `load serve level1 --port 8080`.
+    #[command(hide = true)]
+    Serve {
+        /// The level binary's name followed by its flags.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        args: Vec<String>,
+    },
+}
+
+/// How the buyers behave; shared by `run` and `tour`.
+#[derive(Args, Debug)]
+struct RushArgs {
+    /// How many buyers click "buy" at the same instant. Each has its own
+    /// connection.
+    #[arg(long, default_value_t = 1000)]
+    buyers: usize,
+
+    /// How many tickets are on sale. The run resets the ticket to this stock
+    /// before it starts.
+    #[arg(long, default_value_t = 100)]
+    tickets: i32,
+
+    /// How many different people the buyers are. By default every buyer is
+    /// a different person; 1 means one person clicking many times.
+    #[arg(long)]
+    distinct_users: Option<usize>,
+
+    /// Seed for the buyers' user ids, to repeat a run exactly.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+
+    /// How many times a buyer answered "503 busy" clicks again before giving
+    /// up.
+    #[arg(long, default_value_t = load::rush::DEFAULT_MAX_ATTEMPTS)]
+    max_attempts: u32,
+
+    /// Seconds before a rush is abandoned.
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
+
+    /// Repeat each rush this many times. Races are probabilistic; a verdict
+    /// must hold in every round.
+    #[arg(long, default_value_t = 1)]
+    rounds: u32,
+
+    /// Pause in milliseconds that servers take between reading and writing
+    /// the stock (their --think-time-ms). By default each level uses the
+    /// window that makes its races reproduce every time.
+    #[arg(long, value_name = "MS")]
+    think_time_ms: Option<u64>,
+
+    /// PostgreSQL to use. Default: DATABASE_URL, else a throwaway server
+    /// started from the local PostgreSQL binaries.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+
+    /// Redis to use, for levels that need it. Default: REDIS_URL, else a
+    /// throwaway redis-server.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    redis_url: Option<String>,
+
+    /// Print JSON on stdout instead of tables (one object per round).
+    #[arg(long)]
+    json: bool,
+}
+
+impl RushArgs {
+    fn settings(&self) -> RushSettings {
+        RushSettings {
+            buyers: self.buyers,
+            tickets: self.tickets,
+            distinct_users: self.distinct_users,
+            seed: self.seed,
+            max_attempts: self.max_attempts,
+            timeout: Duration::from_secs(self.timeout),
+            progress: !self.json,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    /// Which level to rush (0: no control, 1: local locks, ...).
+    #[arg(long)]
+    level: u8,
+
+    /// Which of the level's strategies. Default: its first.
+    #[arg(long)]
+    strategy: Option<String>,
+
+    /// How many servers to start, all sharing one database. Buyers are dealt
+    /// round-robin over them.
+    #[arg(long, default_value_t = 2)]
+    servers: usize,
+
+    /// Use servers you started yourself instead (repeat for each). Needs
+    /// --database-url: the database they share.
+    #[arg(long = "target", value_name = "URL")]
+    targets: Vec<String>,
+
+    /// The ticket id to race for.
+    #[arg(long, default_value_t = 1)]
+    ticket_id: i64,
+
+    /// An extra flag for the servers this tool starts (repeatable), for
+    /// example --server-arg=--max-retries=0.
+    #[arg(long = "server-arg", value_name = "FLAG", allow_hyphen_values = true)]
+    server_args: Vec<String>,
+
+    #[command(flatten)]
+    rush: RushArgs,
+}
+
+#[derive(Args, Debug)]
+struct TourArgs {
+    /// Only these levels (comma-separated). Default: every level.
+    #[arg(long, value_delimiter = ',')]
+    levels: Option<Vec<u8>>,
+
+    #[command(flatten)]
+    rush: RushArgs,
+}
+
+#[derive(Args, Debug)]
+struct ServicesArgs {
+    /// Also start Redis (for Level 3 and up).
+    #[arg(long)]
+    redis: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run(args) => run_command(args).await,
+        Command::Tour(args) => tour_command(args).await,
+        Command::Services(args) => services_command(args).await,
+        Command::Serve { args } => serve_command(args).await,
+    }
+}
+
+fn this_exe() -> anyhow::Result<PathBuf> {
+    std::env::current_exe().context("cannot find the load executable to start servers with")
+}
+
+async fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
+    init_logging();
+    let options = RunOptions {
+        level: args.level,
+        strategy: args.strategy,
+        servers: args.servers,
+        targets: args.targets,
+        think_time_ms: args.rush.think_time_ms,
+        server_args: args.server_args,
+        ticket_id: args.ticket_id,
+        rounds: args.rush.rounds,
+        database_url: args.rush.database_url.clone(),
+        redis_url: args.rush.redis_url.clone(),
+        exe: this_exe()?,
+        rush: args.rush.settings(),
+    };
+    let reports = run(&options).await?;
+    let many = reports.len() > 1;
+    for (i, report) in reports.iter().enumerate() {
+        if args.rush.json {
+            println!("{}", serde_json::to_string(report)?);
+        } else {
+            print!("{}", render_report(report, many.then_some(i as u32 + 1)));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn tour_command(args: TourArgs) -> anyhow::Result<ExitCode> {
+    init_logging();
+    let options = TourOptions {
+        levels: args.levels,
+        think_time_ms: args.rush.think_time_ms,
+        rounds: args.rush.rounds,
+        database_url: args.rush.database_url.clone(),
+        redis_url: args.rush.redis_url.clone(),
+        exe: this_exe()?,
+        rush: RushSettings {
+            progress: false,
+            ..args.rush.settings()
+        },
+    };
+    let json = args.rush.json;
+    if !json {
+        println!(
+            "ticket-rush tour: {} buyers race for {} tickets on every level and strategy, one server and two.\n\
+             Every verdict comes from the database.\n",
+            options.rush.buyers, options.rush.tickets
+        );
+        println!("{}", tour_header());
+    }
+    let result = tour(&options, |row| {
+        if !json {
+            println!("{}", tour_row(row));
+        }
+    })
+    .await?;
+    if json {
+        println!("{}", serde_json::to_string(&result)?);
+    } else {
+        println!();
+        let unexpected: Vec<_> = result.rows.iter().filter(|r| !r.as_expected).collect();
+        if unexpected.is_empty() {
+            println!("Every strategy showed what its level teaches: races reproduced where expected, and every correct strategy sold exactly {} tickets.", options.rush.tickets);
+        } else {
+            for row in unexpected {
+                let got = row
+                    .rounds
+                    .iter()
+                    .find(|r| r.verdict != row.expected)
+                    .map(|r| r.verdict);
+                println!(
+                    "UNEXPECTED: level {} {} on {} server(s): expected {}, got {}",
+                    row.level,
+                    row.strategy,
+                    row.servers,
+                    verdict_label(row.expected),
+                    got.map(verdict_label).unwrap_or_default()
+                );
+            }
+        }
+    }
+    Ok(if result.as_expected {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn services_command(args: ServicesArgs) -> anyhow::Result<ExitCode> {
+    init_logging();
+    let postgres =
+        tokio::task::spawn_blocking(ticket_core::services::Postgres::throwaway).await??;
+    let redis = if args.redis {
+        Some(tokio::task::spawn_blocking(ticket_core::services::Redis::throwaway).await??)
+    } else {
+        None
+    };
+    println!("export DATABASE_URL={}", postgres.url());
+    if let Some(redis) = &redis {
+        println!("export REDIS_URL={}", redis.url());
+    }
+    eprintln!("Paste the line(s) above into each terminal. Ctrl-C stops the services.");
+    ticket_core::server::shutdown_signal().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve_command(args: Vec<String>) -> anyhow::Result<ExitCode> {
+    ticket_core::server::init_tracing();
+    let binary = args
+        .first()
+        .context("serve needs a level name, e.g. level1")?;
+    let info = load::levels::level_by_binary(binary)?;
+    let server = (info.start)(args).await?;
+    // Stop on Ctrl-C/SIGTERM, or when the load process that started us is
+    // gone (our stdin closes), so that no server outlives its run.
+    tokio::select! {
+        () = ticket_core::server::shutdown_signal() => {},
+        () = load::servers::parent_gone() => {},
+    }
+    server.stop().await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn init_logging() {
+    // Quiet by default: the tables are the output.
+    ticket_core::server::init_tracing_with_default("warn");
+}

@@ -225,12 +225,17 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Sets up logging for a binary: `RUST_LOG` if set, else `info` for our
-/// crates and warnings for the noisy ones. Calling it twice is harmless.
+/// Sets up logging for a server binary: `RUST_LOG` if set, else `info` for
+/// our crates and warnings for the noisy ones. Calling it twice is harmless.
 pub fn init_tracing() {
+    init_tracing_with_default("info,sqlx=warn,hyper=warn,tower=warn");
+}
+
+/// Sets up logging: `RUST_LOG` if set, else `default` (an `EnvFilter`
+/// directive such as `warn`).
+pub fn init_tracing_with_default(default: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,hyper=warn,tower=warn"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

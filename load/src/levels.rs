@@ -1,0 +1,151 @@
+//! The levels the load tool knows: their strategies, what each should show,
+//! and how to start one of their servers.
+//!
+//! Adding a level to the tour is one entry in [`levels`].
+
+use std::future::Future;
+use std::pin::Pin;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use ticket_core::strategy::StrategyEntry;
+use ticket_core::{Expected, RunningServer};
+
+/// Starts a level's server from a command line (`["level1", "--port", ...]`).
+pub type StartFn =
+    fn(Vec<String>) -> Pin<Box<dyn Future<Output = anyhow::Result<RunningServer>> + Send>>;
+
+/// One strategy, as the tour shows it.
+#[derive(Debug, Clone)]
+pub struct StrategyInfo {
+    /// The contract's name.
+    pub name: &'static str,
+    /// One line saying what it does.
+    pub about: &'static str,
+    /// The verdict it should earn on one and on two servers.
+    pub expected: Expected,
+}
+
+/// One level, as the load tool needs it.
+#[derive(Clone)]
+pub struct LevelInfo {
+    /// 0, 1, 2, ...
+    pub number: u8,
+    /// The binary's name (`level1`).
+    pub binary: &'static str,
+    /// Its strategies, in the level's order.
+    pub strategies: Vec<StrategyInfo>,
+    /// The think time the tour uses for this level: wide enough that the
+    /// races a level is meant to show reproduce every time.
+    pub race_think_time_ms: u64,
+    /// Whether its servers need `--redis-url`.
+    pub needs_redis: bool,
+    /// Starts one server in this process.
+    pub start: StartFn,
+}
+
+impl std::fmt::Debug for LevelInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LevelInfo")
+            .field("number", &self.number)
+            .field("binary", &self.binary)
+            .field("strategies", &self.strategies)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LevelInfo {
+    fn new<C>(
+        number: u8,
+        binary: &'static str,
+        table: &'static [StrategyEntry<C>],
+        race_think_time_ms: u64,
+        needs_redis: bool,
+        start: StartFn,
+    ) -> Self {
+        Self {
+            number,
+            binary,
+            strategies: table
+                .iter()
+                .map(|entry| StrategyInfo {
+                    name: entry.name,
+                    about: entry.about,
+                    expected: entry.expected,
+                })
+                .collect(),
+            race_think_time_ms,
+            needs_redis,
+            start,
+        }
+    }
+
+    /// The strategy called `name`, or the level's first when `None`.
+    pub fn strategy(&self, name: Option<&str>) -> anyhow::Result<&StrategyInfo> {
+        match name {
+            None => self
+                .strategies
+                .first()
+                .context("this level has no strategies"),
+            Some(name) => self
+                .strategies
+                .iter()
+                .find(|s| s.name == name)
+                .with_context(|| {
+                    format!(
+                        "level {} has no strategy {name:?}; it has: {}",
+                        self.number,
+                        self.strategies
+                            .iter()
+                            .map(|s| s.name)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                }),
+        }
+    }
+}
+
+/// Every level the load tool can run, in order.
+pub fn levels() -> Vec<LevelInfo> {
+    vec![
+        LevelInfo::new(
+            0,
+            "level0",
+            level0::STRATEGIES,
+            level0::RACE_THINK_TIME_MS,
+            false,
+            |args| Box::pin(async move { level0::Cli::try_parse_from(args)?.start().await }),
+        ),
+        LevelInfo::new(
+            1,
+            "level1",
+            level1::STRATEGIES,
+            level1::RACE_THINK_TIME_MS,
+            false,
+            |args| Box::pin(async move { level1::Cli::try_parse_from(args)?.start().await }),
+        ),
+    ]
+}
+
+/// The level numbered `number`.
+pub fn level(number: u8) -> anyhow::Result<LevelInfo> {
+    let all = levels();
+    let known: Vec<String> = all.iter().map(|l| l.number.to_string()).collect();
+    all.into_iter()
+        .find(|l| l.number == number)
+        .with_context(|| {
+            format!(
+                "no level {number}; this build has levels {}",
+                known.join(", ")
+            )
+        })
+}
+
+/// The level whose binary is called `binary` (`level1`).
+pub fn level_by_binary(binary: &str) -> anyhow::Result<LevelInfo> {
+    levels()
+        .into_iter()
+        .find(|l| l.binary == binary)
+        .with_context(|| format!("no level called {binary:?}"))
+}

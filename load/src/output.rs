@@ -1,0 +1,138 @@
+//! Turning reports into text a person reads at a terminal (or a projector).
+
+use std::fmt::Write as _;
+
+use ticket_core::Verdict;
+
+use crate::run::TourRow;
+use crate::rush::Report;
+
+/// A short block describing one rush.
+pub fn render_report(report: &Report, round: Option<u32>) -> String {
+    let mut out = String::new();
+    let what = match (report.level, &report.strategy) {
+        (Some(level), Some(strategy)) => format!("level {level} · {strategy}"),
+        _ => "rush".to_owned(),
+    };
+    let think = report
+        .think_time_ms
+        .map(|t| format!(" · think time {t} ms"))
+        .unwrap_or_default();
+    let round = round.map(|r| format!(" · round {r}")).unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "{what} · {} server{} · {} buyers · {} tickets{think}{round}",
+        report.servers,
+        if report.servers == 1 { "" } else { "s" },
+        report.buyers,
+        report.tickets
+    );
+    let _ = writeln!(
+        out,
+        "  HTTP answers    201 created {}  ·  sold_out {}  ·  already_purchased {}  ·  busy (503) {}  ·  errors {}{}",
+        report.succeeded,
+        report.sold_out,
+        report.already_purchased,
+        report.busy,
+        report.errors,
+        if report.gave_up > 0 {
+            format!("  ·  gave up {}", report.gave_up)
+        } else {
+            String::new()
+        }
+    );
+    let _ = writeln!(
+        out,
+        "  database truth  orders {}  ·  stock {}  ·  oversold {}  ·  duplicate orders {}",
+        report.db_orders, report.db_stock, report.oversold, report.duplicate_orders
+    );
+    let _ = writeln!(out, "  verdict         {}", verdict_label(report.verdict));
+    for problem in &report.problems {
+        let _ = writeln!(out, "                  - {problem}");
+    }
+    let l = report.latency_ms;
+    let _ = writeln!(
+        out,
+        "  latency         p50 {:.1} ms  ·  p95 {:.1} ms  ·  p99 {:.1} ms  ·  max {:.1} ms",
+        l.p50, l.p95, l.p99, l.max
+    );
+    let _ = writeln!(
+        out,
+        "  elapsed         {:.0} ms  ·  {:.0} requests/s  ·  {:.0} sales/s  ·  {} requests",
+        report.elapsed_ms, report.throughput_rps, report.sales_per_sec, report.attempts
+    );
+    let events: Vec<String> = report
+        .server_metrics
+        .iter()
+        .filter_map(|(k, v)| k.strip_prefix("event:").map(|e| format!("{e} {v}")))
+        .collect();
+    if !events.is_empty() {
+        let _ = writeln!(out, "  server events   {}", events.join("  ·  "));
+    }
+    out
+}
+
+/// The verdict in capitals, so that it stands out.
+pub fn verdict_label(verdict: Verdict) -> String {
+    verdict.as_str().to_uppercase()
+}
+
+/// The tour table's header.
+pub fn tour_header() -> String {
+    format!(
+        "{:<5} {:<13} {:>7} {:>6} {:<12} {:<12} {:>6} {:>5} {:>5} {:>6} {:>8} {:>8} {:>8} {:>7}  {}\n{}",
+        "level",
+        "strategy",
+        "servers",
+        "think",
+        "expected",
+        "observed",
+        "orders",
+        "stock",
+        "201s",
+        "busy",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "req/s",
+        "",
+        "-".repeat(128)
+    )
+}
+
+/// One tour row (the worst round's figures when there are several).
+pub fn tour_row(row: &TourRow) -> String {
+    // Show the round that disagrees with the expectation, if any, else the last.
+    let shown = row
+        .rounds
+        .iter()
+        .find(|r| r.verdict != row.expected)
+        .or(row.rounds.last());
+    let Some(r) = shown else {
+        return String::new();
+    };
+    let observed = if row.rounds.len() > 1 {
+        let agree = row.rounds.iter().filter(|x| x.verdict == r.verdict).count();
+        format!("{} {agree}/{}", r.verdict, row.rounds.len())
+    } else {
+        r.verdict.to_string()
+    };
+    format!(
+        "{:<5} {:<13} {:>7} {:>6} {:<12} {:<12} {:>6} {:>5} {:>5} {:>6} {:>8.1} {:>8.1} {:>8.1} {:>7.0}  {}",
+        row.level,
+        row.strategy,
+        row.servers,
+        row.think_time_ms,
+        row.expected.to_string(),
+        observed,
+        r.db_orders,
+        r.db_stock,
+        r.succeeded,
+        r.busy,
+        r.latency_ms.p50,
+        r.latency_ms.p95,
+        r.latency_ms.p99,
+        r.throughput_rps,
+        if row.as_expected { "as expected" } else { "UNEXPECTED" }
+    )
+}

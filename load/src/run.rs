@@ -1,0 +1,339 @@
+//! `load run` and `load tour`: find the services, start the servers, rush,
+//! judge, stop everything.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+use ticket_core::services::{Postgres, Redis};
+use ticket_core::Verdict;
+
+use crate::levels::{level, levels, LevelInfo};
+use crate::rush::{rush, Report, RushPlan, DEFAULT_MAX_ATTEMPTS};
+use crate::servers::{start_processes, ServerProcess, ServerSpec};
+
+/// The shared knobs of a rush, as the command line gives them.
+#[derive(Debug, Clone)]
+pub struct RushSettings {
+    /// Concurrent buyers.
+    pub buyers: usize,
+    /// Units on sale.
+    pub tickets: i32,
+    /// Different people among the buyers (`None`: all different).
+    pub distinct_users: Option<usize>,
+    /// First seed for user ids; round k uses `seed + k - 1`.
+    pub seed: u64,
+    /// Most attempts per buyer.
+    pub max_attempts: u32,
+    /// Time limit for one rush.
+    pub timeout: Duration,
+    /// Show progress on stderr.
+    pub progress: bool,
+}
+
+impl Default for RushSettings {
+    fn default() -> Self {
+        Self {
+            buyers: 1000,
+            tickets: 100,
+            distinct_users: None,
+            seed: 42,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            timeout: Duration::from_secs(300),
+            progress: false,
+        }
+    }
+}
+
+/// The database (and Redis) a run uses: given, or throwaway for this run.
+pub struct Services {
+    postgres: Postgres,
+    redis: Option<Redis>,
+}
+
+impl Services {
+    /// Uses the given URLs, else the environment, else throwaway servers.
+    /// Redis is only found or started when `need_redis`.
+    pub async fn find(
+        database_url: Option<String>,
+        redis_url: Option<String>,
+        need_redis: bool,
+    ) -> anyhow::Result<Self> {
+        let postgres = match database_url {
+            Some(url) => Postgres::external(url),
+            None => tokio::task::spawn_blocking(Postgres::from_env_or_throwaway).await??,
+        };
+        let redis = match (redis_url, need_redis) {
+            (Some(url), _) => Some(Redis::external(url)),
+            (None, true) => Some(tokio::task::spawn_blocking(Redis::from_env_or_throwaway).await??),
+            (None, false) => None,
+        };
+        Ok(Self { postgres, redis })
+    }
+
+    /// The PostgreSQL URL.
+    pub fn database_url(&self) -> &str {
+        self.postgres.url()
+    }
+
+    /// The Redis URL, if any.
+    pub fn redis_url(&self) -> Option<&str> {
+        self.redis.as_ref().map(Redis::url)
+    }
+}
+
+/// `load run`: one level and strategy, on servers it starts or on `targets`.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Level number.
+    pub level: u8,
+    /// Strategy (`None`: the level's first).
+    pub strategy: Option<String>,
+    /// How many servers to start (ignored with `targets`).
+    pub servers: usize,
+    /// Servers someone else started.
+    pub targets: Vec<String>,
+    /// `--think-time-ms` for started servers (`None`: the level's race window).
+    pub think_time_ms: Option<u64>,
+    /// Extra flags for started servers.
+    pub server_args: Vec<String>,
+    /// The ticket to race for.
+    pub ticket_id: i64,
+    /// Repeat the rush this many times.
+    pub rounds: u32,
+    /// PostgreSQL (`None`: environment or throwaway).
+    pub database_url: Option<String>,
+    /// Redis (`None`: environment or throwaway, for levels that need it).
+    pub redis_url: Option<String>,
+    /// The `load` executable, which runs servers with `load serve`.
+    pub exe: PathBuf,
+    /// The rush itself.
+    pub rush: RushSettings,
+}
+
+/// Runs `options.rounds` rushes and returns every round's report.
+pub async fn run(options: &RunOptions) -> anyhow::Result<Vec<Report>> {
+    let info = level(options.level)?;
+    let strategy = info.strategy(options.strategy.as_deref())?.name;
+    if !options.targets.is_empty()
+        && options.database_url.is_none()
+        && std::env::var("DATABASE_URL").map_or(true, |v| v.is_empty())
+    {
+        anyhow::bail!(
+            "with --target, also give --database-url (or DATABASE_URL): the database those \
+             servers share, which the load tool resets before and checks after the rush"
+        );
+    }
+    let services = Services::find(
+        options.database_url.clone(),
+        options.redis_url.clone(),
+        info.needs_redis && options.targets.is_empty(),
+    )
+    .await?;
+
+    let (think_time_ms, processes, targets) = if options.targets.is_empty() {
+        let think = options.think_time_ms.unwrap_or(info.race_think_time_ms);
+        let spec = ServerSpec::new(info.number, strategy)
+            .think_time_ms(think)
+            .args(options.server_args.iter().cloned());
+        let processes = start_processes(
+            &options.exe,
+            &spec,
+            services.database_url(),
+            services.redis_url(),
+            options.servers.max(1),
+        )
+        .await?;
+        let targets = processes.iter().map(|p| p.url().to_owned()).collect();
+        (Some(think), processes, targets)
+    } else {
+        (None, Vec::new(), options.targets.clone())
+    };
+
+    let mut reports = Vec::new();
+    let result = async {
+        for round in 0..options.rounds.max(1) {
+            let plan = plan_for(
+                &options.rush,
+                targets.clone(),
+                services.database_url(),
+                options.ticket_id,
+                round,
+            );
+            let mut report = rush(&plan).await?;
+            report.level = Some(info.number);
+            report.strategy = Some(strategy.to_owned());
+            report.think_time_ms = think_time_ms;
+            reports.push(report);
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    stop_all(processes).await;
+    result?;
+    Ok(reports)
+}
+
+fn plan_for(
+    settings: &RushSettings,
+    targets: Vec<String>,
+    database_url: &str,
+    ticket_id: i64,
+    round: u32,
+) -> RushPlan {
+    RushPlan {
+        ticket_id,
+        tickets: settings.tickets,
+        buyers: settings.buyers,
+        distinct_users: settings.distinct_users,
+        seed: settings.seed.wrapping_add(u64::from(round)),
+        max_attempts: settings.max_attempts,
+        timeout: settings.timeout,
+        progress: settings.progress,
+        ..RushPlan::new(targets, database_url)
+    }
+}
+
+async fn stop_all(processes: Vec<ServerProcess>) {
+    for process in processes {
+        if let Err(err) = process.stop().await {
+            tracing::warn!("stopping a server: {err:#}");
+        }
+    }
+}
+
+/// `load tour`: every level and strategy, on one server and on two.
+#[derive(Debug, Clone)]
+pub struct TourOptions {
+    /// Only these levels (`None`: all).
+    pub levels: Option<Vec<u8>>,
+    /// Override every level's think time.
+    pub think_time_ms: Option<u64>,
+    /// Rounds per row: the verdict must hold in every one.
+    pub rounds: u32,
+    /// PostgreSQL (`None`: environment or throwaway).
+    pub database_url: Option<String>,
+    /// Redis (`None`: environment or throwaway, if any level needs it).
+    pub redis_url: Option<String>,
+    /// The `load` executable.
+    pub exe: PathBuf,
+    /// The rush itself.
+    pub rush: RushSettings,
+}
+
+/// One row of the tour.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TourRow {
+    /// Level number.
+    pub level: u8,
+    /// Strategy name.
+    pub strategy: String,
+    /// Servers.
+    pub servers: usize,
+    /// The servers' think time.
+    pub think_time_ms: u64,
+    /// The verdict the level promises.
+    pub expected: Verdict,
+    /// Every round's report.
+    pub rounds: Vec<Report>,
+    /// Whether every round earned the expected verdict.
+    pub as_expected: bool,
+}
+
+/// The whole tour.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Tour {
+    /// One row per (level, strategy, servers).
+    pub rows: Vec<TourRow>,
+    /// Whether every row earned its expected verdict.
+    pub as_expected: bool,
+}
+
+/// Runs the tour. `on_row` sees each row as soon as it is done.
+pub async fn tour(options: &TourOptions, mut on_row: impl FnMut(&TourRow)) -> anyhow::Result<Tour> {
+    let chosen: Vec<LevelInfo> = levels()
+        .into_iter()
+        .filter(|l| {
+            options
+                .levels
+                .as_ref()
+                .is_none_or(|only| only.contains(&l.number))
+        })
+        .collect();
+    anyhow::ensure!(!chosen.is_empty(), "no such levels in this build");
+    let need_redis = chosen.iter().any(|l| l.needs_redis);
+    let services = Services::find(
+        options.database_url.clone(),
+        options.redis_url.clone(),
+        need_redis,
+    )
+    .await?;
+
+    let mut rows = Vec::new();
+    let mut ticket_id = 1_000;
+    for info in &chosen {
+        for strategy in &info.strategies {
+            for servers in [1usize, 2] {
+                ticket_id += 1;
+                let think = options.think_time_ms.unwrap_or(info.race_think_time_ms);
+                let spec = ServerSpec::new(info.number, strategy.name).think_time_ms(think);
+                let processes = start_processes(
+                    &options.exe,
+                    &spec,
+                    services.database_url(),
+                    services.redis_url(),
+                    servers,
+                )
+                .await
+                .with_context(|| format!("starting level {} {}", info.number, strategy.name))?;
+                let targets: Vec<String> = processes.iter().map(|p| p.url().to_owned()).collect();
+                let expected = strategy.expected.for_servers(servers);
+                let mut rounds = Vec::new();
+                let mut failure = None;
+                for round in 0..options.rounds.max(1) {
+                    let plan = plan_for(
+                        &options.rush,
+                        targets.clone(),
+                        services.database_url(),
+                        ticket_id,
+                        round,
+                    );
+                    match rush(&plan).await {
+                        Ok(mut report) => {
+                            report.level = Some(info.number);
+                            report.strategy = Some(strategy.name.to_owned());
+                            report.think_time_ms = Some(think);
+                            rounds.push(report);
+                        }
+                        Err(err) => {
+                            failure = Some(err);
+                            break;
+                        }
+                    }
+                }
+                stop_all(processes).await;
+                if let Some(err) = failure {
+                    return Err(err.context(format!(
+                        "level {} {} on {servers} server(s)",
+                        info.number, strategy.name
+                    )));
+                }
+                let as_expected = rounds.iter().all(|r| r.verdict == expected);
+                let row = TourRow {
+                    level: info.number,
+                    strategy: strategy.name.to_owned(),
+                    servers,
+                    think_time_ms: think,
+                    expected,
+                    rounds,
+                    as_expected,
+                };
+                on_row(&row);
+                rows.push(row);
+            }
+        }
+    }
+    let as_expected = rows.iter().all(|r| r.as_expected);
+    Ok(Tour { rows, as_expected })
+}

@@ -1,0 +1,265 @@
+//! Starting the servers a rush is aimed at: in this process (fast, for
+//! tests) or as separate operating-system processes (what a real deployment
+//! and the tour do: two processes share nothing but the database).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use ticket_core::RunningServer;
+use tokio::io::AsyncReadExt as _;
+use tokio::process::{Child, ChildStdin, Command};
+
+use crate::levels::{level, LevelInfo};
+
+/// What to start: a level, a strategy and its knobs.
+#[derive(Debug, Clone)]
+pub struct ServerSpec {
+    /// The level number.
+    pub level: u8,
+    /// The strategy's name.
+    pub strategy: String,
+    /// `--think-time-ms` for every server.
+    pub think_time_ms: u64,
+    /// More flags for the level's binary (`--max-retries`, `--lease-ms`...).
+    pub extra_args: Vec<String>,
+}
+
+impl ServerSpec {
+    /// A spec with no think time and no extra flags.
+    pub fn new(level: u8, strategy: impl Into<String>) -> Self {
+        Self {
+            level,
+            strategy: strategy.into(),
+            think_time_ms: 0,
+            extra_args: Vec::new(),
+        }
+    }
+
+    /// The same spec with a think time.
+    pub fn think_time_ms(mut self, ms: u64) -> Self {
+        self.think_time_ms = ms;
+        self
+    }
+
+    /// The same spec with extra flags for the level's binary.
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.extra_args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// The level's command line for one server.
+    pub fn command_line(
+        &self,
+        info: &LevelInfo,
+        port: u16,
+        database_url: &str,
+        redis_url: Option<&str>,
+    ) -> anyhow::Result<Vec<String>> {
+        let mut args = vec![
+            info.binary.to_owned(),
+            "--port".into(),
+            port.to_string(),
+            "--database-url".into(),
+            database_url.to_owned(),
+            "--strategy".into(),
+            self.strategy.clone(),
+            "--think-time-ms".into(),
+            self.think_time_ms.to_string(),
+        ];
+        if info.needs_redis {
+            let redis_url = redis_url.with_context(|| {
+                format!(
+                    "level {} needs Redis, and no Redis URL was given",
+                    info.number
+                )
+            })?;
+            args.extend(["--redis-url".to_owned(), redis_url.to_owned()]);
+        }
+        args.extend(self.extra_args.iter().cloned());
+        Ok(args)
+    }
+}
+
+/// Starts `count` servers inside this process, each with its own strategy
+/// instance (its own locks), on free ports. Two of them behave like two
+/// processes for everything but a crash.
+pub async fn start_in_process(
+    spec: &ServerSpec,
+    database_url: &str,
+    redis_url: Option<&str>,
+    count: usize,
+) -> anyhow::Result<Vec<RunningServer>> {
+    let info = level(spec.level)?;
+    let mut servers = Vec::with_capacity(count);
+    for _ in 0..count {
+        let args = spec.command_line(&info, 0, database_url, redis_url)?;
+        servers.push((info.start)(args).await?);
+    }
+    Ok(servers)
+}
+
+/// The base URLs of running servers.
+pub fn urls(servers: &[RunningServer]) -> Vec<String> {
+    servers.iter().map(RunningServer::url).collect()
+}
+
+/// A server running as a child process (`load serve levelN ...`).
+///
+/// Its stdin is a pipe from us: when this process ends in any way, the pipe
+/// closes and the server shuts itself down, so no server outlives the run.
+pub struct ServerProcess {
+    url: String,
+    child: Child,
+    stdin: Option<ChildStdin>,
+    log: PathBuf,
+}
+
+impl ServerProcess {
+    /// Its base URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Its operating-system process id (for tests that kill it).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Kills it at once with SIGKILL, as a crash would.
+    pub async fn kill(&mut self) -> anyhow::Result<()> {
+        self.child.kill().await.context("cannot kill the server")
+    }
+
+    /// Asks it to shut down gracefully and waits (at most 10 s, then kills).
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        drop(self.stdin.take());
+        match tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await {
+            Ok(status) => {
+                status.context("waiting for the server")?;
+            }
+            Err(_) => self.child.kill().await.context("cannot kill the server")?,
+        }
+        let _ = std::fs::remove_file(&self.log);
+        Ok(())
+    }
+
+    /// The last lines the server logged.
+    pub fn log_tail(&self) -> String {
+        log_tail(&self.log)
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        // kill_on_drop stops the child; the log is ours to remove.
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+/// Starts `count` servers as child processes of `exe` (the `load` binary,
+/// which runs them with its hidden `serve` command) and waits until each
+/// answers `/health`.
+pub async fn start_processes(
+    exe: &Path,
+    spec: &ServerSpec,
+    database_url: &str,
+    redis_url: Option<&str>,
+    count: usize,
+) -> anyhow::Result<Vec<ServerProcess>> {
+    let info = level(spec.level)?;
+    let mut started = Vec::with_capacity(count);
+    for _ in 0..count {
+        let port = ticket_core::services::free_port()?;
+        let args = spec.command_line(&info, port, database_url, redis_url)?;
+        let log = std::env::temp_dir().join(format!(
+            "ticket-rush-{}-{port}-{}.log",
+            info.binary,
+            std::process::id()
+        ));
+        let log_file = std::fs::File::create(&log)
+            .with_context(|| format!("cannot create {}", log.display()))?;
+        let mut child = Command::new(exe)
+            .arg("serve")
+            .args(&args)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot run {}", exe.display()))?;
+        let stdin = child.stdin.take();
+        let server = ServerProcess {
+            url: format!("http://127.0.0.1:{port}"),
+            child,
+            stdin,
+            log,
+        };
+        started.push(server);
+    }
+    for server in &mut started {
+        wait_until_healthy(server).await?;
+    }
+    Ok(started)
+}
+
+async fn wait_until_healthy(server: &mut ServerProcess) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let health = format!("{}/health", server.url);
+    loop {
+        if let Ok(Some(status)) = server.child.try_wait() {
+            bail!(
+                "the server for {} exited ({status}) before answering:\n{}",
+                server.url,
+                server.log_tail()
+            );
+        }
+        if let Ok(response) = client
+            .get(&health)
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+        {
+            if response.status().is_success() {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the server for {} did not answer /health within 60 s:\n{}",
+                server.url,
+                server.log_tail()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until standard input closes (the parent that started us is gone),
+/// then returns. `load serve` shuts its server down when this resolves.
+pub async fn parent_gone() {
+    let mut stdin = tokio::io::stdin();
+    let mut buf = [0u8; 64];
+    loop {
+        match stdin.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => continue,
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! Helpers shared by the load crate's black-box tests.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use load::rush::{Report, RushPlan};
+use load::servers::{start_in_process, urls, ServerSpec};
+use ticket_core::services::{Postgres, Redis};
+use ticket_core::RunningServer;
+
+/// A fresh, empty database on the test binary's PostgreSQL.
+pub async fn fresh_database() -> String {
+    Postgres::shared()
+        .expect("PostgreSQL for tests")
+        .fresh_database()
+        .await
+        .expect("a fresh database")
+}
+
+/// The test binary's Redis URL.
+pub fn redis_url() -> String {
+    Redis::shared().expect("Redis for tests").url().to_owned()
+}
+
+/// Starts `count` in-process servers of `spec` on a fresh database and
+/// returns them with the database URL.
+pub async fn servers(spec: &ServerSpec, count: usize) -> (Vec<RunningServer>, String) {
+    let database = fresh_database().await;
+    let info = load::levels::level(spec.level).expect("a known level");
+    let redis = info.needs_redis.then(redis_url);
+    let servers = start_in_process(spec, &database, redis.as_deref(), count)
+        .await
+        .expect("servers start");
+    (servers, database)
+}
+
+/// The headline plan: 1000 buyers, 100 tickets, over `servers`.
+pub fn plan(servers: &[RunningServer], database: &str) -> RushPlan {
+    RushPlan::new(urls(servers), database)
+}
+
+/// Stops every server.
+pub async fn stop(servers: Vec<RunningServer>) {
+    for server in servers {
+        server.stop().await.expect("server stops");
+    }
+}
+
+/// Asserts the database says exactly `tickets` sold, with every figure.
+pub fn assert_exactly_sold(report: &Report, tickets: i64) {
+    assert_eq!(
+        report.verdict,
+        ticket_core::Verdict::Correct,
+        "problems: {:?}\n{report:#?}",
+        report.problems
+    );
+    assert_eq!(report.db_orders, tickets, "orders in the database");
+    assert_eq!(
+        i64::from(report.db_stock),
+        i64::from(report.tickets) - tickets
+    );
+    assert_eq!(report.duplicate_orders, 0);
+    assert_eq!(report.succeeded as i64, tickets, "HTTP 201s");
+    assert_eq!(report.server_errors, 0, "5xx other than 503");
+    assert_eq!(report.errors, 0, "buyers who got an error");
+}
