@@ -36,8 +36,10 @@
 //! with `Retry-After`, nothing is written, and the buyer clicks again.
 //!
 //! **Pool sizing.** Each server opens at most `--max-connections`
-//! connections (default 10). A purchase holds one for its whole transaction
-//! (`optimistic` also holds one for its read, but not while it thinks).
+//! connections (default 10). A purchase holds one for its whole transaction,
+//! think time included, with every strategy: so the pool also caps how many
+//! buyers per server race at once (see [`optimistic`] for what happens
+//! without that cap).
 //! When 1000 buyers meet two pools of 10, 20 are inside PostgreSQL and 980
 //! wait in line *inside the servers*, for at most `--acquire-timeout-ms`
 //! (then 503, counted as `pool_timeout`). A bigger pool does not sell one
