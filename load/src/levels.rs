@@ -125,6 +125,14 @@ pub fn levels() -> Vec<LevelInfo> {
             false,
             |args| Box::pin(async move { level1::Cli::try_parse_from(args)?.start().await }),
         ),
+        LevelInfo::new(
+            2,
+            "level2",
+            level2::STRATEGIES,
+            level2::RACE_THINK_TIME_MS,
+            false,
+            |args| Box::pin(async move { level2::Cli::try_parse_from(args)?.start().await }),
+        ),
     ]
 }
 
