@@ -1,0 +1,800 @@
+//! A lock that lives in Redis, written to be read.
+//!
+//! Level 1's lock lived in one server's memory, so two servers each had their
+//! own. This one lives in the one thing every server shares: a Redis server.
+//! It follows the design of Redisson's `RLock` (the library the original Java
+//! projects used) and fixes what users of Redisson, `rslock` and `redlock-rs`
+//! keep running into: waiters that are never woken, a watchdog that renews a
+//! lock it no longer holds, and holders that pause past their lease and write
+//! anyway.
+//!
+//! # The pieces, and where each lives
+//!
+//! | piece | file | in one sentence |
+//! | --- | --- | --- |
+//! | take the lock | `acquire.lua` | one script: free → mine (count 1, a fencing token, a lease); mine → count + 1; someone else's → "try again in PTTL ms" |
+//! | give it back | `release.lua` | one script: only the owner may, count − 1, on the last hold delete and PUBLISH; a retried release gets the first answer again |
+//! | keep it | `renew.lua`, [`watchdog`](self#the-watchdog) | while the guard lives, push the lease back every lease/3; a failed renewal marks the guard lost |
+//! | wait for it | `pubsub.rs` | one subscription per lock per process; each release wakes the longest-waiting task of each process, and nobody sleeps longer than the lease left |
+//! | wait for it, the usual way | `spin.rs` | try, sleep a growing random while, try again |
+//! | survive a pause | [`LockGuard::fencing_token`] | every hold gets a number that only grows; the database refuses writes from older holds |
+//!
+//! # Redis keys
+//!
+//! For a lock named `ticket:1` under the prefix `ticket-rush:lock`:
+//!
+//! | key | type | lifetime |
+//! | --- | --- | --- |
+//! | `ticket-rush:lock:{ticket:1}` | hash `{owner: count, fence: token}` | the lease |
+//! | `ticket-rush:lock:{ticket:1}:fence` | integer, the last fencing token | forever: tokens must never go back |
+//! | `ticket-rush:lock:{ticket:1}:receipt:<id>` | the answer one release gave | a few seconds |
+//! | channel `ticket-rush:lock:{ticket:1}:released` | pub/sub | published on each final release |
+//!
+//! The braces are a Redis Cluster *hash tag*: every key of one lock lands on
+//! the same node, which a script touching several keys needs.
+//!
+//! # Who owns a hold
+//!
+//! The owner is `<instance>:<task>`: the [`LockClient`]'s instance id (one per
+//! server process) and the Tokio task that asked. Taking the lock again from
+//! the same task is *reentrant*; any other task, here or in another process,
+//! waits. Two futures joined inside one task (`join!`) are one owner: spawn a
+//! task per independent piece of work, as a server does per request.
+//!
+//! # The watchdog
+//!
+//! With [`Lease::Watchdog`], the lock is taken with a short lease
+//! ([`LockOptions::watchdog_lease`], 3 s by default) and a task renews it every
+//! third of that while the guard lives. A holder that crashes stops renewing,
+//! so the lock frees itself within one lease, while a holder that is merely
+//! slow keeps it. See `watchdog.rs` for why a single failed renewal gives the
+//! lock up.
+
+mod pubsub;
+mod spin;
+mod watchdog;
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{FromRedisValue, IntoConnectionInfo as _, ProtocolVersion, Script, ScriptInvocation};
+
+pub use spin::Backoff;
+
+/// Why a lock operation failed. Each variant is a different decision for the
+/// caller: wait budget spent (answer "busy"), Redis down (answer
+/// "unavailable"), or a bug in how the lock was used.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// Someone else held the lock for the whole wait budget.
+    #[error("lock {name:?} was still held by someone else after waiting {waited:?}")]
+    Timeout {
+        /// The lock's name.
+        name: String,
+        /// How long the caller waited.
+        waited: Duration,
+    },
+    /// A release was refused because the caller does not hold the lock.
+    /// Nothing was deleted: releasing someone else's lock is exactly the bug
+    /// a lock must never have.
+    #[error("lock {name:?} is not held by {owner}, so it was not released")]
+    NotOwner {
+        /// The lock's name.
+        name: String,
+        /// Who tried to release it.
+        owner: String,
+    },
+    /// The guard no longer holds the lock: its lease ran out (a pause longer
+    /// than the lease, a renewal that failed), and the key is gone or belongs
+    /// to someone else. Work done under the guard must not be committed.
+    #[error("lock {name:?} was lost: its lease ran out before it was released")]
+    Lost {
+        /// The lock's name.
+        name: String,
+    },
+    /// Redis did not answer: stopped, unreachable, too slow, or still loading
+    /// its data. Trying again later may work; a server answers 503.
+    #[error("Redis is unavailable: {0}")]
+    Unavailable(#[source] redis::RedisError),
+    /// Redis answered with an error that trying again will not fix (a key of
+    /// the wrong type, a bad URL, a script error).
+    #[error("Redis refused a lock command: {0}")]
+    Redis(#[source] redis::RedisError),
+}
+
+impl LockError {
+    /// Sorts a Redis client error into "Redis is not there right now" and
+    /// everything else.
+    fn from_redis(err: redis::RedisError) -> Self {
+        use redis::{ErrorKind, ServerErrorKind};
+        let unavailable = err.is_io_error()
+            || err.is_timeout()
+            || err.is_connection_dropped()
+            || err.is_connection_refusal()
+            || matches!(
+                err.kind(),
+                ErrorKind::Server(
+                    ServerErrorKind::BusyLoading
+                        | ServerErrorKind::TryAgain
+                        | ServerErrorKind::MasterDown
+                        | ServerErrorKind::ClusterDown
+                )
+            );
+        if unavailable {
+            Self::Unavailable(err)
+        } else {
+            Self::Redis(err)
+        }
+    }
+}
+
+/// How long a hold lasts if its owner stops caring for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lease {
+    /// A short lease that a watchdog task renews while the guard lives
+    /// (Redisson's default). A crashed holder frees the lock within one
+    /// [`LockOptions::watchdog_lease`]; a slow one keeps it.
+    Watchdog,
+    /// A fixed lease: the lock frees itself after this long, finished or not.
+    /// No renewal; [`LockGuard::is_lost`] turns true when it runs out.
+    Fixed(Duration),
+}
+
+impl Lease {
+    /// `0` means [`Lease::Watchdog`], anything else a fixed lease of that many
+    /// milliseconds, as the `--lease-ms` flag reads.
+    pub fn from_millis(ms: u64) -> Self {
+        if ms == 0 {
+            Self::Watchdog
+        } else {
+            Self::Fixed(Duration::from_millis(ms))
+        }
+    }
+}
+
+/// How a caller waits while someone else holds the lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waiting {
+    /// Subscribe to the lock's channel and sleep until a release is published
+    /// (or at most the holder's remaining lease). See `pubsub.rs`.
+    PubSub,
+    /// Try again and again, sleeping a growing, randomized while in between.
+    /// See `spin.rs`.
+    Spin(Backoff),
+}
+
+/// Settings of a [`LockClient`].
+#[derive(Debug, Clone)]
+pub struct LockOptions {
+    /// Prepended to every key and channel, so that several applications (or
+    /// tests) can share one Redis without seeing each other's locks.
+    pub key_prefix: String,
+    /// How callers wait for a held lock.
+    pub waiting: Waiting,
+    /// The lease used with [`Lease::Watchdog`]: how long a crashed holder
+    /// blocks everyone else. Renewed every third of it.
+    pub watchdog_lease: Duration,
+    /// How long to wait for a TCP connection to Redis.
+    pub connect_timeout: Duration,
+    /// How long to wait for Redis to answer a command before calling it
+    /// unavailable.
+    pub response_timeout: Duration,
+}
+
+impl Default for LockOptions {
+    fn default() -> Self {
+        Self {
+            key_prefix: "ticket-rush:lock".to_owned(),
+            waiting: Waiting::PubSub,
+            watchdog_lease: Duration::from_secs(3),
+            connect_timeout: Duration::from_millis(500),
+            response_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The three scripts, loaded once per client. `redis::Script` sends the
+/// script's SHA1 (`EVALSHA`) and uploads the text only when Redis does not know
+/// it yet, for instance after a restart.
+struct Scripts {
+    acquire: Script,
+    release: Script,
+    renew: Script,
+}
+
+/// A connection to Redis that hands out locks. Cheap to clone; clones share
+/// the connections and the per-process subscriptions.
+///
+/// Must be created inside a Tokio runtime. It connects lazily: creating it
+/// never fails because Redis is down, the first lock attempt does.
+#[derive(Clone)]
+pub struct LockClient {
+    inner: Arc<ClientInner>,
+}
+
+struct ClientInner {
+    instance: String,
+    options: LockOptions,
+    /// Commands (scripts, PING). A `ConnectionManager` is one multiplexed
+    /// connection that reconnects by itself after Redis comes back.
+    commands: ConnectionManager,
+    /// The subscriber connection and the local waiting lines.
+    wakeups: pubsub::WakeUps,
+    scripts: Scripts,
+}
+
+impl fmt::Debug for LockClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LockClient")
+            .field("instance", &self.inner.instance)
+            .field("options", &self.inner.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LockClient {
+    /// A client for the Redis at `url`, naming its holds after `instance`
+    /// (which must be unique per process: two processes with one instance id
+    /// would count as one owner).
+    pub fn new(
+        url: &str,
+        instance: impl Into<String>,
+        options: LockOptions,
+    ) -> Result<Self, LockError> {
+        let info = url.into_connection_info().map_err(LockError::Redis)?;
+        // Fail fast while Redis is down: one connection attempt, short
+        // timeouts. The lock's callers decide what to do about an outage
+        // (answer 503); retrying inside the client would only make every
+        // buyer wait longer for the same answer.
+        let config = ConnectionManagerConfig::new()
+            .set_number_of_retries(0)
+            .set_connection_timeout(Some(options.connect_timeout))
+            .set_response_timeout(Some(options.response_timeout));
+        let commands = ConnectionManager::new_lazy_with_config(
+            redis::Client::open(info.clone()).map_err(LockError::Redis)?,
+            config.clone(),
+        )
+        .map_err(LockError::Redis)?;
+        // The subscriber speaks RESP3, in which a connection can receive
+        // pushed messages; the connection manager then re-subscribes by
+        // itself after a reconnect.
+        let resp3 = info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3);
+        let subscriber =
+            redis::Client::open(info.set_redis_settings(resp3)).map_err(LockError::Redis)?;
+        let wakeups = pubsub::WakeUps::new(subscriber, config)?;
+        Ok(Self {
+            inner: Arc::new(ClientInner {
+                instance: instance.into(),
+                options,
+                commands,
+                wakeups,
+                scripts: Scripts {
+                    acquire: Script::new(include_str!("acquire.lua")),
+                    release: Script::new(include_str!("release.lua")),
+                    renew: Script::new(include_str!("renew.lua")),
+                },
+            }),
+        })
+    }
+
+    /// The lock called `name`. Nothing is sent to Redis until it is taken.
+    pub fn lock(&self, name: &str) -> RedisLock {
+        let base = format!("{}:{{{name}}}", self.inner.options.key_prefix);
+        RedisLock {
+            client: self.clone(),
+            name: name.into(),
+            counter: format!("{base}:fence"),
+            channel: format!("{base}:released"),
+            key: base,
+        }
+    }
+
+    /// This client's instance id.
+    pub fn instance(&self) -> &str {
+        &self.inner.instance
+    }
+
+    /// The options it was created with.
+    pub fn options(&self) -> &LockOptions {
+        &self.inner.options
+    }
+
+    /// Asks Redis for a PONG: what `/health` calls.
+    pub async fn ping(&self) -> Result<(), LockError> {
+        let _: String = self.query(&redis::cmd("PING")).await?;
+        Ok(())
+    }
+
+    /// Who the current task is, as an owner: `<instance>:<task id>`. Outside
+    /// any task (a `block_on` in `main`) the thread stands in for the task.
+    /// Always contains a ':', so it can never be the hash's `fence` field.
+    pub fn current_owner(&self) -> String {
+        match tokio::task::try_id() {
+            Some(task) => format!("{}:task-{task}", self.inner.instance),
+            None => format!("{}:{:?}", self.inner.instance, std::thread::current().id()),
+        }
+    }
+
+    /// Runs a script. See [`LockClient::query`] for the one retry.
+    async fn invoke<T: FromRedisValue>(
+        &self,
+        script: &ScriptInvocation<'_>,
+    ) -> Result<T, LockError> {
+        let mut conn = self.inner.commands.clone();
+        match script.invoke_async(&mut conn).await {
+            Err(err) if err.is_connection_refusal() => script
+                .invoke_async(&mut conn)
+                .await
+                .map_err(LockError::from_redis),
+            other => other.map_err(LockError::from_redis),
+        }
+    }
+
+    /// Sends one plain command.
+    ///
+    /// After Redis comes back, the connection manager still holds the failed
+    /// connection attempt from the outage; the first command to touch it gets
+    /// that old error and makes the manager start a fresh connection. A
+    /// *refused* connection never carried our command, so sending it once more
+    /// is safe, and it means the first lock attempt after an outage succeeds.
+    /// Any other error (a reply that never came) is not retried here: the
+    /// command may have run.
+    async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, LockError> {
+        let mut conn = self.inner.commands.clone();
+        match cmd.query_async(&mut conn).await {
+            Err(err) if err.is_connection_refusal() => cmd
+                .query_async(&mut conn)
+                .await
+                .map_err(LockError::from_redis),
+            other => other.map_err(LockError::from_redis),
+        }
+    }
+}
+
+/// What one run of `acquire.lua` said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Attempt {
+    /// The caller holds the lock, with this fencing token.
+    Acquired(u64),
+    /// Someone else does; their lease has this long left (`None`: the key has
+    /// no expiry, which these scripts never leave behind).
+    Held(Option<Duration>),
+}
+
+/// What a successful release left behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Released {
+    /// That was the last hold: the lock is free and waiters were told.
+    Free,
+    /// The same owner still holds it from an outer acquisition (reentrancy).
+    StillHeld,
+}
+
+/// One named lock. Cheap to clone.
+#[derive(Clone)]
+pub struct RedisLock {
+    client: LockClient,
+    name: Arc<str>,
+    key: String,
+    counter: String,
+    channel: String,
+}
+
+impl fmt::Debug for RedisLock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisLock")
+            .field("name", &self.name)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisLock {
+    /// The lock's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The Redis key of the lock's hash (for tests and curious learners:
+    /// `redis-cli HGETALL` it while a sale runs).
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Takes the lock, waiting at most `wait` while someone else holds it.
+    ///
+    /// * `Ok(guard)`: held until [`LockGuard::release`] (or the lease ends).
+    /// * [`LockError::Timeout`]: still held by someone else after `wait`.
+    /// * [`LockError::Unavailable`]: Redis did not answer.
+    ///
+    /// Cancel-safe: dropping the future while it waits leaves the line
+    /// without taking a wake-up meant for someone else.
+    pub async fn try_lock(&self, wait: Duration, lease: Lease) -> Result<LockGuard, LockError> {
+        let owner = self.client.current_owner();
+        let lease_time = match lease {
+            Lease::Watchdog => self.client.inner.options.watchdog_lease,
+            Lease::Fixed(lease) => lease,
+        };
+        let started = Instant::now();
+        let deadline = started + wait;
+        // `sent` is when the winning attempt left: the lease started at the
+        // latest then, so the guard's own idea of its expiry is never late.
+        let acquired = match self.client.inner.options.waiting {
+            Waiting::PubSub => pubsub::acquire(self, &owner, lease_time, deadline).await,
+            Waiting::Spin(backoff) => {
+                spin::acquire(self, &owner, lease_time, deadline, backoff).await
+            }
+        };
+        let (token, sent) = acquired.map_err(|err| match err {
+            LockError::Timeout { name, .. } => LockError::Timeout {
+                name,
+                waited: started.elapsed(),
+            },
+            other => other,
+        })?;
+        self.client
+            .inner
+            .wakeups
+            .add_holder(&self.channel, &owner, sent + lease_time);
+        let health = Arc::new(Health::new(sent + lease_time));
+        let watchdog = match lease {
+            Lease::Watchdog => Some(watchdog::spawn(
+                self.clone(),
+                owner.clone(),
+                lease_time,
+                health.clone(),
+            )),
+            Lease::Fixed(_) => None,
+        };
+        Ok(LockGuard {
+            lock: self.clone(),
+            owner,
+            token,
+            lease: lease_time,
+            waited: started.elapsed(),
+            health,
+            watchdog,
+            released: false,
+        })
+    }
+
+    /// Releases one hold of the current task, Redisson's `unlock()`:
+    /// [`LockError::NotOwner`] if this task does not hold the lock (nothing is
+    /// deleted). Prefer [`LockGuard::release`], which also stops the watchdog.
+    pub async fn unlock(&self) -> Result<Released, LockError> {
+        let owner = self.client.current_owner();
+        let answer = self.release_as(&owner).await;
+        match answer? {
+            Some(released) => {
+                self.client
+                    .inner
+                    .wakeups
+                    .forget_holder(&self.channel, &owner);
+                Ok(released)
+            }
+            None => Err(LockError::NotOwner {
+                name: self.name.to_string(),
+                owner,
+            }),
+        }
+    }
+
+    /// Whether anyone holds the lock right now.
+    pub async fn is_locked(&self) -> Result<bool, LockError> {
+        self.client.query(redis::cmd("EXISTS").arg(&self.key)).await
+    }
+
+    /// The error for a spent wait budget (the caller fills in how long).
+    fn timeout(&self) -> LockError {
+        LockError::Timeout {
+            name: self.name.to_string(),
+            waited: Duration::ZERO,
+        }
+    }
+
+    /// One run of `acquire.lua`, safe to cancel.
+    ///
+    /// If the caller's future is dropped while the script is on its way (a
+    /// buyer hung up), Redis may run it anyway and hand the lock to an owner
+    /// that is no longer listening: everyone would wait out the lease. So a
+    /// cancelled attempt sends a release after itself. One connection keeps
+    /// order, so that release runs after the attempt, and it is a no-op if the
+    /// attempt did not take the lock. Not for a reentrant attempt: there the
+    /// release would take away the outer hold if the attempt never ran.
+    async fn attempt(&self, owner: &str, lease: Duration) -> Result<Attempt, LockError> {
+        let reentrant = self.client.inner.wakeups.is_holder(&self.channel, owner);
+        let mut orphan = OrphanCleanup {
+            lock: self,
+            owner,
+            armed: !reentrant,
+        };
+        let answer = self.attempt_once(owner, lease).await;
+        orphan.armed = false;
+        answer
+    }
+
+    async fn attempt_once(&self, owner: &str, lease: Duration) -> Result<Attempt, LockError> {
+        let (acquired, value): (i64, i64) = self
+            .client
+            .invoke(
+                self.client
+                    .inner
+                    .scripts
+                    .acquire
+                    .key(&self.key)
+                    .key(&self.counter)
+                    .arg(owner)
+                    .arg(millis(lease)),
+            )
+            .await?;
+        Ok(if acquired == 1 {
+            Attempt::Acquired(u64::try_from(value).unwrap_or_default())
+        } else {
+            Attempt::Held(u64::try_from(value).ok().map(Duration::from_millis))
+        })
+    }
+
+    /// Runs `release.lua` for `owner`. `Ok(None)` means "not yours".
+    ///
+    /// The release is retried (up to three sends) when Redis did not answer:
+    /// the reply may have been lost *after* Redis released, so every send
+    /// carries the same receipt id, and a repeat gets the first answer back
+    /// instead of taking a second hold away from a reentrant owner.
+    async fn release_as(&self, owner: &str) -> Result<Option<Released>, LockError> {
+        let receipt = format!("{}:receipt:{:016x}", self.key, rand::random::<u64>());
+        self.release_with_receipt(owner, &receipt).await
+    }
+
+    async fn release_with_receipt(
+        &self,
+        owner: &str,
+        receipt: &str,
+    ) -> Result<Option<Released>, LockError> {
+        let lease = millis(self.client.inner.options.watchdog_lease);
+        let keep = millis(RECEIPT_KEEP);
+        let mut pause = Duration::from_millis(20);
+        let mut sends = 0;
+        loop {
+            sends += 1;
+            let answer: Result<i64, LockError> = self
+                .client
+                .invoke(
+                    self.client
+                        .inner
+                        .scripts
+                        .release
+                        .key(&self.key)
+                        .key(receipt)
+                        .arg(owner)
+                        .arg(&self.channel)
+                        .arg(lease)
+                        .arg(keep),
+                )
+                .await;
+            match answer {
+                Ok(1) => return Ok(Some(Released::Free)),
+                Ok(0) => return Ok(Some(Released::StillHeld)),
+                Ok(_) => return Ok(None),
+                Err(LockError::Unavailable(_)) if sends < 3 => {
+                    tokio::time::sleep(pause).await;
+                    pause *= 4;
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    /// One run of `renew.lua`: `Ok(false)` when the hold is gone.
+    async fn renew(&self, owner: &str, lease: Duration) -> Result<bool, LockError> {
+        let renewed: i64 = self
+            .client
+            .invoke(
+                self.client
+                    .inner
+                    .scripts
+                    .renew
+                    .key(&self.key)
+                    .arg(owner)
+                    .arg(millis(lease)),
+            )
+            .await?;
+        Ok(renewed == 1)
+    }
+}
+
+/// Releases the hold of a cancelled attempt (see [`RedisLock::attempt`]).
+struct OrphanCleanup<'a> {
+    lock: &'a RedisLock,
+    owner: &'a str,
+    armed: bool,
+}
+
+impl Drop for OrphanCleanup<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let lock = self.lock.clone();
+            let owner = self.owner.to_owned();
+            runtime.spawn(async move {
+                let _ = lock.release_as(&owner).await;
+            });
+        }
+    }
+}
+
+/// How long a release's answer is remembered for retries of the same
+/// release: far longer than any retry takes, short enough not to pile up.
+const RECEIPT_KEEP: Duration = Duration::from_secs(5);
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+/// What the guard knows about its own hold, shared with its watchdog.
+struct Health {
+    /// A fixed point to measure `valid_until` from, so it fits an atomic.
+    base: Instant,
+    /// Nanoseconds after `base` when the lease ends, as far as we know: set
+    /// from the moment the acquiring (or renewing) command was *sent*, so it
+    /// is never later than Redis's own expiry.
+    valid_until: AtomicU64,
+    /// A renewal failed: we can no longer prove we hold the lock.
+    lost: AtomicBool,
+}
+
+impl Health {
+    fn new(valid_until: Instant) -> Self {
+        let health = Self {
+            base: Instant::now(),
+            valid_until: AtomicU64::new(0),
+            lost: AtomicBool::new(false),
+        };
+        health.extend_to(valid_until);
+        health
+    }
+
+    fn extend_to(&self, until: Instant) {
+        let nanos = u64::try_from(until.saturating_duration_since(self.base).as_nanos())
+            .unwrap_or(u64::MAX);
+        self.valid_until.fetch_max(nanos, Ordering::SeqCst);
+    }
+
+    fn mark_lost(&self) {
+        self.lost.store(true, Ordering::SeqCst);
+    }
+
+    fn is_lost(&self) -> bool {
+        let elapsed = u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.lost.load(Ordering::SeqCst) || elapsed >= self.valid_until.load(Ordering::SeqCst)
+    }
+}
+
+/// One hold of a [`RedisLock`]. Release it with [`LockGuard::release`].
+///
+/// Dropping a guard without releasing it (an early return, a cancelled
+/// request) still releases the hold, from a background task, so the lock does
+/// not stay taken until its lease ends.
+#[must_use = "a lock guard holds the lock until it is released"]
+pub struct LockGuard {
+    lock: RedisLock,
+    owner: String,
+    token: u64,
+    lease: Duration,
+    waited: Duration,
+    health: Arc<Health>,
+    watchdog: Option<watchdog::Watchdog>,
+    released: bool,
+}
+
+impl fmt::Debug for LockGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LockGuard")
+            .field("name", &self.lock.name)
+            .field("owner", &self.owner)
+            .field("token", &self.token)
+            .field("lease", &self.lease)
+            .field("watchdog", &self.watchdog.is_some())
+            .field("lost", &self.is_lost())
+            .finish()
+    }
+}
+
+impl LockGuard {
+    /// This hold's fencing token: larger than the token of every earlier hold
+    /// of this lock. Write it next to the data the lock protects, and refuse
+    /// writes that carry a smaller one: then a holder that stalled past its
+    /// lease cannot overwrite what the next holder did.
+    pub fn fencing_token(&self) -> u64 {
+        self.token
+    }
+
+    /// True when this guard can no longer prove it holds the lock: its lease
+    /// has run out by our own clock, or the watchdog failed to renew it.
+    /// Check it just before making the protected work permanent (before
+    /// COMMIT). It is a hint, not a guarantee: the lease can end a moment after
+    /// the check, which is why the fencing token exists.
+    pub fn is_lost(&self) -> bool {
+        self.health.is_lost()
+    }
+
+    /// The lock's name.
+    pub fn name(&self) -> &str {
+        &self.lock.name
+    }
+
+    /// Who holds it: `<instance>:<task>`.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// How long [`RedisLock::try_lock`] waited for it.
+    pub fn waited(&self) -> Duration {
+        self.waited
+    }
+
+    /// Gives the hold back: stops the watchdog, then runs `release.lua`.
+    ///
+    /// * `Ok(Released::Free)`: the lock is free, waiters were told.
+    /// * `Ok(Released::StillHeld)`: an outer hold of the same owner remains.
+    /// * [`LockError::Lost`]: the lease had already run out, the lock was not
+    ///   ours any more, and nothing was deleted.
+    /// * [`LockError::Unavailable`]: Redis did not answer; the hold ends by
+    ///   itself when its lease does (the watchdog is already stopped).
+    pub async fn release(mut self) -> Result<Released, LockError> {
+        self.released = true;
+        // Stop renewing first. A renewal still in flight is harmless: it
+        // only extends a hold that still exists, never recreates one.
+        if let Some(watchdog) = self.watchdog.take() {
+            watchdog.stop();
+        }
+        let answer = self.lock.release_as(&self.owner).await;
+        self.lock
+            .client
+            .inner
+            .wakeups
+            .forget_holder(&self.lock.channel, &self.owner);
+        match answer? {
+            Some(released) => Ok(released),
+            None => Err(LockError::Lost {
+                name: self.lock.name.to_string(),
+            }),
+        }
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        if let Some(watchdog) = self.watchdog.take() {
+            watchdog.stop();
+        }
+        self.lock
+            .client
+            .inner
+            .wakeups
+            .forget_holder(&self.lock.channel, &self.owner);
+        // Drop cannot wait for Redis, so the release runs on its own task.
+        // Outside a runtime there is nobody to run it: the lease ends it.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let lock = self.lock.clone();
+            let owner = std::mem::take(&mut self.owner);
+            runtime.spawn(async move {
+                if let Err(err) = lock.release_as(&owner).await {
+                    tracing::warn!(lock = %lock.name, %err, "releasing a dropped lock guard failed; its lease will end it");
+                }
+            });
+        }
+    }
+}

@@ -1,0 +1,509 @@
+//! Waiting by subscription: sleep until the holder says "released".
+//!
+//! A waiter that polls (see `spin.rs`) guesses when to look again: too soon
+//! and it floods Redis, too late and the lock sits free while buyers wait.
+//! Redisson's answer, kept here: the final release PUBLISHes on the lock's
+//! channel, and waiters sleep until that message arrives.
+//!
+//! Three things go wrong in naive versions of this, and each has its line
+//! below:
+//!
+//! 1. **The release that slips between "try" and "subscribe".** A waiter
+//!    tries, fails, subscribes; if the holder released in between, the message
+//!    went out before anyone listened and the waiter sleeps on a free lock.
+//!    So: subscribe *first*, then try again, then sleep. A release after the
+//!    subscription is heard; a release before it is seen by the new try.
+//! 2. **The message that never comes.** PUBLISH is fire-and-forget: a
+//!    subscriber that reconnects misses what was sent meanwhile, and a holder
+//!    that crashes never publishes at all (its key just expires). So nobody
+//!    sleeps longer than the holder's remaining lease (the PTTL the failed try
+//!    returned): then it tries again whether a message came or not.
+//! 3. **The herd.** Wake every waiter on every release and they all rush
+//!    Redis, one wins, the rest go back to sleep: N commands per release. Here
+//!    a process subscribes *once* per lock, however many of its tasks wait,
+//!    and a message wakes only the task at the head of that process's line.
+//!    Tasks of one process take turns in arrival order; a newcomer does not
+//!    jump the line (it would win every time: it is already running while the
+//!    woken head is still being scheduled).
+//!
+//! The head that is woken keeps its place until it leaves the line. If it
+//! leaves *without* the lock (it gave up, failed, or was cancelled), it may
+//! have swallowed the one message meant for the line, so it passes the wake-up
+//! on to the next task. That rule is the whole defence against lost wake-ups.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Msg, PushInfo, PushKind};
+use tokio::sync::Notify;
+
+use super::{Attempt, LockError, RedisLock};
+
+/// How long a subscription outlives its last waiter. During a rush the line
+/// empties and refills all the time; unsubscribing at once would send an
+/// UNSUBSCRIBE and a SUBSCRIBE for nearly every sale.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// When Redis reports no expiry for a held lock (never left by our scripts,
+/// but a person with `redis-cli PERSIST` can), look again this often.
+const NO_EXPIRY_RECHECK: Duration = Duration::from_secs(1);
+
+/// Takes the lock for `owner`, waiting on the lock's channel until `deadline`.
+/// Returns the fencing token and when the winning attempt was sent.
+pub(super) async fn acquire(
+    lock: &RedisLock,
+    owner: &str,
+    lease: Duration,
+    deadline: Instant,
+) -> Result<(u64, Instant), LockError> {
+    let wakeups = &lock.client.inner.wakeups;
+    let channel = lock.channel.as_str();
+
+    // The fast path: one try, unless this process already has tasks waiting
+    // for this lock (then we queue behind them instead of jumping the line),
+    // or the caller already holds it (then it is reentrant and must not queue
+    // behind tasks that wait for the caller itself).
+    if wakeups.may_try_at_once(channel, owner) {
+        let sent = Instant::now();
+        match lock.attempt(owner, lease).await? {
+            Attempt::Acquired(token) => return Ok((token, sent)),
+            Attempt::Held(pttl) => wakeups.note_expiry(channel, pttl),
+        }
+    }
+
+    // The slow path: join the line, subscribe, and only then try again.
+    let waiter = wakeups.enqueue(channel);
+    wakeups.subscribe(channel).await?;
+    // Subscribed: now try once more, if we are at the head of the line. (Tasks
+    // behind us need not: the subscription was already there, or is being
+    // made, for the head, so no release can slip by unheard.)
+    let mut try_now = true;
+    loop {
+        let head = waiter.is_head();
+        let woken = waiter.slot.try_now.swap(false, Ordering::SeqCst);
+        if head && (try_now || woken) {
+            let sent = Instant::now();
+            match lock.attempt(owner, lease).await? {
+                Attempt::Acquired(token) => {
+                    waiter.leave_with_lock(sent + lease);
+                    return Ok((token, sent));
+                }
+                Attempt::Held(pttl) => wakeups.note_expiry(channel, pttl),
+            }
+        }
+        try_now = false;
+        if Instant::now() >= deadline {
+            // `waiter` drops here and passes any wake-up it held to the next.
+            return Err(lock.timeout());
+        }
+        // Only the head needs a timer besides the deadline: everyone behind
+        // it is woken, in turn, when the head leaves the line.
+        let look_again = if head {
+            wakeups
+                .expiry(channel)
+                .map_or(deadline, |expiry| expiry.min(deadline))
+        } else {
+            deadline
+        };
+        tokio::select! {
+            () = waiter.slot.wake.notified() => {}
+            () = tokio::time::sleep_until(look_again.into()) => {
+                // The holder's lease should be over (or the message was
+                // lost): look for ourselves.
+                try_now = head && look_again < deadline;
+            }
+        }
+    }
+}
+
+/// One waiting task's place in its process's line.
+struct Slot {
+    /// Woken when the task should look again: a release was published (with
+    /// `try_now` set), or it just became the head of the line (without).
+    wake: Notify,
+    /// Set with every wake-up that means "the lock may be free: try".
+    try_now: AtomicBool,
+}
+
+/// What this process knows about one lock: its line, its local holders, and
+/// whether it is subscribed to the lock's channel.
+struct Channel {
+    /// Tasks waiting for the lock, in arrival order. The head is the one a
+    /// message wakes.
+    line: VecDeque<Arc<Slot>>,
+    /// Owners in this process that hold the lock, with their hold counts.
+    /// Only used to let reentrant acquisitions skip the line.
+    holders: HashMap<String, u32>,
+    /// When the current holder's lease should end, as last seen (the PTTL of
+    /// a failed try, or the lease of a hold taken here).
+    expiry: Option<Instant>,
+    /// Whether the subscriber is SUBSCRIBEd to this channel. Behind an async
+    /// mutex because it is held across the SUBSCRIBE/UNSUBSCRIBE round trip:
+    /// that orders a new waiter's SUBSCRIBE after a lingering UNSUBSCRIBE.
+    subscribed: Arc<tokio::sync::Mutex<bool>>,
+    /// An UNSUBSCRIBE task is already waiting out the linger time.
+    unsubscribe_scheduled: bool,
+}
+
+impl Channel {
+    fn new() -> Self {
+        Self {
+            line: VecDeque::new(),
+            holders: HashMap::new(),
+            expiry: None,
+            subscribed: Arc::new(tokio::sync::Mutex::new(false)),
+            unsubscribe_scheduled: false,
+        }
+    }
+
+    /// Wakes the head of the line, telling it to try.
+    fn wake_head(&self) {
+        if let Some(head) = self.line.front() {
+            head.try_now.store(true, Ordering::SeqCst);
+            head.wake.notify_one();
+        }
+    }
+}
+
+/// Every lock this process waits for or holds, by channel name.
+///
+/// A `std::sync::Mutex`, not Tokio's: it is only ever held for a few map and
+/// queue operations, never across an `.await`, and it is also locked from the
+/// connection's message callback, which cannot await at all.
+type Registry = Arc<Mutex<HashMap<String, Channel>>>;
+
+fn lock_registry(registry: &Registry) -> MutexGuard<'_, HashMap<String, Channel>> {
+    // Poisoned only if a panic hit mid-update; the map is still usable.
+    registry
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The per-process subscriber: one connection, one subscription per lock
+/// that has local waiters, and the local lines.
+pub(super) struct WakeUps {
+    registry: Registry,
+    subscriber: ConnectionManager,
+    /// Re-establishes the subscriber after Redis went away (see [`keep`]).
+    _keeper: AbortOnDrop,
+}
+
+impl WakeUps {
+    pub(super) fn new(
+        client: redis::Client,
+        config: ConnectionManagerConfig,
+    ) -> Result<Self, LockError> {
+        let registry: Registry = Arc::default();
+        let lost_connection = Arc::new(Notify::new());
+        // Messages are handled right where the connection reads them: a
+        // lookup and a `notify_one`, no extra task in between.
+        let on_push = {
+            let registry = registry.clone();
+            let lost_connection = lost_connection.clone();
+            move |push: PushInfo| -> Result<(), std::convert::Infallible> {
+                match push.kind {
+                    PushKind::Message => {
+                        if let Some(message) = Msg::from_push_info(push) {
+                            if let Some(channel) =
+                                lock_registry(&registry).get(message.get_channel_name())
+                            {
+                                channel.wake_head();
+                            }
+                        }
+                    }
+                    PushKind::Disconnection => lost_connection.notify_one(),
+                    _ => {}
+                }
+                Ok(())
+            }
+        };
+        let config = config
+            .set_push_sender(on_push)
+            .set_automatic_resubscription();
+        let subscriber =
+            ConnectionManager::new_lazy_with_config(client, config).map_err(LockError::Redis)?;
+        let keeper = tokio::spawn(keep(subscriber.clone(), registry.clone(), lost_connection));
+        Ok(Self {
+            registry,
+            subscriber,
+            _keeper: AbortOnDrop(keeper),
+        })
+    }
+
+    /// True when a caller may try at once: nobody of this process is in line
+    /// for the lock, or the caller already holds it (reentrancy).
+    fn may_try_at_once(&self, channel: &str, owner: &str) -> bool {
+        lock_registry(&self.registry)
+            .get(channel)
+            .is_none_or(|channel| channel.line.is_empty() || channel.holders.contains_key(owner))
+    }
+
+    /// Remembers when the holder's lease should end, from a failed try's PTTL.
+    fn note_expiry(&self, channel: &str, pttl: Option<Duration>) {
+        let expiry = Instant::now() + pttl.unwrap_or(NO_EXPIRY_RECHECK);
+        if let Some(channel) = lock_registry(&self.registry).get_mut(channel) {
+            channel.expiry = Some(expiry);
+        }
+    }
+
+    fn expiry(&self, channel: &str) -> Option<Instant> {
+        lock_registry(&self.registry)
+            .get(channel)
+            .and_then(|channel| channel.expiry)
+    }
+
+    /// Whether `owner` holds the lock (as far as this process knows).
+    pub(super) fn is_holder(&self, channel: &str, owner: &str) -> bool {
+        lock_registry(&self.registry)
+            .get(channel)
+            .is_some_and(|channel| channel.holders.contains_key(owner))
+    }
+
+    /// Records a hold taken by `owner` in this process.
+    pub(super) fn add_holder(&self, channel: &str, owner: &str, expiry: Instant) {
+        let mut registry = lock_registry(&self.registry);
+        let channel = registry
+            .entry(channel.to_owned())
+            .or_insert_with(Channel::new);
+        *channel.holders.entry(owner.to_owned()).or_default() += 1;
+        channel.expiry = Some(expiry);
+    }
+
+    /// Forgets one hold of `owner` (the guard was released or dropped).
+    pub(super) fn forget_holder(&self, name: &str, owner: &str) {
+        let mut registry = lock_registry(&self.registry);
+        let Some(channel) = registry.get_mut(name) else {
+            return;
+        };
+        if let Some(count) = channel.holders.get_mut(owner) {
+            *count -= 1;
+            if *count == 0 {
+                channel.holders.remove(owner);
+            }
+        }
+        remove_if_unused(&mut registry, name);
+    }
+
+    /// Puts the current task at the end of the lock's line.
+    fn enqueue(&self, channel: &str) -> Waiter<'_> {
+        let slot = Arc::new(Slot {
+            wake: Notify::new(),
+            try_now: AtomicBool::new(false),
+        });
+        lock_registry(&self.registry)
+            .entry(channel.to_owned())
+            .or_insert_with(Channel::new)
+            .line
+            .push_back(slot.clone());
+        Waiter {
+            wakeups: self,
+            channel: channel.to_owned(),
+            slot,
+            left: false,
+        }
+    }
+
+    /// Makes sure this process is subscribed to `channel`. The first waiter
+    /// sends SUBSCRIBE and waits for Redis to confirm it; the others find it
+    /// done. Only a confirmed subscription counts: that is what makes the
+    /// "subscribe, then try" order hold.
+    async fn subscribe(&self, channel: &str) -> Result<(), LockError> {
+        let subscribed = lock_registry(&self.registry)
+            .get(channel)
+            .map(|entry| entry.subscribed.clone())
+            .expect("a waiter's channel stays registered while it waits");
+        let mut subscribed = subscribed.lock().await;
+        if !*subscribed {
+            let mut subscriber = self.subscriber.clone();
+            subscriber
+                .subscribe(channel)
+                .await
+                .map_err(LockError::from_redis)?;
+            *subscribed = true;
+        }
+        Ok(())
+    }
+
+    /// Called when a line becomes empty: unsubscribe after [`LINGER`], unless
+    /// someone joined the line in the meantime.
+    fn schedule_unsubscribe(&self, registry: &mut HashMap<String, Channel>, name: &str) {
+        let Some(channel) = registry.get_mut(name) else {
+            return;
+        };
+        if channel.unsubscribe_scheduled {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        channel.unsubscribe_scheduled = true;
+        let subscribed = channel.subscribed.clone();
+        let registry = self.registry.clone();
+        let mut subscriber = self.subscriber.clone();
+        let name = name.to_owned();
+        runtime.spawn(async move {
+            tokio::time::sleep(LINGER).await;
+            let still_idle = |registry: &mut HashMap<String, Channel>| {
+                let channel = registry.get_mut(&name);
+                match channel {
+                    Some(channel) if channel.line.is_empty() => true,
+                    Some(channel) => {
+                        channel.unsubscribe_scheduled = false;
+                        false
+                    }
+                    None => false,
+                }
+            };
+            if !still_idle(&mut lock_registry(&registry)) {
+                return;
+            }
+            // Hold the subscription state across UNSUBSCRIBE: a waiter that
+            // arrives now waits here, then subscribes again.
+            let mut subscribed = subscribed.lock().await;
+            if !still_idle(&mut lock_registry(&registry)) {
+                return;
+            }
+            if *subscribed {
+                // If Redis is down this fails; the subscription then died
+                // with the connection, except that automatic resubscription
+                // would bring it back, and a stray subscription only costs a
+                // message nobody listens to.
+                let _ = subscriber.unsubscribe(&name).await;
+                *subscribed = false;
+            }
+            drop(subscribed);
+            let mut registry = lock_registry(&registry);
+            if let Some(channel) = registry.get_mut(&name) {
+                channel.unsubscribe_scheduled = false;
+            }
+            remove_if_unused(&mut registry, &name);
+        });
+    }
+}
+
+/// Drops a channel's entry once nothing refers to it: nobody waits, nobody
+/// here holds the lock, and it is not subscribed.
+fn remove_if_unused(registry: &mut HashMap<String, Channel>, name: &str) {
+    let unused = registry.get(name).is_some_and(|channel| {
+        channel.line.is_empty()
+            && channel.holders.is_empty()
+            && !channel.unsubscribe_scheduled
+            && channel
+                .subscribed
+                .try_lock()
+                .is_ok_and(|subscribed| !*subscribed)
+    });
+    if unused {
+        registry.remove(name);
+    }
+}
+
+/// A task's place in line. Leaving the line happens in `Drop`, so that a
+/// waiter that is cancelled, times out or fails cannot forget to.
+struct Waiter<'a> {
+    wakeups: &'a WakeUps,
+    channel: String,
+    slot: Arc<Slot>,
+    left: bool,
+}
+
+impl Waiter<'_> {
+    fn is_head(&self) -> bool {
+        lock_registry(&self.wakeups.registry)
+            .get(&self.channel)
+            .and_then(|channel| channel.line.front())
+            .is_some_and(|head| Arc::ptr_eq(head, &self.slot))
+    }
+
+    /// Leaves the line holding the lock, whose lease ends at `expiry`.
+    fn leave_with_lock(mut self, expiry: Instant) {
+        self.leave(Some(expiry));
+    }
+
+    fn leave(&mut self, acquired: Option<Instant>) {
+        if self.left {
+            return;
+        }
+        self.left = true;
+        let mut registry = lock_registry(&self.wakeups.registry);
+        let Some(channel) = registry.get_mut(&self.channel) else {
+            return;
+        };
+        let position = channel
+            .line
+            .iter()
+            .position(|slot| Arc::ptr_eq(slot, &self.slot));
+        if let Some(position) = position {
+            channel.line.remove(position);
+            if position == 0 {
+                if let Some(next) = channel.line.front() {
+                    // The next task is now the head. If we leave with the
+                    // lock, it just needs to start its timer (our release
+                    // will wake it). If we leave without it, we may have
+                    // swallowed the wake-up meant for the line: pass it on.
+                    if acquired.is_none() {
+                        next.try_now.store(true, Ordering::SeqCst);
+                    }
+                    next.wake.notify_one();
+                }
+            }
+        }
+        if let Some(expiry) = acquired {
+            channel.expiry = Some(expiry);
+        }
+        if channel.line.is_empty() {
+            self.wakeups
+                .schedule_unsubscribe(&mut registry, &self.channel);
+        }
+    }
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        self.leave(None);
+    }
+}
+
+/// Keeps the subscriber connected. When the connection drops, messages sent
+/// meanwhile are lost, and the connection manager reconnects only when a
+/// command asks for it. So this task PINGs until a connection (with every
+/// subscription restored) is back, then wakes every line's head to look at
+/// its lock instead of trusting that nothing happened while we were deaf.
+async fn keep(subscriber: ConnectionManager, registry: Registry, lost_connection: Arc<Notify>) {
+    loop {
+        lost_connection.notified().await;
+        // Wake the heads now too: if Redis is down their tries fail fast,
+        // and they answer "unavailable" instead of sleeping out their lease.
+        wake_every_head(&registry);
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let mut connection = subscriber.clone();
+            let pong: redis::RedisResult<String> =
+                redis::cmd("PING").query_async(&mut connection).await;
+            if pong.is_ok() {
+                break;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(1));
+        }
+        wake_every_head(&registry);
+    }
+}
+
+fn wake_every_head(registry: &Registry) {
+    for channel in lock_registry(registry).values() {
+        channel.wake_head();
+    }
+}
+
+/// Aborts a background task when the client that owns it is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

@@ -1,0 +1,44 @@
+-- Give back one hold of the lock; on the last one, delete it and tell waiters.
+--
+-- KEYS[1]  the lock hash
+-- KEYS[2]  this release's receipt: remembers the answer for a few seconds, so
+--          that sending the same release again (its reply was lost, the client
+--          retried) returns the same answer instead of releasing twice
+-- ARGV[1]  the owner releasing
+-- ARGV[2]  the channel waiters listen on
+-- ARGV[3]  the lease to re-arm when holds remain, in milliseconds
+-- ARGV[4]  how long to keep the receipt, in milliseconds
+--
+-- Returns  1  released: the key is gone and a message was published
+--          0  still held: this owner took it more than once (reentrancy)
+--         -1  not held by this owner: nothing was changed
+
+local lock, receipt = KEYS[1], KEYS[2]
+local owner, channel, lease, keep = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+
+-- A retry of a release that already happened: answer as the first time did.
+local earlier = redis.call('GET', receipt)
+if earlier then
+  return tonumber(earlier)
+end
+
+-- Never delete a lock that is not ours: after our lease ran out, the key may
+-- belong to the next buyer. Refuse, and let the caller say so.
+if redis.call('HEXISTS', lock, owner) == 0 then
+  return -1
+end
+
+local result
+if redis.call('HINCRBY', lock, owner, -1) > 0 then
+  -- An outer hold remains: keep the lock, give it a full lease again.
+  redis.call('PEXPIRE', lock, lease)
+  result = 0
+else
+  -- The last hold: the lock is free. Tell the processes that wait for it;
+  -- each wakes one of its waiters.
+  redis.call('DEL', lock)
+  redis.call('PUBLISH', channel, 'released')
+  result = 1
+end
+redis.call('SET', receipt, result, 'PX', keep)
+return result

@@ -1,0 +1,18 @@
+-- Level 3's fencing tokens.
+--
+-- A Redis lock is a lease: if its holder stalls (a long GC pause elsewhere, a
+-- stopped VM, a slow network) past the lease, Redis hands the lock to the next
+-- buyer while the first one still believes it holds it. Two holders at once is
+-- exactly the race the lock was meant to prevent.
+--
+-- The fix is to let the *database* refuse the stale holder. Every acquisition
+-- of a Redis lock comes with a fencing token that only ever grows; a sale
+-- writes `fence = its token` and is only applied while the row's fence is not
+-- newer than that token (and has not changed since the sale read the row), so
+-- a holder whose lease ran out cannot overwrite what a newer holder wrote.
+--
+-- The column starts at 0, below every token. Resetting a ticket for a new run
+-- (ticket_core::db::reset_ticket) leaves it alone on purpose: tokens never go
+-- back (Redis INCR on a key that never expires, with the clock as a floor), so
+-- an old fence is always below the next token. Other levels never read it.
+ALTER TABLE tickets ADD COLUMN IF NOT EXISTS fence BIGINT NOT NULL DEFAULT 0;
