@@ -72,7 +72,7 @@
 //!
 //! ```text
 //! cargo run --release -p load -- run --level 2 --strategy atomic --servers 2 --buyers 1000 --tickets 100
-//! cargo run --release -p load -- run --level 2 --strategy optimistic --servers 2 --think-time-ms 10 --json
+//! cargo run --release -p load -- run --level 2 --strategy optimistic --servers 2 --think-time-ms 0 --json
 //! ```
 //!
 //! or by hand, in two terminals (same `DATABASE_URL`):
@@ -187,10 +187,10 @@ pub const STRATEGIES: &[StrategyEntry<Level2Config>] = &[
     },
 ];
 
-/// The race window the tour and the tests use: wide enough that the naive
-/// sale would oversell every time, so that Level 2's strategies are shown
-/// correct *despite* it (and what each pays for it shows up in the timings).
-pub const RACE_THINK_TIME_MS: u64 = 10;
+/// The race window the tour and the tests use: the same 20 ms that makes
+/// Levels 0 and 1 oversell every time, so that Level 2's strategies are shown
+/// correct *despite* it, and what each pays for it shows up in the timings.
+pub const RACE_THINK_TIME_MS: u64 = 20;
 
 /// `level2`: a ticket server whose concurrency control lives in PostgreSQL.
 #[derive(Parser, Debug, Clone)]
