@@ -6,7 +6,9 @@
 //! 2. otherwise a throwaway server started from the binaries on `PATH`
 //!    (`initdb`/`pg_ctl`/`postgres`, `redis-server`) on a free loopback port,
 //!    in a temporary directory;
-//! 3. otherwise a clear error that says what to install (or to use
+//! 3. otherwise, when built with the `docker` feature and a Docker engine
+//!    answers, a container started with testcontainers;
+//! 4. otherwise a clear error that says what to install (or to use
 //!    `docker compose up`, see the README).
 //!
 //! A throwaway server is watched by a small `sh` supervisor whose standard
@@ -38,6 +40,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct Postgres {
     url: String,
     process: Option<Supervised>,
+    #[cfg(feature = "docker")]
+    _container: Option<docker::Container>,
 }
 
 impl std::fmt::Debug for Postgres {
@@ -55,6 +59,8 @@ impl Postgres {
         Self {
             url: url.into(),
             process: None,
+            #[cfg(feature = "docker")]
+            _container: None,
         }
     }
 
@@ -80,11 +86,22 @@ impl Postgres {
     /// Starts a throwaway PostgreSQL on a free loopback port. Tuned for speed
     /// (fsync off): it holds nothing worth keeping.
     pub fn throwaway() -> anyhow::Result<Self> {
-        let bin = find_postgres_bin().context(
-            "no PostgreSQL server binaries found (initdb, pg_ctl, postgres). Install them \
-             (Debian: apt-get install postgresql), set DATABASE_URL to a server you run, \
-             or start one with `docker compose up -d postgres`",
-        )?;
+        let Some(bin) = find_postgres_bin() else {
+            #[cfg(feature = "docker")]
+            if let Ok((url, container)) = docker::postgres() {
+                return Ok(Self {
+                    url,
+                    process: None,
+                    _container: Some(container),
+                });
+            }
+            anyhow::bail!(
+                "no PostgreSQL server binaries found (initdb, pg_ctl, postgres). Install them \
+                 (Debian: apt-get install postgresql), set DATABASE_URL to a server you run, \
+                 start one with `docker compose up -d postgres`, or build with \
+                 `--features ticket-core/docker` to have testcontainers start one"
+            );
+        };
         let run_as = postgres_user()?;
         let dir = make_private_dir("pg", run_as.as_ref())?;
         let port = free_port()?;
@@ -119,6 +136,8 @@ rm -rf "$DIR"
         Ok(Self {
             url,
             process: Some(process),
+            #[cfg(feature = "docker")]
+            _container: None,
         })
     }
 
@@ -129,6 +148,10 @@ rm -rf "$DIR"
 
     /// Whether this value started the server (and will stop it).
     pub fn is_throwaway(&self) -> bool {
+        #[cfg(feature = "docker")]
+        if self._container.is_some() {
+            return true;
+        }
         self.process.is_some()
     }
 
@@ -178,6 +201,8 @@ pub struct Redis {
     url: String,
     port: Option<u16>,
     process: Option<Supervised>,
+    #[cfg(feature = "docker")]
+    _container: Option<docker::Container>,
 }
 
 impl std::fmt::Debug for Redis {
@@ -196,6 +221,8 @@ impl Redis {
             url: url.into(),
             port: None,
             process: None,
+            #[cfg(feature = "docker")]
+            _container: None,
         }
     }
 
@@ -218,6 +245,17 @@ impl Redis {
 
     /// Starts a throwaway Redis on a free loopback port, without persistence.
     pub fn throwaway() -> anyhow::Result<Self> {
+        #[cfg(feature = "docker")]
+        if which("redis-server").is_none() {
+            if let Ok((url, container)) = docker::redis() {
+                return Ok(Self {
+                    url,
+                    port: None,
+                    process: None,
+                    _container: Some(container),
+                });
+            }
+        }
         Self::throwaway_on(free_port()?, &[])
     }
 
@@ -227,7 +265,8 @@ impl Redis {
     pub fn throwaway_on(port: u16, extra_args: &[&str]) -> anyhow::Result<Self> {
         let server = which("redis-server").context(
             "no redis-server found on PATH. Install it (Debian: apt-get install redis-server), \
-             set REDIS_URL to a server you run, or start one with `docker compose up -d redis`",
+             set REDIS_URL to a server you run, start one with `docker compose up -d redis`, \
+             or build with `--features ticket-core/docker` to have testcontainers start one",
         )?;
         let dir = make_private_dir("redis", None)?;
         let script = r#"
@@ -259,6 +298,8 @@ rm -rf "$DIR"
             url,
             port: Some(port),
             process: Some(process),
+            #[cfg(feature = "docker")]
+            _container: None,
         })
     }
 
@@ -270,6 +311,40 @@ rm -rf "$DIR"
     /// The port of a throwaway server.
     pub fn port(&self) -> Option<u16> {
         self.port
+    }
+}
+
+/// The testcontainers path, for machines with Docker and no local binaries.
+#[cfg(feature = "docker")]
+mod docker {
+    use anyhow::Context as _;
+    use testcontainers_modules::testcontainers::runners::SyncRunner as _;
+    use testcontainers_modules::testcontainers::ImageExt as _;
+
+    /// A running container; dropping it removes the container.
+    pub type Container = Box<dyn std::any::Any + Send + Sync>;
+
+    /// PostgreSQL 15 in a container, as the tests expect it.
+    pub fn postgres() -> anyhow::Result<(String, Container)> {
+        let container = testcontainers_modules::postgres::Postgres::default()
+            .with_host_auth()
+            .with_tag("15")
+            .with_cmd(["postgres", "-c", "max_connections=600", "-c", "fsync=off"])
+            .start()
+            .context("cannot start PostgreSQL with testcontainers (is a Docker engine running?)")?;
+        let port = container.get_host_port_ipv4(5432)?;
+        let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+        Ok((url, Box::new(container)))
+    }
+
+    /// Redis 7 in a container.
+    pub fn redis() -> anyhow::Result<(String, Container)> {
+        let container = testcontainers_modules::redis::Redis::default()
+            .with_tag("7")
+            .start()
+            .context("cannot start Redis with testcontainers (is a Docker engine running?)")?;
+        let port = container.get_host_port_ipv4(6379)?;
+        Ok((format!("redis://127.0.0.1:{port}/"), Box::new(container)))
     }
 }
 
