@@ -131,6 +131,7 @@ pub async fn run(options: &RunOptions) -> anyhow::Result<Vec<Report>> {
         info.needs_redis && options.targets.is_empty(),
     )
     .await?;
+    check_database(services.database_url()).await?;
 
     let (think_time_ms, processes, targets) = if options.targets.is_empty() {
         let think = options.think_time_ms.unwrap_or(info.race_think_time_ms);
@@ -173,6 +174,14 @@ pub async fn run(options: &RunOptions) -> anyhow::Result<Vec<Report>> {
     stop_all(processes).await;
     result?;
     Ok(reports)
+}
+
+/// Fails fast, in one line, when the database does not answer, before any
+/// server is started.
+async fn check_database(url: &str) -> anyhow::Result<()> {
+    let pool = ticket_core::db::connect(url, 1, Duration::from_secs(5)).await?;
+    pool.close().await;
+    Ok(())
 }
 
 fn plan_for(
@@ -269,6 +278,7 @@ pub async fn tour(options: &TourOptions, mut on_row: impl FnMut(&TourRow)) -> an
         need_redis,
     )
     .await?;
+    check_database(services.database_url()).await?;
 
     let mut rows = Vec::new();
     let mut ticket_id = 1_000;

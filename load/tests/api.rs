@@ -330,3 +330,28 @@ async fn health_and_metrics_answer() {
     );
     stop(servers).await;
 }
+
+/// Two servers started at the same moment on an empty database both come
+/// up: migrations take an advisory lock, so one applies them and the other
+/// waits and finds them applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_starting_together_share_one_schema() {
+    let database = common::fresh_database().await;
+    let spec = ServerSpec::new(1, "mutex");
+    let start = || load::servers::start_in_process(&spec, &database, None, 1);
+
+    let (a, b) = tokio::join!(start(), start());
+
+    let (a, b) = (a.expect("first server"), b.expect("second server"));
+    let client = reqwest::Client::new();
+    for server in a.iter().chain(b.iter()) {
+        let ticket = client
+            .get(format!("{}/tickets/1", server.url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ticket.status(), StatusCode::OK);
+    }
+    stop(a).await;
+    stop(b).await;
+}

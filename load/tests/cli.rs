@@ -207,5 +207,55 @@ async fn unreachable_database_is_a_clear_error() {
 
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.starts_with("error: "), "{stderr}");
+    assert!(
+        stderr.starts_with("error: cannot connect to PostgreSQL"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+}
+
+/// A server binary stops gracefully on SIGTERM (as a service manager stops
+/// it), and exits successfully.
+#[tokio::test]
+async fn a_server_shuts_down_gracefully_on_sigterm() {
+    use nix::sys::signal::{kill, Signal};
+    let database = fresh_database().await;
+    let port = ticket_core::services::free_port().unwrap().to_string();
+    let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_load"))
+        .args([
+            "serve",
+            "level1",
+            "--port",
+            &port,
+            "--database-url",
+            &database,
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let health = format!("http://127.0.0.1:{port}/health");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while reqwest::get(&health)
+        .await
+        .map(|r| r.status().as_u16())
+        .ok()
+        != Some(200)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server never came up"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    let pid = nix::unistd::Pid::from_raw(server.id().unwrap() as i32);
+    kill(pid, Signal::SIGTERM).unwrap();
+    let status = tokio::time::timeout(std::time::Duration::from_secs(10), server.wait())
+        .await
+        .expect("the server stops within 10 s")
+        .unwrap();
+
+    assert!(status.success(), "{status}");
 }

@@ -27,12 +27,23 @@ pub async fn connect(
     max_connections: u32,
     acquire_timeout: Duration,
 ) -> anyhow::Result<PgPool> {
+    use sqlx::Connection as _;
+    let context = || format!("cannot connect to PostgreSQL at {}", redact(url));
+    // One plain connection first: a pool that cannot connect only reports
+    // "timed out", while this reports the cause (refused, unknown database,
+    // bad password) at once.
+    let probe = tokio::time::timeout(acquire_timeout, PgConnection::connect(url))
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer within {acquire_timeout:?}"))
+        .with_context(context)?
+        .with_context(context)?;
+    probe.close().await.ok();
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(acquire_timeout)
         .connect(url)
         .await
-        .with_context(|| format!("cannot connect to PostgreSQL at {}", redact(url)))
+        .with_context(context)
 }
 
 /// Applies the migrations. Safe when two servers start at the same moment:
