@@ -1,1 +1,383 @@
-fn main() {}
+//! Lock+unlock cycles per second: Level 3's Redis lock against the `rslock`
+//! crate, on the same Redis, in the same run.
+//!
+//! ```text
+//! cargo bench -p level3 --bench lock
+//! ```
+//!
+//! Uses `REDIS_URL` if set, otherwise a throwaway `redis-server`. Two parts:
+//!
+//! 1. **criterion** measures cycles per second, uncontended (one task, one
+//!    lock) and contended (8 tasks on one lock, spread over two clients as
+//!    two servers would be).
+//! 2. **a fairness report** (printed after criterion's) runs each contender
+//!    for a fixed time with 8 contending tasks and prints each task's
+//!    acquisitions, the longest wait, how often a waiter gave up, and how
+//!    many Redis commands the clients sent per acquisition (counted by Redis
+//!    itself, `INFO commandstats`).
+//!
+//! Contenders: `level3/pubsub`, `level3/spin` (this crate; a fixed 5 s lease,
+//! like rslock's TTL, plus `level3/pubsub-watchdog` uncontended to show what
+//! the watchdog costs), `rslock/default` (its default retries: 3 tries, a
+//! random 0-200 ms pause between them, looped until it gets the lock, as
+//! `LockManager::acquire` does) and `rslock/tuned` (random 0-10 ms pauses).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput};
+use level3::lock::{Backoff, Lease, LockClient, LockError, LockOptions, Waiting};
+use ticket_core::services::Redis;
+use tokio::runtime::Runtime;
+
+/// Tasks that fight over one lock in the contended runs.
+const TASKS: usize = 8;
+/// The lease (level3) and TTL (rslock) of every hold.
+const LEASE: Duration = Duration::from_secs(5);
+/// How long a level3 waiter waits before giving up.
+const WAIT_BUDGET: Duration = Duration::from_secs(1);
+/// How long each contender runs in the fairness report.
+const REPORT_RUN: Duration = Duration::from_secs(4);
+
+/// One way of taking and releasing a named lock, from one of two clients.
+#[derive(Clone)]
+enum Contender {
+    Level3 {
+        clients: [LockClient; 2],
+        lease: Lease,
+    },
+    Rslock {
+        managers: [rslock::LockManager; 2],
+    },
+}
+
+/// What one lock+unlock cycle saw.
+struct Cycle {
+    /// From asking to holding.
+    waited: Duration,
+    /// Attempts that gave up before this one succeeded (level3: wait budget
+    /// spent; rslock: `lock()` ran out of its retries).
+    gave_up: u64,
+}
+
+impl Contender {
+    fn level3(url: &str, waiting: Waiting, lease: Lease) -> Self {
+        let options = LockOptions {
+            key_prefix: format!("bench-{:08x}", rand::random::<u32>()),
+            waiting,
+            ..LockOptions::default()
+        };
+        Contender::Level3 {
+            clients: [
+                LockClient::new(url, "bench-a", options.clone()).expect("a level3 client"),
+                LockClient::new(url, "bench-b", options).expect("a level3 client"),
+            ],
+            lease,
+        }
+    }
+
+    fn rslock(url: &str, retry_delay: Option<Duration>) -> Self {
+        let manager = || {
+            let mut manager = rslock::LockManager::new(vec![url.to_owned()]);
+            if let Some(delay) = retry_delay {
+                manager.set_retry(3, delay);
+            }
+            manager
+        };
+        Contender::Rslock {
+            managers: [manager(), manager()],
+        }
+    }
+
+    /// Takes `name` (from client `task % 2`), releases it at once.
+    async fn cycle(&self, task: usize, name: &str) -> Cycle {
+        let started = Instant::now();
+        let mut gave_up = 0;
+        match self {
+            Contender::Level3 { clients, lease } => {
+                let lock = clients[task % 2].lock(name);
+                loop {
+                    match lock.try_lock(WAIT_BUDGET, *lease).await {
+                        Ok(guard) => {
+                            let waited = started.elapsed();
+                            guard.release().await.expect("release");
+                            return Cycle { waited, gave_up };
+                        }
+                        Err(LockError::Timeout { .. }) => gave_up += 1,
+                        Err(err) => panic!("level3 lock failed: {err}"),
+                    }
+                }
+            }
+            Contender::Rslock { managers } => {
+                let manager = &managers[task % 2];
+                loop {
+                    match manager.lock(name, LEASE).await {
+                        Ok(lock) => {
+                            let waited = started.elapsed();
+                            manager.unlock(&lock).await;
+                            return Cycle { waited, gave_up };
+                        }
+                        Err(rslock::LockError::Unavailable) => gave_up += 1,
+                        Err(err) => panic!("rslock failed: {err}"),
+                    }
+                }
+            }
+        }
+    }
+}
+
+struct Setup {
+    runtime: Runtime,
+    url: String,
+    _redis: Option<Redis>,
+}
+
+fn setup() -> Setup {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a Tokio runtime");
+    let (url, redis) = match std::env::var("REDIS_URL") {
+        Ok(url) if !url.trim().is_empty() => (url, None),
+        _ => {
+            let redis = Redis::throwaway().expect("a throwaway redis-server");
+            (redis.url().to_owned(), Some(redis))
+        }
+    };
+    Setup {
+        runtime,
+        url,
+        _redis: redis,
+    }
+}
+
+fn contenders(url: &str) -> Vec<(&'static str, Contender)> {
+    let fixed = Lease::Fixed(LEASE);
+    vec![
+        (
+            "level3/pubsub",
+            Contender::level3(url, Waiting::PubSub, fixed),
+        ),
+        (
+            "level3/spin",
+            Contender::level3(url, Waiting::Spin(Backoff::default()), fixed),
+        ),
+        ("rslock/default", Contender::rslock(url, None)),
+        (
+            "rslock/tuned",
+            Contender::rslock(url, Some(Duration::from_millis(10))),
+        ),
+    ]
+}
+
+fn bench(c: &mut Criterion) {
+    let setup = setup();
+    let contenders = setup.runtime.block_on(async { contenders(&setup.url) });
+
+    let mut uncontended = c.benchmark_group("uncontended");
+    uncontended.throughput(Throughput::Elements(1));
+    let watchdog = setup
+        .runtime
+        .block_on(async { Contender::level3(&setup.url, Waiting::PubSub, Lease::Watchdog) });
+    for (name, contender) in contenders
+        .iter()
+        .map(|(name, c)| (*name, c))
+        .chain([("level3/pubsub-watchdog", &watchdog)])
+    {
+        uncontended.bench_function(name, |b| {
+            b.to_async(&setup.runtime)
+                .iter(|| async { contender.cycle(0, "uncontended").await })
+        });
+    }
+    uncontended.finish();
+
+    let mut contended = c.benchmark_group(format!("contended-{TASKS}-tasks"));
+    contended
+        .throughput(Throughput::Elements(1))
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(6));
+    for (name, contender) in &contenders {
+        contended.bench_function(*name, |b| {
+            b.to_async(&setup.runtime).iter_custom(|iters| {
+                let contender = contender.clone();
+                async move {
+                    let per_task = iters.div_ceil(TASKS as u64).max(1);
+                    let started = Instant::now();
+                    let handles: Vec<_> = (0..TASKS)
+                        .map(|task| {
+                            let contender = contender.clone();
+                            tokio::spawn(async move {
+                                for _ in 0..per_task {
+                                    contender.cycle(task, "contended").await;
+                                }
+                            })
+                        })
+                        .collect();
+                    for handle in handles {
+                        handle.await.expect("a contending task");
+                    }
+                    // Report the time for `iters` cycles.
+                    started
+                        .elapsed()
+                        .mul_f64(iters as f64 / (per_task * TASKS as u64) as f64)
+                }
+            })
+        });
+    }
+    contended.finish();
+
+    setup
+        .runtime
+        .block_on(report(&setup.url, &contenders, &watchdog));
+}
+
+/// Commands the clients sent, by Redis's own count since the last reset.
+///
+/// Redis also lists the calls scripts make (HSET, PUBLISH, GET... inside
+/// EVALSHA), so only commands a client sends itself are added up. rslock
+/// sends `SET key value NX PX` itself; level3 calls SET only inside its
+/// scripts, so SET is counted for rslock only (`with_set`).
+async fn client_commands(conn: &mut redis::aio::MultiplexedConnection, with_set: bool) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .expect("INFO commandstats");
+    let calls: HashMap<String, u64> = info
+        .lines()
+        .filter_map(|line| {
+            let (name, rest) = line.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest
+                .strip_prefix("calls=")?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
+            Some((name.to_owned(), calls))
+        })
+        .collect();
+    let sent_by_clients: &[&str] = if with_set {
+        &[
+            "evalsha",
+            "eval",
+            "script|load",
+            "subscribe",
+            "unsubscribe",
+            "ping",
+            "set",
+        ]
+    } else {
+        &[
+            "evalsha",
+            "eval",
+            "script|load",
+            "subscribe",
+            "unsubscribe",
+            "ping",
+        ]
+    };
+    sent_by_clients
+        .iter()
+        .filter_map(|name| calls.get(*name))
+        .sum()
+}
+
+async fn reset_stats(conn: &mut redis::aio::MultiplexedConnection) {
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(conn)
+        .await
+        .expect("CONFIG RESETSTAT");
+}
+
+/// The fairness report: each contender, `TASKS` tasks, `REPORT_RUN` long.
+async fn report(url: &str, contenders: &[(&'static str, Contender)], watchdog: &Contender) {
+    let mut conn = redis::Client::open(url)
+        .expect("a Redis URL")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("a Redis connection for the report");
+
+    println!();
+    println!("Fairness report: {TASKS} tasks on one lock (two clients), {REPORT_RUN:?} per contender, lock then unlock at once");
+    println!();
+    println!("| contender | cycles/s | acquisitions per task | max/min | longest wait | gave up | client commands per acquisition |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    for (name, contender) in contenders {
+        reset_stats(&mut conn).await;
+        let stop = Arc::new(AtomicBool::new(false));
+        let started = Instant::now();
+        let handles: Vec<_> = (0..TASKS)
+            .map(|task| {
+                let contender = contender.clone();
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    let (mut count, mut longest, mut gave_up) = (0u64, Duration::ZERO, 0u64);
+                    while !stop.load(Ordering::Relaxed) {
+                        let cycle = contender.cycle(task, "report").await;
+                        count += 1;
+                        longest = longest.max(cycle.waited);
+                        gave_up += cycle.gave_up;
+                    }
+                    (count, longest, gave_up)
+                })
+            })
+            .collect();
+        tokio::time::sleep(REPORT_RUN).await;
+        stop.store(true, Ordering::Relaxed);
+        let mut counts = Vec::new();
+        let (mut longest, mut gave_up) = (Duration::ZERO, 0);
+        for handle in handles {
+            let (count, task_longest, task_gave_up) = handle.await.expect("a report task");
+            counts.push(count);
+            longest = longest.max(task_longest);
+            gave_up += task_gave_up;
+        }
+        let elapsed = started.elapsed();
+        let total: u64 = counts.iter().sum();
+        let commands = client_commands(&mut conn, name.starts_with("rslock")).await;
+        let (min, max) = (
+            counts.iter().copied().min().unwrap_or(0),
+            counts.iter().copied().max().unwrap_or(0),
+        );
+        println!(
+            "| {name} | {:.0} | {counts:?} | {} | {:.1} ms | {gave_up} | {:.2} |",
+            total as f64 / elapsed.as_secs_f64(),
+            if min == 0 {
+                "inf".to_owned()
+            } else {
+                format!("{:.2}", max as f64 / min as f64)
+            },
+            longest.as_secs_f64() * 1e3,
+            commands as f64 / total.max(1) as f64,
+        );
+    }
+
+    println!();
+    println!("Uncontended: client commands per lock+unlock cycle (1000 cycles)");
+    println!();
+    for (name, contender) in contenders
+        .iter()
+        .map(|(name, c)| (*name, c))
+        .chain([("level3/pubsub-watchdog", watchdog)])
+    {
+        reset_stats(&mut conn).await;
+        for _ in 0..1000 {
+            contender.cycle(0, "report-uncontended").await;
+        }
+        let commands = client_commands(&mut conn, name.starts_with("rslock")).await;
+        println!("- {name}: {:.2}", commands as f64 / 1000.0);
+    }
+}
+
+// `criterion_group!`/`criterion_main!` would generate an undocumented
+// `pub fn`; this is what they expand to.
+fn main() {
+    let mut criterion = Criterion::default().configure_from_args();
+    bench(&mut criterion);
+    criterion.final_summary();
+}

@@ -1,0 +1,142 @@
+//! The lock while Redis is stopped, and after it comes back on the same port.
+//!
+//! Each test runs its own private `redis-server` (this file is its own test
+//! process under nextest), which it stops by dropping it and starts again.
+
+use std::time::{Duration, Instant};
+
+use level3::lock::{Lease, LockClient, LockError, LockOptions, Waiting};
+use ticket_core::services::{free_port, Redis};
+
+async fn start_redis(port: u16) -> Redis {
+    tokio::task::spawn_blocking(move || Redis::throwaway_on(port, &[]))
+        .await
+        .unwrap()
+        .expect("a throwaway redis-server (is redis-server installed?)")
+}
+
+async fn stop_redis(redis: Redis) {
+    tokio::task::spawn_blocking(move || drop(redis))
+        .await
+        .unwrap();
+}
+
+/// With Redis stopped, a lock attempt fails within a second with the typed
+/// `Unavailable` error (which a server turns into 503), a waiter that was
+/// already waiting gives up just as quickly instead of sleeping out its
+/// budget, and once Redis is back on the same port the very next attempt
+/// takes the lock.
+#[tokio::test(flavor = "multi_thread")]
+async fn with_redis_stopped_attempts_fail_fast_and_work_again_once_it_is_back() {
+    let port = free_port().unwrap();
+    let redis = start_redis(port).await;
+    let url = redis.url().to_owned();
+    let options = LockOptions {
+        waiting: Waiting::PubSub,
+        ..LockOptions::default()
+    };
+    let client = LockClient::new(&url, "server-a", options.clone()).unwrap();
+    let other = LockClient::new(&url, "server-b", options).unwrap();
+    let lock = client.lock("outage");
+
+    // Arrange: it works, then another process holds the lock and we wait.
+    lock.try_lock(Duration::from_secs(1), Lease::Watchdog)
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    let held = other
+        .lock("outage")
+        .try_lock(
+            Duration::from_secs(1),
+            Lease::Fixed(Duration::from_secs(20)),
+        )
+        .await
+        .unwrap();
+    let waiter = {
+        let lock = lock.clone();
+        tokio::spawn(async move {
+            lock.try_lock(Duration::from_secs(15), Lease::Watchdog)
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Act: Redis goes away.
+    stop_redis(redis).await;
+    let stopped = Instant::now();
+
+    // The waiter hears the connection drop and fails fast.
+    let waited = waiter.await.unwrap();
+    assert!(
+        matches!(waited, Err(LockError::Unavailable(_))),
+        "{waited:?}"
+    );
+    assert!(
+        stopped.elapsed() < Duration::from_secs(2),
+        "the waiter took {:?} to notice",
+        stopped.elapsed()
+    );
+
+    // New attempts, and /health's ping, fail fast too.
+    for _ in 0..3 {
+        let started = Instant::now();
+        let attempt = lock.try_lock(Duration::from_secs(5), Lease::Watchdog).await;
+        assert!(
+            matches!(attempt, Err(LockError::Unavailable(_))),
+            "{attempt:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "an attempt took {:?} to fail",
+            started.elapsed()
+        );
+    }
+    assert!(matches!(
+        client.ping().await,
+        Err(LockError::Unavailable(_))
+    ));
+
+    // Redis comes back (empty: it keeps nothing on disk).
+    let redis = start_redis(port).await;
+    let guard = lock
+        .try_lock(Duration::from_secs(1), Lease::Watchdog)
+        .await
+        .expect("the first attempt after Redis is back takes the lock");
+    assert!(!guard.is_lost());
+    guard.release().await.unwrap();
+    client.ping().await.unwrap();
+
+    // The hold from before the outage died with Redis's memory: its late
+    // release is refused as lost, not applied to anyone else's lock.
+    let late = held.release().await;
+    assert!(matches!(late, Err(LockError::Lost { .. })), "{late:?}");
+    stop_redis(redis).await;
+}
+
+/// A watchdog that cannot reach Redis marks its guard lost, so the critical
+/// section knows not to commit.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_watchdog_that_cannot_reach_redis_marks_the_guard_lost() {
+    let port = free_port().unwrap();
+    let redis = start_redis(port).await;
+    let options = LockOptions {
+        watchdog_lease: Duration::from_millis(300),
+        ..LockOptions::default()
+    };
+    let client = LockClient::new(redis.url(), "server-a", options).unwrap();
+    let guard = client
+        .lock("renewal")
+        .try_lock(Duration::from_secs(1), Lease::Watchdog)
+        .await
+        .unwrap();
+    stop_redis(redis).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(guard.is_lost());
+    let release = guard.release().await;
+    assert!(
+        matches!(release, Err(LockError::Unavailable(_))),
+        "{release:?}"
+    );
+}
