@@ -536,3 +536,82 @@ async fn waiting_tasks_take_turns() {
     assert!(min > 10, "{counts:?}");
     assert!(max as f64 / min as f64 <= 1.5, "unfair: {counts:?}");
 }
+
+/// A guard whose lease ran out, dropped after the same task took the lock
+/// afresh, does not release that newer hold: releases carry the hold's
+/// fencing token.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stale_guard_cannot_release_its_owners_newer_hold() {
+    let (a, b) = two_processes(Waiting::PubSub);
+    let lock = a.lock("stale");
+    let old = lock
+        .try_lock(
+            Duration::from_secs(1),
+            Lease::Fixed(Duration::from_millis(100)),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let new = lock
+        .try_lock(Duration::from_secs(1), Lease::Watchdog)
+        .await
+        .unwrap();
+    assert!(new.fencing_token() > old.fencing_token());
+    drop(old); // its background release must refuse to touch `new`
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let other = b
+        .lock("stale")
+        .try_lock(Duration::from_millis(200), Lease::Watchdog)
+        .await;
+    assert!(
+        matches!(other, Err(LockError::Timeout { .. })),
+        "the newer hold survived the stale guard: {other:?}"
+    );
+    assert_eq!(new.release().await.unwrap(), Released::Free);
+}
+
+/// Attempts cancelled at random moments (a buyer hanging up) leave no hold
+/// behind that nobody will release, and never undo a hold the same task took
+/// afterwards.
+#[tokio::test(flavor = "multi_thread")]
+async fn cancelled_attempts_leave_no_orphaned_hold() {
+    let (a, b) = two_processes(Waiting::PubSub);
+    let lock = a.lock("cancelled");
+    for round in 0..200u64 {
+        let cut = Duration::from_micros(round * 7 % 400);
+        let _ = tokio::time::timeout(
+            cut,
+            lock.try_lock(
+                Duration::from_secs(1),
+                Lease::Fixed(Duration::from_secs(30)),
+            ),
+        )
+        .await;
+        // The same task, at once: a hold of its own that must stay its own.
+        let guard = lock
+            .try_lock(
+                Duration::from_secs(2),
+                Lease::Fixed(Duration::from_secs(30)),
+            )
+            .await
+            .expect("no orphan blocks the lock");
+        tokio::time::sleep(Duration::from_micros(300)).await;
+        assert!(!guard.is_lost());
+        let released = guard.release().await;
+        assert!(
+            matches!(released, Ok(Released::Free) | Ok(Released::StillHeld)),
+            "round {round}: {released:?}"
+        );
+        if released.unwrap() == Released::StillHeld {
+            // The cancelled attempt did run and was reentrant on our hold: it
+            // is the abandon script's to give back, and it must.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let other = b
+        .lock("cancelled")
+        .try_lock(Duration::from_secs(2), Lease::Watchdog)
+        .await
+        .expect("another process gets the lock: nothing was left behind");
+    other.release().await.unwrap();
+}

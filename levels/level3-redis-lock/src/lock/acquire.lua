@@ -1,10 +1,14 @@
 -- Take the lock, or say how long until it might be free.
 --
--- KEYS[1]  the lock: a hash { <owner> = <reentrancy count>, fence = <token> }
+-- KEYS[1]  the lock: a hash
+--          { <owner> = <reentrancy count>, fence = <token>, attempt = <id> }
 -- KEYS[2]  the lock's fencing counter: a plain integer that never expires
 -- ARGV[1]  the owner asking: "<instance id>:<task id>" (always contains a ':',
---          so it can never be mistaken for the `fence` field)
+--          so it can never be mistaken for the other two fields)
 -- ARGV[2]  the lease, in milliseconds
+-- ARGV[3]  this attempt's id, kept in the hash's `attempt` field when the
+--          attempt creates the hold, so that a caller who gave up waiting for
+--          the reply can undo exactly this hold (see abandon.lua)
 --
 -- Returns {1, fencing token} when the caller holds the lock now, or
 --         {0, milliseconds left on the holder's lease} when someone else does.
@@ -15,7 +19,7 @@
 -- the remaining lease), in one round trip.
 
 local lock, counter = KEYS[1], KEYS[2]
-local owner, lease = ARGV[1], ARGV[2]
+local owner, lease, attempt = ARGV[1], ARGV[2], ARGV[3]
 
 -- The next fencing token: one more than the last, but never below the
 -- server's clock in microseconds. INCR alone restarts at 1 if Redis loses its
@@ -39,7 +43,7 @@ end
 -- Free: the caller takes it, with a reentrancy count of 1 and a fresh token.
 if redis.call('EXISTS', lock) == 0 then
   local token = next_token()
-  redis.call('HSET', lock, owner, 1, 'fence', string.format('%d', token))
+  redis.call('HSET', lock, owner, 1, 'fence', string.format('%d', token), 'attempt', attempt)
   redis.call('PEXPIRE', lock, lease)
   return {1, token}
 end

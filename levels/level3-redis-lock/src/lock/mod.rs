@@ -203,6 +203,7 @@ struct Scripts {
     acquire: Script,
     release: Script,
     renew: Script,
+    abandon: Script,
 }
 
 /// A connection to Redis that hands out locks. Cheap to clone; clones share
@@ -278,6 +279,7 @@ impl LockClient {
                     acquire: Script::new(include_str!("acquire.lua")),
                     release: Script::new(include_str!("release.lua")),
                     renew: Script::new(include_str!("renew.lua")),
+                    abandon: Script::new(include_str!("abandon.lua")),
                 },
             }),
         })
@@ -447,6 +449,7 @@ impl RedisLock {
             Lease::Watchdog => Some(watchdog::spawn(
                 self.clone(),
                 owner.clone(),
+                token,
                 lease_time,
                 health.clone(),
             )),
@@ -469,7 +472,7 @@ impl RedisLock {
     /// deleted). Prefer [`LockGuard::release`], which also stops the watchdog.
     pub async fn unlock(&self) -> Result<Released, LockError> {
         let owner = self.client.current_owner();
-        let answer = self.release_as(&owner).await;
+        let answer = self.release_as(&owner, None).await;
         match answer? {
             Some(released) => {
                 self.client
@@ -503,23 +506,29 @@ impl RedisLock {
     /// If the caller's future is dropped while the script is on its way (a
     /// buyer hung up), Redis may run it anyway and hand the lock to an owner
     /// that is no longer listening: everyone would wait out the lease. So a
-    /// cancelled attempt sends a release after itself. One connection keeps
-    /// order, so that release runs after the attempt, and it is a no-op if the
-    /// attempt did not take the lock. Not for a reentrant attempt: there the
-    /// release would take away the outer hold if the attempt never ran.
+    /// cancelled attempt sends `abandon.lua` after itself, which undoes the
+    /// hold only if *this* attempt created it (the hash remembers the id of
+    /// the attempt that created it). One connection keeps order, so it runs
+    /// after the attempt.
     async fn attempt(&self, owner: &str, lease: Duration) -> Result<Attempt, LockError> {
-        let reentrant = self.client.inner.wakeups.is_holder(&self.channel, owner);
-        let mut orphan = OrphanCleanup {
+        let id = format!("{:016x}", rand::random::<u64>());
+        let mut abandoned = AbandonOnDrop {
             lock: self,
             owner,
-            armed: !reentrant,
+            attempt: &id,
+            armed: true,
         };
-        let answer = self.attempt_once(owner, lease).await;
-        orphan.armed = false;
+        let answer = self.attempt_once(owner, lease, &id).await;
+        abandoned.armed = false;
         answer
     }
 
-    async fn attempt_once(&self, owner: &str, lease: Duration) -> Result<Attempt, LockError> {
+    async fn attempt_once(
+        &self,
+        owner: &str,
+        lease: Duration,
+        id: &str,
+    ) -> Result<Attempt, LockError> {
         let (acquired, value): (i64, i64) = self
             .client
             .invoke(
@@ -530,7 +539,8 @@ impl RedisLock {
                     .key(&self.key)
                     .key(&self.counter)
                     .arg(owner)
-                    .arg(millis(lease)),
+                    .arg(millis(lease))
+                    .arg(id),
             )
             .await?;
         Ok(if acquired == 1 {
@@ -546,16 +556,25 @@ impl RedisLock {
     /// the reply may have been lost *after* Redis released, so every send
     /// carries the same receipt id, and a repeat gets the first answer back
     /// instead of taking a second hold away from a reentrant owner.
-    async fn release_as(&self, owner: &str) -> Result<Option<Released>, LockError> {
+    ///
+    /// With a `token`, only the hold with that fencing token is released (a
+    /// guard's own); without, any hold of `owner` ([`RedisLock::unlock`]).
+    async fn release_as(
+        &self,
+        owner: &str,
+        token: Option<u64>,
+    ) -> Result<Option<Released>, LockError> {
         let receipt = format!("{}:receipt:{:016x}", self.key, rand::random::<u64>());
-        self.release_with_receipt(owner, &receipt).await
+        self.release_with_receipt(owner, token, &receipt).await
     }
 
     async fn release_with_receipt(
         &self,
         owner: &str,
+        token: Option<u64>,
         receipt: &str,
     ) -> Result<Option<Released>, LockError> {
+        let token = token.map(|token| token.to_string()).unwrap_or_default();
         let lease = millis(self.client.inner.options.watchdog_lease);
         let keep = millis(RECEIPT_KEEP);
         let mut pause = Duration::from_millis(20);
@@ -574,7 +593,8 @@ impl RedisLock {
                         .arg(owner)
                         .arg(&self.channel)
                         .arg(lease)
-                        .arg(keep),
+                        .arg(keep)
+                        .arg(&token),
                 )
                 .await;
             match answer {
@@ -591,7 +611,7 @@ impl RedisLock {
     }
 
     /// One run of `renew.lua`: `Ok(false)` when the hold is gone.
-    async fn renew(&self, owner: &str, lease: Duration) -> Result<bool, LockError> {
+    async fn renew(&self, owner: &str, token: u64, lease: Duration) -> Result<bool, LockError> {
         let renewed: i64 = self
             .client
             .invoke(
@@ -601,32 +621,51 @@ impl RedisLock {
                     .renew
                     .key(&self.key)
                     .arg(owner)
-                    .arg(millis(lease)),
+                    .arg(millis(lease))
+                    .arg(token),
             )
             .await?;
         Ok(renewed == 1)
     }
 }
 
-/// Releases the hold of a cancelled attempt (see [`RedisLock::attempt`]).
-struct OrphanCleanup<'a> {
+/// Sends `abandon.lua` for an attempt whose caller stopped waiting (see
+/// [`RedisLock::attempt`]).
+struct AbandonOnDrop<'a> {
     lock: &'a RedisLock,
     owner: &'a str,
+    attempt: &'a str,
     armed: bool,
 }
 
-impl Drop for OrphanCleanup<'_> {
+impl Drop for AbandonOnDrop<'_> {
     fn drop(&mut self) {
         if !self.armed {
             return;
         }
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let lock = self.lock.clone();
-            let owner = self.owner.to_owned();
-            runtime.spawn(async move {
-                let _ = lock.release_as(&owner).await;
-            });
-        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let lock = self.lock.clone();
+        let (owner, attempt) = (self.owner.to_owned(), self.attempt.to_owned());
+        runtime.spawn(async move {
+            let scripts = &lock.client.inner.scripts;
+            let undone: Result<i64, LockError> = lock
+                .client
+                .invoke(
+                    scripts
+                        .abandon
+                        .key(&lock.key)
+                        .arg(&owner)
+                        .arg(&attempt)
+                        .arg(&lock.channel)
+                        .arg(millis(lock.client.inner.options.watchdog_lease)),
+                )
+                .await;
+            if let Err(err) = undone {
+                tracing::debug!(lock = %lock.name, %err, "could not undo an abandoned attempt; its lease will");
+            }
+        });
     }
 }
 
@@ -757,7 +796,7 @@ impl LockGuard {
         if let Some(watchdog) = self.watchdog.take() {
             watchdog.stop();
         }
-        let answer = self.lock.release_as(&self.owner).await;
+        let answer = self.lock.release_as(&self.owner, Some(self.token)).await;
         self.lock
             .client
             .inner
@@ -790,11 +829,73 @@ impl Drop for LockGuard {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let lock = self.lock.clone();
             let owner = std::mem::take(&mut self.owner);
+            let token = self.token;
             runtime.spawn(async move {
-                if let Err(err) = lock.release_as(&owner).await {
+                // The token makes this safe even if the same task takes the
+                // lock again before this runs: that new hold has a new token.
+                if let Err(err) = lock.release_as(&owner, Some(token)).await {
                     tracing::warn!(lock = %lock.name, %err, "releasing a dropped lock guard failed; its lease will end it");
                 }
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A release whose reply was lost and that is sent again with the same
+    /// receipt gets the first answer back: it does not take a second hold
+    /// away from a reentrant owner.
+    #[tokio::test]
+    async fn a_retried_release_is_answered_from_its_receipt() {
+        let redis = ticket_core::services::Redis::shared().expect("a Redis for the tests");
+        let options = LockOptions {
+            key_prefix: format!("unit-{:016x}", rand::random::<u64>()),
+            ..LockOptions::default()
+        };
+        let client = LockClient::new(redis.url(), "unit", options).unwrap();
+        let lock = client.lock("receipt");
+        let outer = lock
+            .try_lock(Duration::from_secs(1), Lease::Watchdog)
+            .await
+            .unwrap();
+        let inner = lock
+            .try_lock(Duration::from_secs(1), Lease::Watchdog)
+            .await
+            .unwrap();
+        let owner = outer.owner().to_owned();
+        let token = Some(outer.fencing_token());
+
+        let first = lock
+            .release_with_receipt(&owner, token, "r1")
+            .await
+            .unwrap();
+        let retried = lock
+            .release_with_receipt(&owner, token, "r1")
+            .await
+            .unwrap();
+        assert_eq!(first, Some(Released::StillHeld));
+        assert_eq!(
+            retried,
+            Some(Released::StillHeld),
+            "the retry is answered from the receipt"
+        );
+        assert!(lock.is_locked().await.unwrap(), "one hold is left");
+
+        let last = lock
+            .release_with_receipt(&owner, token, "r2")
+            .await
+            .unwrap();
+        assert_eq!(last, Some(Released::Free));
+        assert_eq!(
+            lock.release_with_receipt(&owner, token, "r2")
+                .await
+                .unwrap(),
+            Some(Released::Free),
+            "a retry of the final release neither fails nor deletes anything else"
+        );
+        std::mem::forget((outer, inner)); // both holds were given back above
     }
 }

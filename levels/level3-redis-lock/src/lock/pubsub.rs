@@ -255,13 +255,6 @@ impl WakeUps {
             .and_then(|channel| channel.expiry)
     }
 
-    /// Whether `owner` holds the lock (as far as this process knows).
-    pub(super) fn is_holder(&self, channel: &str, owner: &str) -> bool {
-        lock_registry(&self.registry)
-            .get(channel)
-            .is_some_and(|channel| channel.holders.contains_key(owner))
-    }
-
     /// Records a hold taken by `owner` in this process.
     pub(super) fn add_holder(&self, channel: &str, owner: &str, expiry: Instant) {
         let mut registry = lock_registry(&self.registry);

@@ -8,13 +8,17 @@
 -- ARGV[2]  the channel waiters listen on
 -- ARGV[3]  the lease to re-arm when holds remain, in milliseconds
 -- ARGV[4]  how long to keep the receipt, in milliseconds
+-- ARGV[5]  the fencing token of the hold being released, or '' for "any hold
+--          of this owner". A guard passes its token: if its hold already
+--          ended and the same owner has taken the lock afresh since (a new
+--          token), a late release from the old guard must not end the new hold
 --
 -- Returns  1  released: the key is gone and a message was published
 --          0  still held: this owner took it more than once (reentrancy)
 --         -1  not held by this owner: nothing was changed
 
 local lock, receipt = KEYS[1], KEYS[2]
-local owner, channel, lease, keep = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local owner, channel, lease, keep, token = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 
 -- A retry of a release that already happened: answer as the first time did.
 local earlier = redis.call('GET', receipt)
@@ -25,6 +29,9 @@ end
 -- Never delete a lock that is not ours: after our lease ran out, the key may
 -- belong to the next buyer. Refuse, and let the caller say so.
 if redis.call('HEXISTS', lock, owner) == 0 then
+  return -1
+end
+if token ~= '' and redis.call('HGET', lock, 'fence') ~= token then
   return -1
 end
 

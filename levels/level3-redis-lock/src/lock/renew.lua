@@ -3,11 +3,15 @@
 -- KEYS[1]  the lock hash
 -- ARGV[1]  the owner
 -- ARGV[2]  the lease, in milliseconds
+-- ARGV[3]  the fencing token of the hold being kept alive: a hold that ended
+--          is not revived, even if the same owner has taken the lock afresh
+--          since (that new hold has its own token, and its own watchdog)
 --
--- Returns 1 when renewed, 0 when the lock is no longer this owner's (the lease
--- already ran out, and the key is gone or someone else's): the guard is lost.
+-- Returns 1 when renewed, 0 when the hold is over (the lease already ran out,
+-- and the key is gone or someone else's): the guard is lost.
 
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1
+    and redis.call('HGET', KEYS[1], 'fence') == ARGV[3] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   return 1
 end

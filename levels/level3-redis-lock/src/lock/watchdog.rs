@@ -10,8 +10,8 @@
 //!
 //! * **Renewing a lock it lost.** A renewal that just sets the expiry again
 //!   would bring back a lock that expired and was taken by someone else.
-//!   `renew.lua` extends only if the hash still holds *our* owner field, and
-//!   never creates the key.
+//!   `renew.lua` extends only if the hash still holds *our* owner field and
+//!   *our* hold's fencing token, and never creates the key.
 //! * **Carrying on after a failed renewal.** If a renewal fails (Redis says
 //!   the lock is not ours, or does not answer at all) we can no longer prove
 //!   that we hold the lock, so the guard is marked lost at once, and the
@@ -48,6 +48,7 @@ impl Watchdog {
 pub(super) fn spawn(
     lock: RedisLock,
     owner: String,
+    token: u64,
     lease: Duration,
     health: Arc<Health>,
 ) -> Watchdog {
@@ -56,7 +57,7 @@ pub(super) fn spawn(
         loop {
             tokio::time::sleep(period).await;
             let sent = Instant::now();
-            match lock.renew(&owner, lease).await {
+            match lock.renew(&owner, token, lease).await {
                 Ok(true) => health.extend_to(sent + lease),
                 Ok(false) => {
                     health.mark_lost();

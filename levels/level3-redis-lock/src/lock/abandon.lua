@@ -1,0 +1,33 @@
+-- Undo the hold that one abandoned attempt may have created.
+--
+-- An attempt whose caller stopped waiting for the reply (a cancelled request)
+-- may still have run in Redis and taken the lock for an owner who will never
+-- release it. Everyone would wait out the lease. So the client sends this
+-- script after such an attempt; one connection keeps order, so it runs after
+-- the attempt did (or would have).
+--
+-- KEYS[1]  the lock hash
+-- ARGV[1]  the owner
+-- ARGV[2]  the abandoned attempt's id
+-- ARGV[3]  the channel waiters listen on
+-- ARGV[4]  the lease to re-arm when holds remain, in milliseconds
+--
+-- Returns 1 when a hold was undone, 0 when the attempt had not created the
+-- hold that is there now (it found the lock taken, or the same owner has
+-- taken the lock afresh since): then nothing is touched.
+
+local lock = KEYS[1]
+local owner, attempt, channel, lease = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+
+if redis.call('HGET', lock, 'attempt') ~= attempt then
+  return 0
+end
+-- The hold was created by that attempt, and may since have been taken again
+-- by the same owner (reentrancy): give back exactly the one hold it added.
+if redis.call('HINCRBY', lock, owner, -1) > 0 then
+  redis.call('PEXPIRE', lock, lease)
+else
+  redis.call('DEL', lock)
+  redis.call('PUBLISH', channel, 'released')
+end
+return 1
