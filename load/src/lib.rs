@@ -21,3 +21,4 @@ pub mod output;
 pub mod run;
 pub mod rush;
 pub mod servers;
+pub mod sustain;

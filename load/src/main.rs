@@ -16,7 +16,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use load::output::{render_report, tour_header, tour_row, verdict_label};
-use load::run::{run, tour, RunOptions, RushSettings, TourOptions};
+use load::run::{run, tour, RunOptions, RushSettings, Sustained, TourOptions};
 
 /// Rush a ticket-rush server with many buyers at once and check, from the
 /// database, whether exactly the right number of tickets sold.
@@ -102,6 +102,18 @@ struct RushArgs {
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     redis_url: Option<String>,
 
+    /// Sustained mode: instead of a sell-out, buy for this many seconds from
+    /// a stock that never runs out, to measure throughput. Each result is
+    /// shown as a fraction of ceilings measured in the same run (the same
+    /// purchase straight to PostgreSQL, an HTTP endpoint that does no work,
+    /// a Lua decrement straight to Redis).
+    #[arg(long, value_name = "SECS")]
+    duration: Option<u64>,
+
+    /// Concurrent buyers in sustained mode (--duration).
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+
     /// Print JSON on stdout instead of tables (one object per round).
     #[arg(long)]
     json: bool,
@@ -117,6 +129,10 @@ impl RushArgs {
             max_attempts: self.max_attempts,
             timeout: Duration::from_secs(self.timeout),
             progress: !self.json,
+            sustained: self.duration.map(|secs| Sustained {
+                duration: Duration::from_secs(secs),
+                concurrency: self.concurrency.max(1),
+            }),
         }
     }
 }
@@ -246,12 +262,20 @@ async fn tour_command(args: TourArgs) -> anyhow::Result<ExitCode> {
     };
     let json = args.rush.json;
     if !json {
-        println!(
-            "ticket-rush tour: {} buyers race for {} tickets on every level and strategy, one server and two.\n\
-             Every verdict comes from the database.\n",
-            options.rush.buyers, options.rush.tickets
-        );
-        println!("{}", tour_header());
+        match options.rush.sustained {
+            None => println!(
+                "ticket-rush tour: {} buyers race for {} tickets on every level and strategy, one server and two.\n\
+                 Every verdict comes from the database.\n",
+                options.rush.buyers, options.rush.tickets
+            ),
+            Some(shape) => println!(
+                "ticket-rush sustained tour: {} concurrent buyers buy for {} s on two servers, per strategy.\n\
+                 Ceilings are measured first, in the same run, at the same concurrency.\n",
+                shape.concurrency,
+                shape.duration.as_secs()
+            ),
+        }
+        println!("{}", tour_header(options.rush.sustained.is_some()));
     }
     let result = tour(&options, |row| {
         if !json {
@@ -259,13 +283,24 @@ async fn tour_command(args: TourArgs) -> anyhow::Result<ExitCode> {
         }
     })
     .await?;
+    if !json {
+        if let Some(ceilings) = result.rows.first().map(|r| &r.rounds[0].ceilings) {
+            if !ceilings.is_empty() {
+                println!("\n{}", load::output::ceilings_table(ceilings));
+            }
+        }
+    }
     if json {
         println!("{}", serde_json::to_string(&result)?);
     } else {
         println!();
         let unexpected: Vec<_> = result.rows.iter().filter(|r| !r.as_expected).collect();
         if unexpected.is_empty() {
-            println!("Every strategy showed what its level teaches: races reproduced where expected, and every correct strategy sold exactly {} tickets.", options.rush.tickets);
+            if options.rush.sustained.is_some() {
+                println!("Every strategy meant to be correct stayed correct under sustained load.");
+            } else {
+                println!("Every strategy showed what its level teaches: races reproduced where expected, and every correct strategy sold exactly {} tickets.", options.rush.tickets);
+            }
         } else {
             for row in unexpected {
                 let got = row

@@ -19,14 +19,22 @@ pub fn render_report(report: &Report, round: Option<u32>) -> String {
         .map(|t| format!(" · think time {t} ms"))
         .unwrap_or_default();
     let round = round.map(|r| format!(" · round {r}")).unwrap_or_default();
-    let _ = writeln!(
-        out,
-        "{what} · {} server{} · {} buyers · {} tickets{think}{round}",
-        report.servers,
-        if report.servers == 1 { "" } else { "s" },
-        report.buyers,
-        report.tickets
-    );
+    let plural = if report.servers == 1 { "" } else { "s" };
+    if report.mode == "sustained" {
+        let _ = writeln!(
+            out,
+            "{what} · {} server{plural} · sustained {:.0} s · {} concurrent buyers{think}{round}",
+            report.servers,
+            report.elapsed_ms / 1000.0,
+            report.buyers,
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "{what} · {} server{plural} · {} buyers · {} tickets{think}{round}",
+            report.servers, report.buyers, report.tickets
+        );
+    }
     let _ = writeln!(
         out,
         "  HTTP answers    201 created {}  ·  sold_out {}  ·  already_purchased {}  ·  busy (503) {}  ·  errors {}{}",
@@ -61,6 +69,15 @@ pub fn render_report(report: &Report, round: Option<u32>) -> String {
         "  elapsed         {:.0} ms  ·  {:.0} requests/s  ·  {:.0} sales/s  ·  {} requests",
         report.elapsed_ms, report.throughput_rps, report.sales_per_sec, report.attempts
     );
+    for ceiling in &report.ceilings {
+        if let Some(ratio) = report.ratio_to(&ceiling.name) {
+            let _ = writeln!(
+                out,
+                "  vs ceiling      {ratio:.2} of {} ({:.0} ops/s at {} concurrent)",
+                ceiling.name, ceiling.ops_per_sec, ceiling.concurrency
+            );
+        }
+    }
     let events: Vec<String> = report
         .server_metrics
         .iter()
@@ -77,8 +94,26 @@ pub fn verdict_label(verdict: Verdict) -> String {
     verdict.as_str().to_uppercase()
 }
 
-/// The tour table's header.
-pub fn tour_header() -> String {
+/// The tour table's header (`sustained`: the throughput columns).
+pub fn tour_header(sustained: bool) -> String {
+    if sustained {
+        return format!(
+            "{:<5} {:<13} {:>7} {:<12} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}  {}\n{}",
+            "level",
+            "strategy",
+            "servers",
+            "observed",
+            "sales/s",
+            "vs pg",
+            "vs http",
+            "p50 ms",
+            "p99 ms",
+            "busy",
+            "retries",
+            "",
+            "-".repeat(112)
+        );
+    }
     format!(
         "{:<5} {:<13} {:>7} {:>6} {:<12} {:<12} {:>6} {:>5} {:>5} {:>6} {:>8} {:>8} {:>8} {:>7}  {}\n{}",
         "level",
@@ -111,6 +146,28 @@ pub fn tour_row(row: &TourRow) -> String {
     let Some(r) = shown else {
         return String::new();
     };
+    if r.mode == "sustained" {
+        let ratio = |name: &str| {
+            r.ratio_to(name)
+                .map_or_else(|| "-".to_owned(), |x| format!("{x:.2}"))
+        };
+        let retries = r.server_metrics.get("event:retry").copied().unwrap_or(0.0);
+        return format!(
+            "{:<5} {:<13} {:>7} {:<12} {:>9.0} {:>8} {:>8} {:>8.1} {:>8.1} {:>8} {:>8}  {}",
+            row.level,
+            row.strategy,
+            row.servers,
+            r.verdict.to_string(),
+            r.sales_per_sec,
+            ratio("postgres_purchase"),
+            ratio("http_noop"),
+            r.latency_ms.p50,
+            r.latency_ms.p99,
+            r.busy,
+            retries,
+            if row.as_expected { "" } else { "UNEXPECTED" }
+        );
+    }
     let observed = if row.rounds.len() > 1 {
         let agree = row.rounds.iter().filter(|x| x.verdict == r.verdict).count();
         format!("{} {agree}/{}", r.verdict, row.rounds.len())
@@ -135,4 +192,17 @@ pub fn tour_row(row: &TourRow) -> String {
         r.throughput_rps,
         if row.as_expected { "as expected" } else { "UNEXPECTED" }
     )
+}
+
+/// The ceilings of a sustained run, one line each.
+pub fn ceilings_table(ceilings: &[crate::sustain::Ceiling]) -> String {
+    let mut out = String::from("ceilings, measured first in the same run:\n");
+    for c in ceilings {
+        let _ = writeln!(
+            out,
+            "  {:<18} {:>9.0} ops/s  at {} concurrent  ·  p50 {:.2} ms  ·  p99 {:.2} ms  ·  errors {}",
+            c.name, c.ops_per_sec, c.concurrency, c.latency_ms.p50, c.latency_ms.p99, c.errors
+        );
+    }
+    out
 }

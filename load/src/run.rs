@@ -12,6 +12,7 @@ use ticket_core::Verdict;
 use crate::levels::{level, levels, LevelInfo};
 use crate::rush::{rush, Report, RushPlan, DEFAULT_MAX_ATTEMPTS};
 use crate::servers::{start_processes, ServerProcess, ServerSpec};
+use crate::sustain::{self, Ceiling, SustainPlan};
 
 /// The shared knobs of a rush, as the command line gives them.
 #[derive(Debug, Clone)]
@@ -30,6 +31,17 @@ pub struct RushSettings {
     pub timeout: Duration,
     /// Show progress on stderr.
     pub progress: bool,
+    /// Sustained mode instead of a sell-out (`--duration`).
+    pub sustained: Option<Sustained>,
+}
+
+/// A sustained run's shape.
+#[derive(Debug, Clone, Copy)]
+pub struct Sustained {
+    /// How long to buy.
+    pub duration: Duration,
+    /// Concurrent buyers.
+    pub concurrency: usize,
 }
 
 impl Default for RushSettings {
@@ -42,6 +54,7 @@ impl Default for RushSettings {
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             timeout: Duration::from_secs(300),
             progress: false,
+            sustained: None,
         }
     }
 }
@@ -134,7 +147,9 @@ pub async fn run(options: &RunOptions) -> anyhow::Result<Vec<Report>> {
     check_database(services.database_url()).await?;
 
     let (think_time_ms, processes, targets) = if options.targets.is_empty() {
-        let think = options.think_time_ms.unwrap_or(info.race_think_time_ms);
+        let think = options
+            .think_time_ms
+            .unwrap_or(default_think_time(&info, &options.rush));
         let spec = ServerSpec::new(info.number, strategy)
             .think_time_ms(think)
             .args(options.server_args.iter().cloned());
@@ -154,15 +169,22 @@ pub async fn run(options: &RunOptions) -> anyhow::Result<Vec<Report>> {
 
     let mut reports = Vec::new();
     let result = async {
+        let ceilings = match options.rush.sustained {
+            Some(shape) => {
+                measure_ceilings(&services, &targets[0], shape, options.ticket_id + 1).await?
+            }
+            None => Vec::new(),
+        };
         for round in 0..options.rounds.max(1) {
-            let plan = plan_for(
+            let mut report = one_round(
                 &options.rush,
                 targets.clone(),
                 services.database_url(),
                 options.ticket_id,
                 round,
-            );
-            let mut report = rush(&plan).await?;
+            )
+            .await?;
+            report.ceilings = ceilings.clone();
             report.level = Some(info.number);
             report.strategy = Some(strategy.to_owned());
             report.think_time_ms = think_time_ms;
@@ -174,6 +196,72 @@ pub async fn run(options: &RunOptions) -> anyhow::Result<Vec<Report>> {
     stop_all(processes).await;
     result?;
     Ok(reports)
+}
+
+/// The think time when none is given: the level's race window for a
+/// sell-out (so its races reproduce), none for a sustained run (which
+/// measures speed, and a pause would measure only the pause).
+fn default_think_time(info: &LevelInfo, settings: &RushSettings) -> u64 {
+    if settings.sustained.is_some() {
+        0
+    } else {
+        info.race_think_time_ms
+    }
+}
+
+/// One sell-out rush, or one sustained run when the settings say so.
+async fn one_round(
+    settings: &RushSettings,
+    targets: Vec<String>,
+    database_url: &str,
+    ticket_id: i64,
+    round: u32,
+) -> anyhow::Result<Report> {
+    match settings.sustained {
+        Some(shape) => {
+            sustain::sustain(&SustainPlan {
+                targets,
+                database_url: database_url.to_owned(),
+                ticket_id,
+                concurrency: shape.concurrency,
+                duration: shape.duration,
+            })
+            .await
+        }
+        None => rush(&plan_for(settings, targets, database_url, ticket_id, round)).await,
+    }
+}
+
+/// The ceilings for a sustained run, at its concurrency and duration: the
+/// purchase transaction straight to PostgreSQL, `GET /livez` on `http_target`,
+/// and (when a Redis is at hand) the Lua decrement straight to Redis.
+pub async fn measure_ceilings(
+    services: &Services,
+    http_target: &str,
+    shape: Sustained,
+    ticket_id: i64,
+) -> anyhow::Result<Vec<Ceiling>> {
+    let mut ceilings = vec![
+        sustain::postgres_purchase(
+            services.database_url(),
+            ticket_id,
+            shape.concurrency,
+            shape.duration,
+        )
+        .await
+        .context("measuring the PostgreSQL ceiling")?,
+        sustain::http_noop(http_target, shape.concurrency, shape.duration)
+            .await
+            .context("measuring the HTTP ceiling")?,
+    ];
+    if let Some(redis) = services.redis_url() {
+        ceilings.push(
+            sustain::redis_lua(redis, shape.concurrency, shape.duration)
+                .await
+                .context("measuring the Redis ceiling")?,
+        );
+    }
+    Ok(ceilings)
 }
 
 /// Fails fast, in one line, when the database does not answer, before any
@@ -280,13 +368,34 @@ pub async fn tour(options: &TourOptions, mut on_row: impl FnMut(&TourRow)) -> an
     .await?;
     check_database(services.database_url()).await?;
 
+    // Sustained tours measure the ceilings once, first, against a server that
+    // does no work (Level 0's /livez), and run every strategy on two servers.
+    let (ceilings, server_counts) = match options.rush.sustained {
+        Some(shape) => {
+            let idle = start_processes(
+                &options.exe,
+                &ServerSpec::new(0, "naive"),
+                services.database_url(),
+                None,
+                1,
+            )
+            .await?;
+            let measured = measure_ceilings(&services, idle[0].url(), shape, 999).await;
+            stop_all(idle).await;
+            (measured?, vec![2usize])
+        }
+        None => (Vec::new(), vec![1usize, 2]),
+    };
+
     let mut rows = Vec::new();
     let mut ticket_id = 1_000;
     for info in &chosen {
         for strategy in &info.strategies {
-            for servers in [1usize, 2] {
+            for &servers in &server_counts {
                 ticket_id += 1;
-                let think = options.think_time_ms.unwrap_or(info.race_think_time_ms);
+                let think = options
+                    .think_time_ms
+                    .unwrap_or(default_think_time(info, &options.rush));
                 let spec = ServerSpec::new(info.number, strategy.name).think_time_ms(think);
                 let processes = start_processes(
                     &options.exe,
@@ -302,15 +411,17 @@ pub async fn tour(options: &TourOptions, mut on_row: impl FnMut(&TourRow)) -> an
                 let mut rounds = Vec::new();
                 let mut failure = None;
                 for round in 0..options.rounds.max(1) {
-                    let plan = plan_for(
+                    match one_round(
                         &options.rush,
                         targets.clone(),
                         services.database_url(),
                         ticket_id,
                         round,
-                    );
-                    match rush(&plan).await {
+                    )
+                    .await
+                    {
                         Ok(mut report) => {
+                            report.ceilings = ceilings.clone();
                             report.level = Some(info.number);
                             report.strategy = Some(strategy.name.to_owned());
                             report.think_time_ms = Some(think);
@@ -329,7 +440,15 @@ pub async fn tour(options: &TourOptions, mut on_row: impl FnMut(&TourRow)) -> an
                         info.number, strategy.name
                     )));
                 }
-                let as_expected = rounds.iter().all(|r| r.verdict == expected);
+                // A sustained run never sells out, so only strategies meant
+                // to be correct are held to a verdict there; the racy ones
+                // are shown for their speed.
+                let as_expected = if options.rush.sustained.is_some() {
+                    expected != Verdict::Correct
+                        || rounds.iter().all(|r| r.verdict == Verdict::Correct)
+                } else {
+                    rounds.iter().all(|r| r.verdict == expected)
+                };
                 let row = TourRow {
                     level: info.number,
                     strategy: strategy.name.to_owned(),

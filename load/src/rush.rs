@@ -172,6 +172,29 @@ pub struct Report {
     /// The servers' own counters after the run, summed over servers:
     /// `event:retry`, `event:conflict`, `purchases:created`...
     pub server_metrics: BTreeMap<String, f64>,
+
+    /// `sell_out` (N buyers race for a small stock) or `sustained` (a fixed
+    /// number of buyers buy for a fixed time from a stock that never runs
+    /// out; latency is then per request).
+    #[serde(default = "sell_out")]
+    pub mode: String,
+    /// Ceilings measured in the same run, for sustained runs.
+    #[serde(default)]
+    pub ceilings: Vec<crate::sustain::Ceiling>,
+}
+
+fn sell_out() -> String {
+    "sell_out".to_owned()
+}
+
+impl Report {
+    /// This run's sales per second as a fraction of the named ceiling.
+    pub fn ratio_to(&self, ceiling: &str) -> Option<f64> {
+        self.ceilings
+            .iter()
+            .find(|c| c.name == ceiling && c.ops_per_sec > 0.0)
+            .map(|c| self.sales_per_sec / c.ops_per_sec)
+    }
 }
 
 #[derive(Default)]
@@ -350,6 +373,8 @@ pub async fn rush(plan: &RushPlan) -> anyhow::Result<Report> {
         throughput_rps: attempts as f64 / seconds,
         sales_per_sec: succeeded as f64 / seconds,
         server_metrics,
+        mode: sell_out(),
+        ceilings: Vec::new(),
     })
 }
 

@@ -259,3 +259,43 @@ async fn a_server_shuts_down_gracefully_on_sigterm() {
 
     assert!(status.success(), "{status}");
 }
+
+/// Sustained mode buys for a fixed time, stays correct, and reports itself
+/// against ceilings measured in the same run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sustained_run_reports_ceilings_from_the_same_run() {
+    let database = fresh_database().await;
+
+    let output = load(&[
+        "run",
+        "--level",
+        "1",
+        "--strategy",
+        "mutex",
+        "--servers",
+        "1",
+        "--duration",
+        "1",
+        "--concurrency",
+        "8",
+        "--database-url",
+        &database,
+        "--json",
+    ])
+    .await;
+
+    let reports = json_lines(&output);
+    let report = &reports[0];
+    assert_eq!(report["mode"], "sustained");
+    assert_eq!(report["verdict"], "correct", "{report}");
+    assert!(report["succeeded"].as_u64().unwrap() > 0);
+    assert_eq!(report["succeeded"], report["db_orders"]);
+    let ceilings: Vec<&str> = report["ceilings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(ceilings, ["postgres_purchase", "http_noop"]);
+    assert!(report["ceilings"][0]["ops_per_sec"].as_f64().unwrap() > 0.0);
+}

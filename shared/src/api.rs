@@ -5,6 +5,7 @@
 //! | `POST /tickets/{ticket_id}/orders` `{"user_id": 42}` | 201 `{"order_id", "ticket_id", "user_id"}` |
 //! | `GET /tickets/{ticket_id}` | 200 `{"id", "name", "total", "stock", "sold"}` |
 //! | `GET /health` | 200 when the database (and Redis, where used) answer |
+//! | `GET /livez` | 200 as long as the process serves HTTP; does no work at all |
 //! | `GET /metrics` | Prometheus text |
 //!
 //! Every failure is `application/problem+json` (RFC 9457) with an extra
@@ -50,6 +51,7 @@ pub fn app(state: AppState) -> Router {
         .route("/tickets/{ticket_id}/orders", post(purchase))
         .route("/tickets/{ticket_id}", get(ticket))
         .route("/health", get(health))
+        .route("/livez", get(livez))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -338,6 +340,12 @@ async fn health(State(state): State<AppState>) -> Response {
         }
         .into_response(),
     }
+}
+
+/// Liveness: answers without touching anything. The load tool hammers it to
+/// measure the HTTP ceiling (what the server costs with no work behind it).
+async fn livez() -> &'static str {
+    "ok"
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
