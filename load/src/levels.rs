@@ -15,6 +15,22 @@ use ticket_core::{Expected, RunningServer};
 pub type StartFn =
     fn(Vec<String>) -> Pin<Box<dyn Future<Output = anyhow::Result<RunningServer>> + Send>>;
 
+/// Where a level's writes can be found, for a [`SettleFn`].
+#[derive(Debug, Clone)]
+pub struct SettleArgs {
+    /// The database the servers share.
+    pub database_url: String,
+    /// The Redis they share, if the level uses one.
+    pub redis_url: Option<String>,
+    /// The ticket that was sold.
+    pub ticket_id: i64,
+}
+
+/// Waits until every sale a level has answered 201 is in PostgreSQL. Levels
+/// that persist asynchronously (Level 4) need this before the database can
+/// judge a run; the others write before they answer and need nothing.
+pub type SettleFn = fn(SettleArgs) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
+
 /// One strategy, as the tour shows it.
 #[derive(Debug, Clone)]
 pub struct StrategyInfo {
@@ -42,6 +58,8 @@ pub struct LevelInfo {
     pub needs_redis: bool,
     /// Starts one server in this process.
     pub start: StartFn,
+    /// Waits for asynchronous persistence to finish, for levels that have it.
+    pub settle: Option<SettleFn>,
 }
 
 impl std::fmt::Debug for LevelInfo {
@@ -77,7 +95,15 @@ impl LevelInfo {
             race_think_time_ms,
             needs_redis,
             start,
+            settle: None,
         }
+    }
+
+    /// The same level, with a settle step before verification.
+    #[allow(dead_code)] // used by levels that persist asynchronously
+    fn settle_with(mut self, settle: SettleFn) -> Self {
+        self.settle = Some(settle);
+        self
     }
 
     /// The strategy called `name`, or the level's first when `None`.

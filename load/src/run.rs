@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 use ticket_core::services::{Postgres, Redis};
 use ticket_core::Verdict;
 
-use crate::levels::{level, levels, LevelInfo};
-use crate::rush::{rush, Report, RushPlan, DEFAULT_MAX_ATTEMPTS};
+use crate::levels::{level, levels, LevelInfo, SettleArgs};
+use crate::rush::{rush, Report, RushPlan, Settle, DEFAULT_MAX_ATTEMPTS};
 use crate::servers::{start_processes, ServerProcess, ServerSpec};
 use crate::sustain::{self, Ceiling, SustainPlan};
 
@@ -178,8 +178,9 @@ pub async fn run(options: &RunOptions) -> anyhow::Result<Vec<Report>> {
         for round in 0..options.rounds.max(1) {
             let mut report = one_round(
                 &options.rush,
+                &info,
+                &services,
                 targets.clone(),
-                services.database_url(),
                 options.ticket_id,
                 round,
             )
@@ -212,11 +213,21 @@ fn default_think_time(info: &LevelInfo, settings: &RushSettings) -> u64 {
 /// One sell-out rush, or one sustained run when the settings say so.
 async fn one_round(
     settings: &RushSettings,
+    info: &LevelInfo,
+    services: &Services,
     targets: Vec<String>,
-    database_url: &str,
     ticket_id: i64,
     round: u32,
 ) -> anyhow::Result<Report> {
+    let database_url = services.database_url();
+    let settle = info.settle.map(|settle| {
+        let args = SettleArgs {
+            database_url: database_url.to_owned(),
+            redis_url: services.redis_url().map(str::to_owned),
+            ticket_id,
+        };
+        Settle(std::sync::Arc::new(move || settle(args.clone())))
+    });
     match settings.sustained {
         Some(shape) => {
             sustain::sustain(&SustainPlan {
@@ -225,10 +236,17 @@ async fn one_round(
                 ticket_id,
                 concurrency: shape.concurrency,
                 duration: shape.duration,
+                settle,
             })
             .await
         }
-        None => rush(&plan_for(settings, targets, database_url, ticket_id, round)).await,
+        None => {
+            rush(&RushPlan {
+                settle,
+                ..plan_for(settings, targets, database_url, ticket_id, round)
+            })
+            .await
+        }
     }
 }
 
@@ -413,8 +431,9 @@ pub async fn tour(options: &TourOptions, mut on_row: impl FnMut(&TourRow)) -> an
                 for round in 0..options.rounds.max(1) {
                     match one_round(
                         &options.rush,
+                        info,
+                        &services,
                         targets.clone(),
-                        services.database_url(),
                         ticket_id,
                         round,
                     )

@@ -58,6 +58,53 @@ pub struct RushPlan {
     pub reset: bool,
     /// Show a progress bar on stderr.
     pub progress: bool,
+    /// Waits for asynchronous persistence before the database is read.
+    pub settle: Option<Settle>,
+}
+
+/// A step that waits until every answered sale is in PostgreSQL (see
+/// [`crate::levels::SettleFn`]).
+#[derive(Clone)]
+pub struct Settle(pub Arc<dyn Fn() -> SettleFuture + Send + Sync>);
+
+/// What a [`Settle`] step returns.
+pub type SettleFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>>;
+
+impl std::fmt::Debug for Settle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Settle(..)")
+    }
+}
+
+impl Settle {
+    /// Runs the step, and measures the persistence lag: from the last 201
+    /// to the newest order row in PostgreSQL.
+    pub async fn run(
+        &self,
+        pool: &PgPool,
+        ticket: TicketId,
+        last_success: Option<std::time::SystemTime>,
+    ) -> anyhow::Result<Option<f64>> {
+        (self.0)().await.context("waiting for persistence")?;
+        let newest: Option<f64> = sqlx::query_scalar(
+            "SELECT EXTRACT(EPOCH FROM max(created_at))::float8 FROM ticket_orders WHERE ticket_id = $1",
+        )
+        .bind(ticket.get())
+        .fetch_one(pool)
+        .await
+        .context("read the newest order")?;
+        Ok(match (newest, last_success) {
+            (Some(newest), Some(last)) => {
+                let last = last
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs_f64();
+                Some(((newest - last) * 1000.0).max(0.0))
+            }
+            _ => None,
+        })
+    }
 }
 
 impl RushPlan {
@@ -75,6 +122,7 @@ impl RushPlan {
             timeout: Duration::from_secs(300),
             reset: true,
             progress: false,
+            settle: None,
         }
     }
 
@@ -181,6 +229,10 @@ pub struct Report {
     /// Ceilings measured in the same run, for sustained runs.
     #[serde(default)]
     pub ceilings: Vec<crate::sustain::Ceiling>,
+    /// For levels that persist asynchronously: from the last 201 to the
+    /// newest order row in PostgreSQL, in milliseconds.
+    #[serde(default)]
+    pub persistence_lag_ms: Option<f64>,
 }
 
 fn sell_out() -> String {
@@ -199,6 +251,7 @@ impl Report {
 
 #[derive(Default)]
 struct Tally {
+    last_success: std::sync::Mutex<Option<std::time::SystemTime>>,
     succeeded: AtomicU64,
     sold_out: AtomicU64,
     already_purchased: AtomicU64,
@@ -322,6 +375,11 @@ pub async fn rush(plan: &RushPlan) -> anyhow::Result<Report> {
     let elapsed = started.elapsed();
     progress.finish_and_clear();
 
+    let last_success = *tally.last_success.lock().unwrap_or_else(|p| p.into_inner());
+    let persistence_lag_ms = match &plan.settle {
+        Some(settle) => settle.run(&pool, ticket, last_success).await?,
+        None => None,
+    };
     let truth = db::truth(&pool, ticket).await?;
     pool.close().await;
     let succeeded = tally.succeeded.load(Ordering::Relaxed);
@@ -375,6 +433,7 @@ pub async fn rush(plan: &RushPlan) -> anyhow::Result<Report> {
         server_metrics,
         mode: sell_out(),
         ceilings: Vec::new(),
+        persistence_lag_ms,
     })
 }
 
@@ -426,7 +485,12 @@ impl Buyer {
             let body: serde_json::Value = response.json().await.unwrap_or_default();
             let code = body.get("code").and_then(|c| c.as_str()).unwrap_or("");
             match (status, code) {
-                (201, _) => return Final::Bought,
+                (201, _) => {
+                    let now = std::time::SystemTime::now();
+                    let mut last = tally.last_success.lock().unwrap_or_else(|p| p.into_inner());
+                    *last = Some(last.map_or(now, |t| t.max(now)));
+                    return Final::Bought;
+                }
                 (409, "sold_out") => return Final::SoldOut,
                 (409, "already_purchased") => return Final::AlreadyPurchased,
                 (503, _) => {

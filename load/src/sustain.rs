@@ -303,6 +303,8 @@ pub struct SustainPlan {
     pub concurrency: usize,
     /// How long to keep buying.
     pub duration: Duration,
+    /// Waits for asynchronous persistence before the database is read.
+    pub settle: Option<crate::rush::Settle>,
 }
 
 /// Runs a sustained purchase load and judges it from the database.
@@ -376,6 +378,14 @@ pub async fn sustain(plan: &SustainPlan) -> anyhow::Result<Report> {
     }
     let meter = collect(&mut workers).await?;
     let elapsed = started.elapsed();
+    let persistence_lag_ms = match &plan.settle {
+        Some(settle) => {
+            settle
+                .run(&pool, ticket, Some(std::time::SystemTime::now()))
+                .await?
+        }
+        None => None,
+    };
     let truth = db::truth(&pool, ticket).await?;
     pool.close().await;
     let succeeded = counts.succeeded.load(Ordering::Relaxed);
@@ -417,6 +427,7 @@ pub async fn sustain(plan: &SustainPlan) -> anyhow::Result<Report> {
         server_metrics: scrape_metrics(&plan.targets).await,
         mode: "sustained".to_owned(),
         ceilings: Vec::new(),
+        persistence_lag_ms,
     })
 }
 
