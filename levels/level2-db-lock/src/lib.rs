@@ -55,9 +55,9 @@
 //! up): `conflict` (optimistic version check failed), `serialization_failure`
 //! (40001), `deadlock` (40P01), `retry` (a fresh attempt started),
 //! `retries_exhausted`, `lock_timeout` (pessimistic gave up waiting),
-//! `lock_refused` (NOWAIT found the row held), `pool_timeout`. The
-//! `ticket_rush_lock_wait_seconds` histogram times each strategy's
-//! row-locking statement.
+//! `lock_refused` (NOWAIT found the row held), `pool_timeout`,
+//! `statement_timeout`. The `ticket_rush_lock_wait_seconds` histogram times
+//! each strategy's row-locking statement.
 //!
 //! **What it guarantees.** On any number of servers sharing the database:
 //! exactly `tickets` orders, stock 0, one order per buyer, and a 201 for
@@ -111,8 +111,9 @@ pub struct Level2Config {
     /// `optimistic` and `serializable`: fresh attempts after a lost race
     /// before answering 503 busy. Zero fails fast.
     pub max_retries: u32,
-    /// `pessimistic`: PostgreSQL's `lock_timeout` for the ticket's row lock,
-    /// in milliseconds. Zero waits forever.
+    /// `pessimistic`: the longest wait for the ticket's row lock, in
+    /// milliseconds, set as PostgreSQL's `lock_timeout` and
+    /// `statement_timeout`. Zero waits forever.
     pub lock_timeout_ms: u64,
     /// The ceiling of the first retry's random pause, in milliseconds.
     pub backoff_base_ms: u64,
@@ -221,8 +222,10 @@ pub struct Cli {
     pub max_retries: u32,
 
     /// pessimistic: how long a buyer waits in PostgreSQL's queue for the
-    /// ticket's row lock (PostgreSQL's lock_timeout) before being answered
-    /// 503 busy. 0 waits forever.
+    /// ticket's row lock before being answered 503 busy (set as
+    /// PostgreSQL's lock_timeout, and as statement_timeout, which also
+    /// bounds a wait that re-queues each time the row changes). 0 waits
+    /// forever.
     #[arg(long, default_value_t = DEFAULT_LOCK_TIMEOUT_MS, value_name = "MS")]
     pub lock_timeout_ms: u64,
 

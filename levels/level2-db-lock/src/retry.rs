@@ -45,7 +45,7 @@ pub enum Failure {
     /// only queue again: the buyer is answered 503 busy and picks again.
     Busy {
         /// What happened, as counted in `/metrics`: `lock_timeout`,
-        /// `lock_refused`, `pool_timeout`.
+        /// `lock_refused`, `pool_timeout`, `statement_timeout`.
         event: &'static str,
         /// Why, in the buyer's problem detail.
         reason: &'static str,
@@ -80,6 +80,11 @@ impl From<sqlx::Error> for Failure {
             Some("55P03") => Self::Busy {
                 event: "lock_timeout",
                 reason: "the ticket row is locked by another buyer",
+            },
+            // statement_timeout: the database is too slow for us right now.
+            Some("57014") => Self::Busy {
+                event: "statement_timeout",
+                reason: "the database did not answer in time",
             },
             _ => Self::Answer(classify(err)),
         }

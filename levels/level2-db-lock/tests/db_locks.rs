@@ -203,6 +203,48 @@ async fn pessimistic_gives_up_after_its_lock_timeout_while_another_transaction_h
     sale.stop().await
 }
 
+/// In a rush, a `FOR UPDATE` re-queues each time the hot row gets a new
+/// version, and PostgreSQL's `lock_timeout` only limits each of those short
+/// waits. `pessimistic` also sets `statement_timeout`, so the *whole* wait is
+/// bounded: 30 buyers queueing behind 50 ms sales (1.5 s for the last one)
+/// with a 300 ms timeout means some are answered busy, and nothing is
+/// oversold.
+#[tokio::test]
+async fn pessimistic_bounds_the_whole_wait_behind_a_queue_of_buyers() -> anyhow::Result<()> {
+    // Arrange
+    let args = [
+        "--strategy",
+        "pessimistic",
+        "--max-connections",
+        "30",
+        "--think-time-ms",
+        "50",
+        "--lock-timeout-ms",
+        "300",
+    ];
+    let sale = Sale::start(1, &args, 100).await?;
+
+    // Act
+    let answers = futures::future::try_join_all((1..=30).map(|user| sale.buy(0, user))).await?;
+
+    // Assert
+    let created = answers
+        .iter()
+        .filter(|a| a.status == StatusCode::CREATED)
+        .count();
+    let busy = answers.iter().filter(|a| a.is_busy()).count();
+    assert_eq!(created + busy, 30, "{answers:?}");
+    assert!(
+        busy > 0,
+        "the last in the queue should time out: {answers:?}"
+    );
+    assert_eq!(sale.events(0, "lock_timeout").await?, busy as f64);
+    let truth = sale.truth().await?;
+    assert_eq!(truth.orders, created as i64);
+    assert_eq!(i64::from(truth.stock), 100 - created as i64);
+    sale.stop().await
+}
+
 /// Within its lock timeout, `pessimistic` simply waits its turn: the
 /// purchase completes as soon as the holder commits.
 #[tokio::test]
