@@ -12,12 +12,15 @@
 //! | [`rush`] | the buyers, the start barrier, retries on 503, latency, the report |
 //! | [`run`] | `load run` and `load tour`: services, servers, rounds |
 //! | [`output`] | the text tables |
+//! | [`sustain`] | sustained throughput runs and the ceilings they are measured against |
+//! | [`report`] | the HTML report with plots, and the JSON behind it |
 //!
 //! The verdict rules live in [`ticket_core::verify`], so that tests and the
 //! tool judge the same way.
 
 pub mod levels;
 pub mod output;
+pub mod report;
 pub mod run;
 pub mod rush;
 pub mod servers;

@@ -16,6 +16,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use load::output::{render_report, tour_header, tour_row, verdict_label};
+use load::report::{ReportData, ReportRow};
 use load::run::{run, tour, RunOptions, RushSettings, Sustained, TourOptions};
 
 /// Rush a ticket-rush server with many buyers at once and check, from the
@@ -117,6 +118,11 @@ struct RushArgs {
     /// Print JSON on stdout instead of tables (one object per round).
     #[arg(long)]
     json: bool,
+
+    /// Also write an HTML report with plots (and the JSON behind it) into
+    /// this directory. It is self-contained: open DIR/index.html offline.
+    #[arg(long, value_name = "DIR")]
+    report: Option<PathBuf>,
 }
 
 impl RushArgs {
@@ -234,7 +240,8 @@ async fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
         exe: this_exe()?,
         rush: args.rush.settings(),
     };
-    let reports = run(&options).await?;
+    let result = run(&options).await?;
+    let reports = &result.reports;
     let many = reports.len() > 1;
     for (i, report) in reports.iter().enumerate() {
         if args.rush.json {
@@ -242,6 +249,31 @@ async fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
         } else {
             print!("{}", render_report(report, many.then_some(i as u32 + 1)));
         }
+    }
+    if let Some(dir) = &args.rush.report {
+        let expected = if options.targets.is_empty() {
+            load::levels::level(options.level)?
+                .strategy(options.strategy.as_deref())
+                .ok()
+                .map(|s| s.expected.for_servers(options.servers.max(1)))
+        } else {
+            None
+        };
+        let rows = reports
+            .iter()
+            .map(|report| ReportRow {
+                expected,
+                as_expected: expected.map(|e| e == report.verdict),
+                report: report.clone(),
+            })
+            .collect();
+        let data = ReportData::new(
+            format!("ticket-rush: level {} run", options.level),
+            result.machine.clone(),
+            rows,
+        );
+        let page = load::report::write(dir, &data)?;
+        eprintln!("report written to {}", page.display());
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -318,6 +350,38 @@ async fn tour_command(args: TourArgs) -> anyhow::Result<ExitCode> {
                 );
             }
         }
+    }
+    if let Some(dir) = &args.rush.report {
+        let rows = result
+            .rows
+            .iter()
+            .filter_map(|row| {
+                let shown = row
+                    .rounds
+                    .iter()
+                    .find(|r| r.verdict != row.expected)
+                    .or(row.rounds.last())?;
+                Some(ReportRow {
+                    expected: Some(row.expected),
+                    as_expected: Some(row.as_expected),
+                    report: shown.clone(),
+                })
+            })
+            .collect();
+        let title = match options.rush.sustained {
+            Some(shape) => format!(
+                "ticket-rush: sustained throughput, {} concurrent buyers for {} s",
+                shape.concurrency,
+                shape.duration.as_secs()
+            ),
+            None => format!(
+                "ticket-rush tour: {} buyers, {} tickets",
+                options.rush.buyers, options.rush.tickets
+            ),
+        };
+        let data = ReportData::new(title, result.machine.clone(), rows);
+        let page = load::report::write(dir, &data)?;
+        eprintln!("report written to {}", page.display());
     }
     Ok(if result.as_expected {
         ExitCode::SUCCESS

@@ -10,6 +10,7 @@ use ticket_core::services::{Postgres, Redis};
 use ticket_core::Verdict;
 
 use crate::levels::{level, levels, LevelInfo, SettleArgs};
+use crate::report::Machine;
 use crate::rush::{rush, Report, RushPlan, Settle, DEFAULT_MAX_ATTEMPTS};
 use crate::servers::{start_processes, ServerProcess, ServerSpec};
 use crate::sustain::{self, Ceiling, SustainPlan};
@@ -126,7 +127,7 @@ pub struct RunOptions {
 }
 
 /// Runs `options.rounds` rushes and returns every round's report.
-pub async fn run(options: &RunOptions) -> anyhow::Result<Vec<Report>> {
+pub async fn run(options: &RunOptions) -> anyhow::Result<RunResult> {
     let info = level(options.level)?;
     let strategy = info.strategy(options.strategy.as_deref())?.name;
     if !options.targets.is_empty()
@@ -194,9 +195,19 @@ pub async fn run(options: &RunOptions) -> anyhow::Result<Vec<Report>> {
         anyhow::Ok(())
     }
     .await;
+    let machine = Machine::describe(services.database_url(), services.redis_url()).await;
     stop_all(processes).await;
     result?;
-    Ok(reports)
+    Ok(RunResult { reports, machine })
+}
+
+/// What `load run` measured.
+#[derive(Debug, Clone)]
+pub struct RunResult {
+    /// One report per round.
+    pub reports: Vec<Report>,
+    /// The machine and services it ran on.
+    pub machine: Machine,
 }
 
 /// The think time when none is given: the level's race window for a
@@ -359,6 +370,8 @@ pub struct TourRow {
 /// The whole tour.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Tour {
+    /// The machine and services it ran on.
+    pub machine: Machine,
     /// One row per (level, strategy, servers).
     pub rows: Vec<TourRow>,
     /// Whether every row earned its expected verdict.
@@ -483,5 +496,10 @@ pub async fn tour(options: &TourOptions, mut on_row: impl FnMut(&TourRow)) -> an
         }
     }
     let as_expected = rows.iter().all(|r| r.as_expected);
-    Ok(Tour { rows, as_expected })
+    let machine = Machine::describe(services.database_url(), services.redis_url()).await;
+    Ok(Tour {
+        machine,
+        rows,
+        as_expected,
+    })
 }

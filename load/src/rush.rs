@@ -156,6 +156,22 @@ pub struct Latency {
     pub max: f64,
 }
 
+/// The percentiles drawn in latency plots.
+const CDF_PERCENTILES: &[f64] = &[
+    0.0, 1.0, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 95.0, 99.0, 99.9, 100.0,
+];
+
+/// `[percentile, milliseconds]` points of a latency distribution, for plots.
+pub fn latency_cdf(histogram: &Histogram<u64>) -> Vec<[f64; 2]> {
+    if histogram.is_empty() {
+        return Vec::new();
+    }
+    CDF_PERCENTILES
+        .iter()
+        .map(|&p| [p, histogram.value_at_percentile(p) as f64 / 1000.0])
+        .collect()
+}
+
 /// Everything a rush measured. Serialized as the `--json` output; the field
 /// names are part of the contract (DESIGN.md, "Load tool").
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -210,6 +226,9 @@ pub struct Report {
 
     /// Per-buyer latency, barrier to final answer.
     pub latency_ms: Latency,
+    /// The whole latency distribution, `[percentile, ms]`, for plots.
+    #[serde(default)]
+    pub latency_cdf_ms: Vec<[f64; 2]>,
     /// Barrier to last answer.
     pub elapsed_ms: f64,
     /// HTTP answers per second (attempts / elapsed).
@@ -427,6 +446,7 @@ pub async fn rush(plan: &RushPlan) -> anyhow::Result<Report> {
             p99: ms(0.99),
             max: histogram.max() as f64 / 1000.0,
         },
+        latency_cdf_ms: latency_cdf(&histogram),
         elapsed_ms: elapsed.as_secs_f64() * 1000.0,
         throughput_rps: attempts as f64 / seconds,
         sales_per_sec: succeeded as f64 / seconds,

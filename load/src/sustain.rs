@@ -421,6 +421,7 @@ pub async fn sustain(plan: &SustainPlan) -> anyhow::Result<Report> {
         verdict,
         problems,
         latency_ms: meter.latency(),
+        latency_cdf_ms: crate::rush::latency_cdf(&meter.histogram),
         elapsed_ms: elapsed.as_secs_f64() * 1000.0,
         throughput_rps: attempts as f64 / seconds,
         sales_per_sec: succeeded as f64 / seconds,
