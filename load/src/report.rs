@@ -335,9 +335,12 @@ fn throughput_plot(data: &ReportData) -> anyhow::Result<String> {
     }
 }
 
+/// One kind of answer in the outcome plot: its name, colour and count.
+type Outcome = (&'static str, RGBColor, fn(&Report) -> f64);
+
 /// Stacked bars: how each row's buyers were answered.
 fn outcomes_plot(data: &ReportData) -> anyhow::Result<String> {
-    let kinds: [(&str, RGBColor, fn(&Report) -> f64); 5] = [
+    let kinds: [Outcome; 5] = [
         ("201 created", RGBColor(46, 139, 87), |r| r.succeeded as f64),
         ("409 sold_out", RGBColor(120, 144, 156), |r| {
             r.sold_out as f64
