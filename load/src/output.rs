@@ -78,6 +78,29 @@ pub fn render_report(report: &Report, round: Option<u32>) -> String {
             );
         }
     }
+    if let Some(memory) = &report.memory {
+        let servers: Vec<String> = memory
+            .servers_peak_rss_mib
+            .iter()
+            .map(|m| format!("{m:.0} MiB"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "  peak memory     load {:.0} MiB  ·  servers {}",
+            memory.load_peak_rss_mib,
+            if servers.is_empty() {
+                "-".to_owned()
+            } else {
+                servers.join(", ")
+            }
+        );
+    }
+    if let Some(lag) = report.persistence_lag_ms {
+        let _ = writeln!(
+            out,
+            "  persistence lag {lag:.0} ms (last 201 to last order row in PostgreSQL)"
+        );
+    }
     let events: Vec<String> = report
         .server_metrics
         .iter()

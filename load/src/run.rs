@@ -11,7 +11,7 @@ use ticket_core::Verdict;
 
 use crate::levels::{level, levels, LevelInfo, SettleArgs};
 use crate::report::Machine;
-use crate::rush::{rush, Report, RushPlan, Settle, DEFAULT_MAX_ATTEMPTS};
+use crate::rush::{peak_rss_mib, rush, Memory, Report, RushPlan, Settle, DEFAULT_MAX_ATTEMPTS};
 use crate::servers::{start_processes, ServerProcess, ServerSpec};
 use crate::sustain::{self, Ceiling, SustainPlan};
 
@@ -187,6 +187,7 @@ pub async fn run(options: &RunOptions) -> anyhow::Result<RunResult> {
             )
             .await?;
             report.ceilings = ceilings.clone();
+            report.memory = memory_of(&processes);
             report.level = Some(info.number);
             report.strategy = Some(strategy.to_owned());
             report.think_time_ms = think_time_ms;
@@ -291,6 +292,17 @@ pub async fn measure_ceilings(
         );
     }
     Ok(ceilings)
+}
+
+/// Peak memory of this process and of the servers it started.
+fn memory_of(processes: &[ServerProcess]) -> Option<Memory> {
+    Some(Memory {
+        load_peak_rss_mib: peak_rss_mib(None)?,
+        servers_peak_rss_mib: processes
+            .iter()
+            .filter_map(|p| peak_rss_mib(p.pid()))
+            .collect(),
+    })
 }
 
 /// Fails fast, in one line, when the database does not answer, before any
@@ -454,6 +466,7 @@ pub async fn tour(options: &TourOptions, mut on_row: impl FnMut(&TourRow)) -> an
                     {
                         Ok(mut report) => {
                             report.ceilings = ceilings.clone();
+                            report.memory = memory_of(&processes);
                             report.level = Some(info.number);
                             report.strategy = Some(strategy.name.to_owned());
                             report.think_time_ms = Some(think);

@@ -252,6 +252,35 @@ pub struct Report {
     /// newest order row in PostgreSQL, in milliseconds.
     #[serde(default)]
     pub persistence_lag_ms: Option<f64>,
+    /// Peak memory of the load process and of each server it started.
+    #[serde(default)]
+    pub memory: Option<Memory>,
+}
+
+/// Peak resident memory (VmHWM), in MiB.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Memory {
+    /// The load tool itself (all buyers' connections live here).
+    pub load_peak_rss_mib: f64,
+    /// Each server the load tool started, in order.
+    pub servers_peak_rss_mib: Vec<f64>,
+}
+
+/// A process's peak resident memory in MiB, from /proc (Linux).
+pub fn peak_rss_mib(pid: Option<u32>) -> Option<f64> {
+    let path = match pid {
+        Some(pid) => format!("/proc/{pid}/status"),
+        None => "/proc/self/status".to_owned(),
+    };
+    let status = std::fs::read_to_string(path).ok()?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
 }
 
 fn sell_out() -> String {
@@ -454,6 +483,7 @@ pub async fn rush(plan: &RushPlan) -> anyhow::Result<Report> {
         mode: sell_out(),
         ceilings: Vec::new(),
         persistence_lag_ms,
+        memory: None,
     })
 }
 

@@ -429,6 +429,7 @@ pub async fn sustain(plan: &SustainPlan) -> anyhow::Result<Report> {
         mode: "sustained".to_owned(),
         ceilings: Vec::new(),
         persistence_lag_ms,
+        memory: None,
     })
 }
 

@@ -299,3 +299,47 @@ async fn sustained_run_reports_ceilings_from_the_same_run() {
     assert_eq!(ceilings, ["postgres_purchase", "http_noop"]);
     assert!(report["ceilings"][0]["ops_per_sec"].as_f64().unwrap() > 0.0);
 }
+
+/// Ten thousand concurrent buyers (each with its own connection) over two
+/// server processes: never oversold, and the peak memory of the load tool
+/// and of each server is reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_buyers_never_oversell_and_memory_is_reported() {
+    let database = fresh_database().await;
+
+    let output = load(&[
+        "run",
+        "--level",
+        "2",
+        "--strategy",
+        "atomic",
+        "--servers",
+        "2",
+        "--buyers",
+        "10000",
+        "--tickets",
+        "100",
+        "--think-time-ms",
+        "0",
+        "--database-url",
+        &database,
+        "--json",
+    ])
+    .await;
+
+    let report = &json_lines(&output)[0];
+    assert_eq!(report["verdict"], "correct", "{report}");
+    assert_eq!(report["oversold"], 0);
+    assert_eq!(report["db_orders"], 100);
+    assert_eq!(report["errors"], 0, "{report}");
+    let memory = &report["memory"];
+    assert!(
+        memory["load_peak_rss_mib"].as_f64().unwrap() > 0.0,
+        "{memory}"
+    );
+    assert_eq!(
+        memory["servers_peak_rss_mib"].as_array().unwrap().len(),
+        2,
+        "{memory}"
+    );
+}
