@@ -24,6 +24,7 @@ use sqlx::PgConnection;
 use ticket_core::strategy::StrategyContext;
 use ticket_core::{db, Order, PurchaseError, SellTickets, TicketId, UserId};
 
+use crate::pessimistic::look_before_locking;
 use crate::retry::{finish, settle, Failure};
 use crate::Level2Config;
 
@@ -64,6 +65,11 @@ impl NoWait {
         ticket: TicketId,
         user: UserId,
     ) -> Result<Order, Failure> {
+        // 0. A look before the lock (see `look_before_locking`): once the
+        //    ticket is sold out, late buyers are told so instead of being
+        //    refused by each other's locks.
+        look_before_locking(tx, ticket).await?;
+
         // 1. Lock, or be refused at once, then read.
         let waiting = Instant::now();
         let stock: Option<i32> =

@@ -24,7 +24,9 @@
 //! holding the lock for a whole transaction (plus `--think-time-ms`). The
 //! waiters each hold a database connection while they wait, so with a pool
 //! of 10 per server, 10 buyers per server queue inside PostgreSQL and the
-//! rest queue inside the server for a connection.
+//! rest queue inside the server for a connection. Buyers who arrive after
+//! the last ticket is sold do not queue for the row at all: a plain read
+//! before the lock tells them (see [`look_before_locking`]).
 //!
 //! A waiter does not wait forever. `--lock-timeout-ms` is set, with `SET
 //! LOCAL` for this transaction only, as two PostgreSQL settings:
@@ -117,6 +119,10 @@ impl Pessimistic {
         .execute(&mut *tx)
         .await?;
 
+        // 0. A look before the lock: a buyer who arrives after the sale
+        //    need not queue to be told so.
+        look_before_locking(tx, ticket).await?;
+
         // 1. Lock, then read. Waiting happens here, in PostgreSQL's queue
         //    for this row, for at most the timeout.
         let waiting = Instant::now();
@@ -160,4 +166,30 @@ impl Pessimistic {
         Ok(db::insert_order(tx, ticket, user).await?)
         // 5. `finish` commits, and the lock is released with the commit.
     }
+}
+
+/// A plain read of the stock, taken *before* queueing for the row lock, to
+/// answer "sold out" (or "no such ticket") without the lock.
+///
+/// Stock only ever goes down, so a zero seen without the lock is final:
+/// this look can never refuse a ticket that could have been sold. A
+/// positive stock, on the other hand, decides nothing (it may be gone by
+/// the time we hold the lock), and the sale reads it again under the lock.
+/// Without this look, the 900 buyers who come too late in a rush would all
+/// queue for the row (`pessimistic`) or be refused by it over and over
+/// (`nowait`) just to learn that nothing is left. Level 1's `rwlock` does
+/// the same: a shared look first, the exclusive lock only to sell.
+pub async fn look_before_locking(
+    tx: &mut PgConnection,
+    ticket: TicketId,
+) -> Result<(), Failure> {
+    let stock: i32 = sqlx::query_scalar("SELECT stock FROM tickets WHERE id = $1")
+        .bind(ticket.get())
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(PurchaseError::NotFound)?;
+    if stock <= 0 {
+        return Err(PurchaseError::SoldOut.into());
+    }
+    Ok(())
 }
