@@ -615,3 +615,81 @@ async fn cancelled_attempts_leave_no_orphaned_hold() {
         .expect("another process gets the lock: nothing was left behind");
     other.release().await.unwrap();
 }
+
+/// Tasks in two processes also take turns: the line of processes in Redis
+/// hands each release to the process that has waited longest, so neither
+/// process's tasks get more than 1.5 times the holds of the other's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tasks_of_two_processes_take_turns() {
+    let (a, b) = two_processes(Waiting::PubSub);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut handles = Vec::new();
+    for task in 0..6 {
+        let lock = if task % 2 == 0 { &a } else { &b }.lock("turns");
+        let stop = stop.clone();
+        handles.push(tokio::spawn(async move {
+            let mut count = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let guard = lock
+                    .try_lock(Duration::from_secs(5), Lease::Watchdog)
+                    .await
+                    .unwrap();
+                count += 1;
+                guard.release().await.unwrap();
+            }
+            count
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut counts = Vec::new();
+    for handle in handles {
+        counts.push(handle.await.unwrap());
+    }
+    let (min, max) = (*counts.iter().min().unwrap(), *counts.iter().max().unwrap());
+    assert!(min > 10, "{counts:?}");
+    assert!(max as f64 / min as f64 <= 1.5, "unfair: {counts:?}");
+}
+
+/// A release hands the lock to a process that has since died (here: a name
+/// in the line that nobody answers to). Its grant runs out after 100 ms and
+/// the live waiter takes the lock, instead of waiting for the old holder's
+/// 10 s lease.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_grant_to_a_dead_process_runs_out_quickly() {
+    let (a, b) = two_processes(Waiting::PubSub);
+    let holder = a
+        .lock("ghost")
+        .try_lock(
+            Duration::from_secs(1),
+            Lease::Fixed(Duration::from_secs(10)),
+        )
+        .await
+        .unwrap();
+    let waiter = {
+        let lock = b.lock("ghost");
+        tokio::spawn(async move {
+            let guard = lock.try_lock(Duration::from_secs(8), Lease::Watchdog).await;
+            (Instant::now(), guard)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut conn = raw(&redis_url()).await;
+    let line = format!("{}:line", a.lock("ghost").key());
+    let _: () = redis::cmd("LPUSH")
+        .arg(&line)
+        .arg("a-process-that-died")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let released_at = Instant::now();
+    holder.release().await.unwrap();
+    let (acquired_at, guard) = waiter.await.unwrap();
+    let guard = guard.expect("the live waiter gets the lock");
+    let took = acquired_at - released_at;
+    assert!(
+        took >= Duration::from_millis(90) && took < Duration::from_millis(600),
+        "got the lock {took:?} after the release"
+    );
+    guard.release().await.unwrap();
+}

@@ -7,17 +7,20 @@
 -- the attempt did (or would have).
 --
 -- KEYS[1]  the lock hash
+-- KEYS[2]  the line of waiting processes
+-- KEYS[3]  the grant
 -- ARGV[1]  the owner
 -- ARGV[2]  the abandoned attempt's id
 -- ARGV[3]  the channel waiters listen on
 -- ARGV[4]  the lease to re-arm when holds remain, in milliseconds
+-- ARGV[5]  how long the next process has to claim the lock, in milliseconds
 --
 -- Returns 1 when a hold was undone, 0 when the attempt had not created the
 -- hold that is there now (it found the lock taken, or the same owner has
 -- taken the lock afresh since): then nothing is touched.
 
-local lock = KEYS[1]
-local owner, attempt, channel, lease = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local lock, line, grant = KEYS[1], KEYS[2], KEYS[3]
+local owner, attempt, channel, lease, grant_ms = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 
 if redis.call('HGET', lock, 'attempt') ~= attempt then
   return 0
@@ -26,8 +29,15 @@ end
 -- by the same owner (reentrancy): give back exactly the one hold it added.
 if redis.call('HINCRBY', lock, owner, -1) > 0 then
   redis.call('PEXPIRE', lock, lease)
+  return 1
+end
+-- Free again: hand it on exactly as release.lua does.
+redis.call('DEL', lock)
+local next = redis.call('LPOP', line)
+if next then
+  redis.call('SET', grant, next, 'PX', grant_ms)
+  redis.call('PUBLISH', channel, next)
 else
-  redis.call('DEL', lock)
-  redis.call('PUBLISH', channel, 'released')
+  redis.call('PUBLISH', channel, '')
 end
 return 1

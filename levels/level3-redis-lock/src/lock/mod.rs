@@ -268,10 +268,11 @@ impl LockClient {
             .set_protocol(ProtocolVersion::RESP3);
         let subscriber =
             redis::Client::open(info.set_redis_settings(resp3)).map_err(LockError::Redis)?;
-        let wakeups = pubsub::WakeUps::new(subscriber, config)?;
+        let instance: String = instance.into();
+        let wakeups = pubsub::WakeUps::new(subscriber, config, instance.clone())?;
         Ok(Self {
             inner: Arc::new(ClientInner {
-                instance: instance.into(),
+                instance,
                 options,
                 commands,
                 wakeups,
@@ -291,9 +292,13 @@ impl LockClient {
         RedisLock {
             client: self.clone(),
             name: name.into(),
-            counter: format!("{base}:fence"),
-            channel: format!("{base}:released"),
-            key: base,
+            keys: Arc::new(Keys {
+                counter: format!("{base}:fence"),
+                line: format!("{base}:line"),
+                grant: format!("{base}:grant"),
+                channel: format!("{base}:released"),
+                lock: base,
+            }),
         }
     }
 
@@ -383,16 +388,28 @@ pub enum Released {
 pub struct RedisLock {
     client: LockClient,
     name: Arc<str>,
-    key: String,
-    counter: String,
-    channel: String,
+    keys: Arc<Keys>,
+}
+
+/// The Redis names of one lock (see the table at the top of this file).
+pub(super) struct Keys {
+    /// The hash: `{owner: count, fence: token, attempt: id}`.
+    pub(super) lock: String,
+    /// The fencing counter.
+    pub(super) counter: String,
+    /// The line of waiting processes (instance ids, oldest first).
+    pub(super) line: String,
+    /// The instance a release handed the lock to, for [`GRANT_TIME`].
+    pub(super) grant: String,
+    /// The pub/sub channel releases are announced on.
+    pub(super) channel: String,
 }
 
 impl fmt::Debug for RedisLock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisLock")
             .field("name", &self.name)
-            .field("key", &self.key)
+            .field("key", &self.keys.lock)
             .finish_non_exhaustive()
     }
 }
@@ -406,7 +423,7 @@ impl RedisLock {
     /// The Redis key of the lock's hash (for tests and curious learners:
     /// `redis-cli HGETALL` it while a sale runs).
     pub fn key(&self) -> &str {
-        &self.key
+        &self.keys.lock
     }
 
     /// Takes the lock, waiting at most `wait` while someone else holds it.
@@ -443,7 +460,7 @@ impl RedisLock {
         self.client
             .inner
             .wakeups
-            .add_holder(&self.channel, &owner, sent + lease_time);
+            .add_holder(&self.keys, &owner, sent + lease_time);
         let health = Arc::new(Health::new(sent + lease_time));
         let watchdog = match lease {
             Lease::Watchdog => Some(watchdog::spawn(
@@ -478,7 +495,7 @@ impl RedisLock {
                 self.client
                     .inner
                     .wakeups
-                    .forget_holder(&self.channel, &owner);
+                    .forget_holder(&self.keys.channel, &owner);
                 Ok(released)
             }
             None => Err(LockError::NotOwner {
@@ -490,7 +507,9 @@ impl RedisLock {
 
     /// Whether anyone holds the lock right now.
     pub async fn is_locked(&self) -> Result<bool, LockError> {
-        self.client.query(redis::cmd("EXISTS").arg(&self.key)).await
+        self.client
+            .query(redis::cmd("EXISTS").arg(&self.keys.lock))
+            .await
     }
 
     /// The error for a spent wait budget (the caller fills in how long).
@@ -510,7 +529,12 @@ impl RedisLock {
     /// hold only if *this* attempt created it (the hash remembers the id of
     /// the attempt that created it). One connection keeps order, so it runs
     /// after the attempt.
-    async fn attempt(&self, owner: &str, lease: Duration) -> Result<Attempt, LockError> {
+    async fn attempt(
+        &self,
+        owner: &str,
+        lease: Duration,
+        line: Line,
+    ) -> Result<Attempt, LockError> {
         let id = format!("{:016x}", rand::random::<u64>());
         let mut abandoned = AbandonOnDrop {
             lock: self,
@@ -518,7 +542,7 @@ impl RedisLock {
             attempt: &id,
             armed: true,
         };
-        let answer = self.attempt_once(owner, lease, &id).await;
+        let answer = self.attempt_once(owner, lease, &id, line).await;
         abandoned.armed = false;
         answer
     }
@@ -528,7 +552,9 @@ impl RedisLock {
         owner: &str,
         lease: Duration,
         id: &str,
+        line: Line,
     ) -> Result<Attempt, LockError> {
+        let flag = |set: bool| if set { "1" } else { "0" };
         let (acquired, value): (i64, i64) = self
             .client
             .invoke(
@@ -536,11 +562,17 @@ impl RedisLock {
                     .inner
                     .scripts
                     .acquire
-                    .key(&self.key)
-                    .key(&self.counter)
+                    .key(&self.keys.lock)
+                    .key(&self.keys.counter)
+                    .key(&self.keys.line)
+                    .key(&self.keys.grant)
                     .arg(owner)
                     .arg(millis(lease))
-                    .arg(id),
+                    .arg(id)
+                    .arg(&self.client.inner.instance)
+                    .arg(flag(line.will_wait))
+                    .arg(flag(line.more_waiting))
+                    .arg(millis(LINE_KEEP)),
             )
             .await?;
         Ok(if acquired == 1 {
@@ -564,7 +596,7 @@ impl RedisLock {
         owner: &str,
         token: Option<u64>,
     ) -> Result<Option<Released>, LockError> {
-        let receipt = format!("{}:receipt:{:016x}", self.key, rand::random::<u64>());
+        let receipt = format!("{}:receipt:{:016x}", self.keys.lock, rand::random::<u64>());
         self.release_with_receipt(owner, token, &receipt).await
     }
 
@@ -588,13 +620,16 @@ impl RedisLock {
                         .inner
                         .scripts
                         .release
-                        .key(&self.key)
+                        .key(&self.keys.lock)
                         .key(receipt)
+                        .key(&self.keys.line)
+                        .key(&self.keys.grant)
                         .arg(owner)
-                        .arg(&self.channel)
+                        .arg(&self.keys.channel)
                         .arg(lease)
                         .arg(keep)
-                        .arg(&token),
+                        .arg(&token)
+                        .arg(millis(GRANT_TIME)),
                 )
                 .await;
             match answer {
@@ -619,7 +654,7 @@ impl RedisLock {
                     .inner
                     .scripts
                     .renew
-                    .key(&self.key)
+                    .key(&self.keys.lock)
                     .arg(owner)
                     .arg(millis(lease))
                     .arg(token),
@@ -655,11 +690,14 @@ impl Drop for AbandonOnDrop<'_> {
                 .invoke(
                     scripts
                         .abandon
-                        .key(&lock.key)
+                        .key(&lock.keys.lock)
+                        .key(&lock.keys.line)
+                        .key(&lock.keys.grant)
                         .arg(&owner)
                         .arg(&attempt)
-                        .arg(&lock.channel)
-                        .arg(millis(lock.client.inner.options.watchdog_lease)),
+                        .arg(&lock.keys.channel)
+                        .arg(millis(lock.client.inner.options.watchdog_lease))
+                        .arg(millis(GRANT_TIME)),
                 )
                 .await;
             if let Err(err) = undone {
@@ -668,6 +706,26 @@ impl Drop for AbandonOnDrop<'_> {
         });
     }
 }
+
+/// How an attempt relates to the line of waiting processes.
+#[derive(Debug, Clone, Copy, Default)]
+struct Line {
+    /// The caller will wait if refused: its process joins the line.
+    will_wait: bool,
+    /// More tasks of the caller's process wait behind it: once served, the
+    /// process goes to the back of the line again.
+    more_waiting: bool,
+}
+
+/// How long the process a release hands the lock to has to claim it before
+/// anyone may take it. Normally it claims it within a round trip; this only
+/// bounds what a crashed or stuck process costs the others.
+const GRANT_TIME: Duration = Duration::from_millis(100);
+
+/// How long the line of waiting processes outlives its last change: long
+/// enough for any wait, short enough that a line left by crashed processes
+/// goes away by itself.
+const LINE_KEEP: Duration = Duration::from_secs(60);
 
 /// How long a release's answer is remembered for retries of the same
 /// release: far longer than any retry takes, short enough not to pile up.
@@ -801,7 +859,7 @@ impl LockGuard {
             .client
             .inner
             .wakeups
-            .forget_holder(&self.lock.channel, &self.owner);
+            .forget_holder(&self.lock.keys.channel, &self.owner);
         match answer? {
             Some(released) => Ok(released),
             None => Err(LockError::Lost {
@@ -823,7 +881,7 @@ impl Drop for LockGuard {
             .client
             .inner
             .wakeups
-            .forget_holder(&self.lock.channel, &self.owner);
+            .forget_holder(&self.lock.keys.channel, &self.owner);
         // Drop cannot wait for Redis, so the release runs on its own task.
         // Outside a runtime there is nobody to run it: the lease ends it.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {

@@ -1,23 +1,25 @@
-//! Waiting by subscription: sleep until the holder says "released".
+//! Waiting by subscription: sleep until a release says "your turn".
 //!
 //! A waiter that polls (see `spin.rs`) guesses when to look again: too soon
 //! and it floods Redis, too late and the lock sits free while buyers wait.
 //! Redisson's answer, kept here: the final release PUBLISHes on the lock's
 //! channel, and waiters sleep until that message arrives.
 //!
-//! Three things go wrong in naive versions of this, and each has its line
+//! Four things go wrong in naive versions of this, and each has its line
 //! below:
 //!
 //! 1. **The release that slips between "try" and "subscribe".** A waiter
 //!    tries, fails, subscribes; if the holder released in between, the message
 //!    went out before anyone listened and the waiter sleeps on a free lock.
-//!    So: subscribe *first*, then try again, then sleep. A release after the
-//!    subscription is heard; a release before it is seen by the new try.
+//!    So: subscribe *first* (and wait for Redis to confirm it), then try
+//!    again, then sleep. A release after the subscription is heard; a release
+//!    before it is seen by the new try.
 //! 2. **The message that never comes.** PUBLISH is fire-and-forget: a
 //!    subscriber that reconnects misses what was sent meanwhile, and a holder
 //!    that crashes never publishes at all (its key just expires). So nobody
 //!    sleeps longer than the holder's remaining lease (the PTTL the failed try
-//!    returned): then it tries again whether a message came or not.
+//!    returned): then it tries again whether a message came or not. When the
+//!    subscriber's connection drops, every waiter looks at once.
 //! 3. **The herd.** Wake every waiter on every release and they all rush
 //!    Redis, one wins, the rest go back to sleep: N commands per release. Here
 //!    a process subscribes *once* per lock, however many of its tasks wait,
@@ -25,11 +27,24 @@
 //!    Tasks of one process take turns in arrival order; a newcomer does not
 //!    jump the line (it would win every time: it is already running while the
 //!    woken head is still being scheduled).
+//! 4. **The race between processes.** If every process's head tried on every
+//!    release, one would win and the others would have spent a command for
+//!    nothing, and whichever process hears the message first (Redis sends it
+//!    to subscribers in a fixed order) would win more often. So Redis keeps a
+//!    line of *processes* too: a process whose try is refused joins it, and a
+//!    release hands the lock to the process at its front for a short while
+//!    (the *grant*, 100 ms) and names it in the message. Only that process's
+//!    head tries, and nobody else may take the lock meanwhile. A process that
+//!    still has waiters goes to the back of the line when served, so
+//!    processes take turns as well. If the named process cannot use the
+//!    grant, it passes it on at once (`pass.lua`); if it crashed, the grant
+//!    runs out and everyone looks again.
 //!
 //! The head that is woken keeps its place until it leaves the line. If it
 //! leaves *without* the lock (it gave up, failed, or was cancelled), it may
-//! have swallowed the one message meant for the line, so it passes the wake-up
-//! on to the next task. That rule is the whole defence against lost wake-ups.
+//! have swallowed the one message meant for the line, so it passes the
+//! wake-up on to the next task. That rule is the whole defence against lost
+//! wake-ups.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,10 +52,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Msg, PushInfo, PushKind};
-use tokio::sync::Notify;
+use redis::{Msg, PushInfo, PushKind, Script};
+use tokio::sync::{mpsc, Notify};
 
-use super::{Attempt, LockError, RedisLock};
+use super::{Attempt, Keys, Line, LockError, RedisLock, GRANT_TIME};
 
 /// How long a subscription outlives its last waiter. During a rush the line
 /// empties and refills all the time; unsubscribing at once would send an
@@ -60,7 +75,7 @@ pub(super) async fn acquire(
     deadline: Instant,
 ) -> Result<(u64, Instant), LockError> {
     let wakeups = &lock.client.inner.wakeups;
-    let channel = lock.channel.as_str();
+    let channel = lock.keys.channel.as_str();
 
     // The fast path: one try, unless this process already has tasks waiting
     // for this lock (then we queue behind them instead of jumping the line),
@@ -68,30 +83,38 @@ pub(super) async fn acquire(
     // behind tasks that wait for the caller itself).
     if wakeups.may_try_at_once(channel, owner) {
         let sent = Instant::now();
-        match lock.attempt(owner, lease).await? {
+        let line = Line {
+            will_wait: deadline > sent,
+            more_waiting: false,
+        };
+        match lock.attempt(owner, lease, line).await? {
             Attempt::Acquired(token) => return Ok((token, sent)),
-            Attempt::Held(pttl) => wakeups.note_expiry(channel, pttl),
+            Attempt::Held(pttl) => wakeups.note_expiry(&lock.keys, pttl),
         }
     }
 
     // The slow path: join the line, subscribe, and only then try again.
-    let waiter = wakeups.enqueue(channel);
+    let waiter = wakeups.enqueue(&lock.keys);
     wakeups.subscribe(channel).await?;
     // Subscribed: now try once more, if we are at the head of the line. (Tasks
     // behind us need not: the subscription was already there, or is being
     // made, for the head, so no release can slip by unheard.)
     let mut try_now = true;
     loop {
-        let head = waiter.is_head();
+        let (head, behind) = waiter.position();
         let woken = waiter.slot.try_now.swap(false, Ordering::SeqCst);
         if head && (try_now || woken) {
             let sent = Instant::now();
-            match lock.attempt(owner, lease).await? {
+            let line = Line {
+                will_wait: true,
+                more_waiting: behind > 0,
+            };
+            match lock.attempt(owner, lease, line).await? {
                 Attempt::Acquired(token) => {
                     waiter.leave_with_lock(sent + lease);
                     return Ok((token, sent));
                 }
-                Attempt::Held(pttl) => wakeups.note_expiry(channel, pttl),
+                Attempt::Held(pttl) => wakeups.note_expiry(&lock.keys, pttl),
             }
         }
         try_now = false;
@@ -111,8 +134,8 @@ pub(super) async fn acquire(
         tokio::select! {
             () = waiter.slot.wake.notified() => {}
             () = tokio::time::sleep_until(look_again.into()) => {
-                // The holder's lease should be over (or the message was
-                // lost): look for ourselves.
+                // The holder's lease (or a grant) should be over, or the
+                // message was lost: look for ourselves.
                 try_now = head && look_again < deadline;
             }
         }
@@ -121,25 +144,31 @@ pub(super) async fn acquire(
 
 /// One waiting task's place in its process's line.
 struct Slot {
-    /// Woken when the task should look again: a release was published (with
-    /// `try_now` set), or it just became the head of the line (without).
+    /// Woken when the task should look again: the lock was handed to this
+    /// process or to anyone (with `try_now` set), or the task just became the
+    /// head of the line, or the lock went to another process (without).
     wake: Notify,
-    /// Set with every wake-up that means "the lock may be free: try".
+    /// Set with every wake-up that means "the lock may be yours: try".
     try_now: AtomicBool,
 }
 
 /// What this process knows about one lock: its line, its local holders, and
 /// whether it is subscribed to the lock's channel.
 struct Channel {
+    /// The lock's Redis names.
+    keys: Arc<Keys>,
     /// Tasks waiting for the lock, in arrival order. The head is the one a
     /// message wakes.
     line: VecDeque<Arc<Slot>>,
     /// Owners in this process that hold the lock, with their hold counts.
     /// Only used to let reentrant acquisitions skip the line.
     holders: HashMap<String, u32>,
-    /// When the current holder's lease should end, as last seen (the PTTL of
-    /// a failed try, or the lease of a hold taken here).
+    /// When the head should look again by itself, as last learnt: the PTTL
+    /// of a failed try, the lease of a hold taken here, or the end of a grant
+    /// to another process.
     expiry: Option<Instant>,
+    /// A release named this process and no task here has used the grant yet.
+    granted: bool,
     /// Whether the subscriber is SUBSCRIBEd to this channel. Behind an async
     /// mutex because it is held across the SUBSCRIBE/UNSUBSCRIBE round trip:
     /// that orders a new waiter's SUBSCRIBE after a lingering UNSUBSCRIBE.
@@ -149,20 +178,25 @@ struct Channel {
 }
 
 impl Channel {
-    fn new() -> Self {
+    fn new(keys: Arc<Keys>) -> Self {
         Self {
+            keys,
             line: VecDeque::new(),
             holders: HashMap::new(),
             expiry: None,
+            granted: false,
             subscribed: Arc::new(tokio::sync::Mutex::new(false)),
             unsubscribe_scheduled: false,
         }
     }
 
-    /// Wakes the head of the line, telling it to try.
-    fn wake_head(&self) {
+    /// Wakes the head of the line, telling it to try (`try_now`) or only to
+    /// look at its timer again.
+    fn wake_head(&self, try_now: bool) {
         if let Some(head) = self.line.front() {
-            head.try_now.store(true, Ordering::SeqCst);
+            if try_now {
+                head.try_now.store(true, Ordering::SeqCst);
+            }
             head.wake.notify_one();
         }
     }
@@ -182,39 +216,57 @@ fn lock_registry(registry: &Registry) -> MutexGuard<'_, HashMap<String, Channel>
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Work for the background task, which may await where the message callback
+/// and `Drop` may not.
+enum Chore {
+    /// The subscriber's connection dropped: reconnect, then wake everyone.
+    Reconnect,
+    /// A grant to this process went unused: hand it on (`pass.lua`).
+    PassOn(Arc<Keys>),
+}
+
 /// The per-process subscriber: one connection, one subscription per lock
 /// that has local waiters, and the local lines.
 pub(super) struct WakeUps {
     registry: Registry,
     subscriber: ConnectionManager,
-    /// Re-establishes the subscriber after Redis went away (see [`keep`]).
-    _keeper: AbortOnDrop,
+    instance: String,
+    chores: mpsc::UnboundedSender<Chore>,
+    /// Runs the chores (see [`do_chores`]).
+    _chores_task: AbortOnDrop,
 }
 
 impl WakeUps {
     pub(super) fn new(
         client: redis::Client,
         config: ConnectionManagerConfig,
+        instance: String,
     ) -> Result<Self, LockError> {
         let registry: Registry = Arc::default();
-        let lost_connection = Arc::new(Notify::new());
+        let (chores, todo) = mpsc::unbounded_channel();
         // Messages are handled right where the connection reads them: a
         // lookup and a `notify_one`, no extra task in between.
         let on_push = {
             let registry = registry.clone();
-            let lost_connection = lost_connection.clone();
+            let chores = chores.clone();
+            let instance = instance.clone();
             move |push: PushInfo| -> Result<(), std::convert::Infallible> {
                 match push.kind {
                     PushKind::Message => {
                         if let Some(message) = Msg::from_push_info(push) {
-                            if let Some(channel) =
-                                lock_registry(&registry).get(message.get_channel_name())
-                            {
-                                channel.wake_head();
-                            }
+                            let named: String = message.get_payload().unwrap_or_default();
+                            on_release(
+                                &registry,
+                                &chores,
+                                &instance,
+                                message.get_channel_name(),
+                                &named,
+                            );
                         }
                     }
-                    PushKind::Disconnection => lost_connection.notify_one(),
+                    PushKind::Disconnection => {
+                        let _ = chores.send(Chore::Reconnect);
+                    }
                     _ => {}
                 }
                 Ok(())
@@ -225,11 +277,18 @@ impl WakeUps {
             .set_automatic_resubscription();
         let subscriber =
             ConnectionManager::new_lazy_with_config(client, config).map_err(LockError::Redis)?;
-        let keeper = tokio::spawn(keep(subscriber.clone(), registry.clone(), lost_connection));
+        let chores_task = tokio::spawn(do_chores(
+            subscriber.clone(),
+            registry.clone(),
+            instance.clone(),
+            todo,
+        ));
         Ok(Self {
             registry,
             subscriber,
-            _keeper: AbortOnDrop(keeper),
+            instance,
+            chores,
+            _chores_task: AbortOnDrop(chores_task),
         })
     }
 
@@ -241,10 +300,11 @@ impl WakeUps {
             .is_none_or(|channel| channel.line.is_empty() || channel.holders.contains_key(owner))
     }
 
-    /// Remembers when the holder's lease should end, from a failed try's PTTL.
-    fn note_expiry(&self, channel: &str, pttl: Option<Duration>) {
+    /// Remembers when the holder's lease (or a grant) should end, from a
+    /// failed try's answer.
+    fn note_expiry(&self, keys: &Keys, pttl: Option<Duration>) {
         let expiry = Instant::now() + pttl.unwrap_or(NO_EXPIRY_RECHECK);
-        if let Some(channel) = lock_registry(&self.registry).get_mut(channel) {
+        if let Some(channel) = lock_registry(&self.registry).get_mut(&keys.channel) {
             channel.expiry = Some(expiry);
         }
     }
@@ -256,13 +316,14 @@ impl WakeUps {
     }
 
     /// Records a hold taken by `owner` in this process.
-    pub(super) fn add_holder(&self, channel: &str, owner: &str, expiry: Instant) {
+    pub(super) fn add_holder(&self, keys: &Arc<Keys>, owner: &str, expiry: Instant) {
         let mut registry = lock_registry(&self.registry);
         let channel = registry
-            .entry(channel.to_owned())
-            .or_insert_with(Channel::new);
+            .entry(keys.channel.clone())
+            .or_insert_with(|| Channel::new(keys.clone()));
         *channel.holders.entry(owner.to_owned()).or_default() += 1;
         channel.expiry = Some(expiry);
+        channel.granted = false;
     }
 
     /// Forgets one hold of `owner` (the guard was released or dropped).
@@ -281,19 +342,19 @@ impl WakeUps {
     }
 
     /// Puts the current task at the end of the lock's line.
-    fn enqueue(&self, channel: &str) -> Waiter<'_> {
+    fn enqueue(&self, keys: &Arc<Keys>) -> Waiter<'_> {
         let slot = Arc::new(Slot {
             wake: Notify::new(),
             try_now: AtomicBool::new(false),
         });
         lock_registry(&self.registry)
-            .entry(channel.to_owned())
-            .or_insert_with(Channel::new)
+            .entry(keys.channel.clone())
+            .or_insert_with(|| Channel::new(keys.clone()))
             .line
             .push_back(slot.clone());
         Waiter {
             wakeups: self,
-            channel: channel.to_owned(),
+            channel: keys.channel.clone(),
             slot,
             left: false,
         }
@@ -334,21 +395,21 @@ impl WakeUps {
         };
         channel.unsubscribe_scheduled = true;
         let subscribed = channel.subscribed.clone();
+        let keys = channel.keys.clone();
         let registry = self.registry.clone();
         let mut subscriber = self.subscriber.clone();
+        let instance = self.instance.clone();
         let name = name.to_owned();
         runtime.spawn(async move {
             tokio::time::sleep(LINGER).await;
-            let still_idle = |registry: &mut HashMap<String, Channel>| {
-                let channel = registry.get_mut(&name);
-                match channel {
-                    Some(channel) if channel.line.is_empty() => true,
-                    Some(channel) => {
-                        channel.unsubscribe_scheduled = false;
-                        false
-                    }
-                    None => false,
+            let still_idle = |registry: &mut HashMap<String, Channel>| match registry.get_mut(&name)
+            {
+                Some(channel) if channel.line.is_empty() => true,
+                Some(channel) => {
+                    channel.unsubscribe_scheduled = false;
+                    false
                 }
+                None => false,
             };
             if !still_idle(&mut lock_registry(&registry)) {
                 return;
@@ -360,11 +421,17 @@ impl WakeUps {
                 return;
             }
             if *subscribed {
-                // If Redis is down this fails; the subscription then died
-                // with the connection, except that automatic resubscription
-                // would bring it back, and a stray subscription only costs a
-                // message nobody listens to.
+                // Deaf from now on, so out of the line of processes too: a
+                // grant we cannot hear would only make the others wait. (If
+                // Redis is down these fail; the line's expiry cleans up, and
+                // a stray subscription only costs messages nobody reads.)
                 let _ = subscriber.unsubscribe(&name).await;
+                let _: redis::RedisResult<i64> = redis::cmd("LREM")
+                    .arg(&keys.line)
+                    .arg(0)
+                    .arg(&instance)
+                    .query_async(&mut subscriber)
+                    .await;
                 *subscribed = false;
             }
             drop(subscribed);
@@ -374,6 +441,38 @@ impl WakeUps {
             }
             remove_if_unused(&mut registry, &name);
         });
+    }
+}
+
+/// A release was announced on `channel`, handing the lock to `named` (an
+/// instance id; empty: to anyone).
+fn on_release(
+    registry: &Registry,
+    chores: &mpsc::UnboundedSender<Chore>,
+    instance: &str,
+    channel: &str,
+    named: &str,
+) {
+    let mut registry = lock_registry(registry);
+    let Some(channel) = registry.get_mut(channel) else {
+        return;
+    };
+    if named.is_empty() {
+        channel.wake_head(true);
+    } else if named == instance {
+        if channel.line.is_empty() {
+            // Nobody here wants it any more: hand it on now rather than
+            // make everyone wait for the grant to run out.
+            let _ = chores.send(Chore::PassOn(channel.keys.clone()));
+        } else {
+            channel.granted = true;
+            channel.wake_head(true);
+        }
+    } else {
+        // Another process's turn. Should it have died, its grant runs out
+        // soon: look again then, not at the end of the old holder's lease.
+        channel.expiry = Some(Instant::now() + GRANT_TIME + Duration::from_millis(5));
+        channel.wake_head(false);
     }
 }
 
@@ -404,11 +503,17 @@ struct Waiter<'a> {
 }
 
 impl Waiter<'_> {
-    fn is_head(&self) -> bool {
-        lock_registry(&self.wakeups.registry)
-            .get(&self.channel)
-            .and_then(|channel| channel.line.front())
-            .is_some_and(|head| Arc::ptr_eq(head, &self.slot))
+    /// Whether this task is the head of its line, and how many wait behind it.
+    fn position(&self) -> (bool, usize) {
+        let registry = lock_registry(&self.wakeups.registry);
+        let Some(channel) = registry.get(&self.channel) else {
+            return (false, 0);
+        };
+        let head = channel
+            .line
+            .front()
+            .is_some_and(|head| Arc::ptr_eq(head, &self.slot));
+        (head, channel.line.len().saturating_sub(1))
     }
 
     /// Leaves the line holding the lock, whose lease ends at `expiry`.
@@ -441,11 +546,20 @@ impl Waiter<'_> {
                         next.try_now.store(true, Ordering::SeqCst);
                     }
                     next.wake.notify_one();
+                } else if acquired.is_none() && channel.granted {
+                    // The last waiter here gives up holding this process's
+                    // grant: hand it to the next process.
+                    channel.granted = false;
+                    let _ = self
+                        .wakeups
+                        .chores
+                        .send(Chore::PassOn(channel.keys.clone()));
                 }
             }
         }
         if let Some(expiry) = acquired {
             channel.expiry = Some(expiry);
+            channel.granted = false;
         }
         if channel.line.is_empty() {
             self.wakeups
@@ -460,35 +574,62 @@ impl Drop for Waiter<'_> {
     }
 }
 
-/// Keeps the subscriber connected. When the connection drops, messages sent
-/// meanwhile are lost, and the connection manager reconnects only when a
-/// command asks for it. So this task PINGs until a connection (with every
-/// subscription restored) is back, then wakes every line's head to look at
-/// its lock instead of trusting that nothing happened while we were deaf.
-async fn keep(subscriber: ConnectionManager, registry: Registry, lost_connection: Arc<Notify>) {
-    loop {
-        lost_connection.notified().await;
-        // Wake the heads now too: if Redis is down their tries fail fast,
-        // and they answer "unavailable" instead of sleeping out their lease.
-        wake_every_head(&registry);
-        let mut pause = Duration::from_millis(50);
-        loop {
-            let mut connection = subscriber.clone();
-            let pong: redis::RedisResult<String> =
-                redis::cmd("PING").query_async(&mut connection).await;
-            if pong.is_ok() {
-                break;
+/// The background task: work that needs to await.
+///
+/// * **Reconnect.** When the subscriber's connection drops, messages sent
+///   meanwhile are lost, and the connection manager reconnects only when a
+///   command asks for it. So this PINGs until a connection (with every
+///   subscription restored) is back, then wakes every line's head to look at
+///   its lock instead of trusting that nothing happened while we were deaf.
+/// * **Pass on** a grant nobody here can use (`pass.lua`).
+async fn do_chores(
+    subscriber: ConnectionManager,
+    registry: Registry,
+    instance: String,
+    mut todo: mpsc::UnboundedReceiver<Chore>,
+) {
+    let pass = Script::new(include_str!("pass.lua"));
+    while let Some(chore) = todo.recv().await {
+        let mut connection = subscriber.clone();
+        match chore {
+            Chore::Reconnect => {
+                // Wake the heads now too: if Redis is down their tries fail
+                // fast, and they answer "unavailable" instead of sleeping out
+                // their lease.
+                wake_every_head(&registry);
+                let mut pause = Duration::from_millis(50);
+                loop {
+                    let pong: redis::RedisResult<String> =
+                        redis::cmd("PING").query_async(&mut connection).await;
+                    if pong.is_ok() {
+                        break;
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+                wake_every_head(&registry);
             }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(1));
+            Chore::PassOn(keys) => {
+                let passed: redis::RedisResult<i64> = pass
+                    .key(&keys.lock)
+                    .key(&keys.line)
+                    .key(&keys.grant)
+                    .arg(&instance)
+                    .arg(&keys.channel)
+                    .arg(super::millis(GRANT_TIME))
+                    .invoke_async(&mut connection)
+                    .await;
+                if let Err(err) = passed {
+                    tracing::debug!(%err, "could not pass on an unused grant; it runs out by itself");
+                }
+            }
         }
-        wake_every_head(&registry);
     }
 }
 
 fn wake_every_head(registry: &Registry) {
     for channel in lock_registry(registry).values() {
-        channel.wake_head();
+        channel.wake_head(true);
     }
 }
 

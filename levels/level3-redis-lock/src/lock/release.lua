@@ -1,9 +1,12 @@
--- Give back one hold of the lock; on the last one, delete it and tell waiters.
+-- Give back one hold of the lock; on the last one, hand it to the next
+-- process in line and tell the waiters.
 --
 -- KEYS[1]  the lock hash
 -- KEYS[2]  this release's receipt: remembers the answer for a few seconds, so
 --          that sending the same release again (its reply was lost, the client
 --          retried) returns the same answer instead of releasing twice
+-- KEYS[3]  the line of waiting processes
+-- KEYS[4]  the grant
 -- ARGV[1]  the owner releasing
 -- ARGV[2]  the channel waiters listen on
 -- ARGV[3]  the lease to re-arm when holds remain, in milliseconds
@@ -12,13 +15,14 @@
 --          of this owner". A guard passes its token: if its hold already
 --          ended and the same owner has taken the lock afresh since (a new
 --          token), a late release from the old guard must not end the new hold
+-- ARGV[6]  how long the next process has to claim the lock, in milliseconds
 --
 -- Returns  1  released: the key is gone and a message was published
 --          0  still held: this owner took it more than once (reentrancy)
 --         -1  not held by this owner: nothing was changed
 
-local lock, receipt = KEYS[1], KEYS[2]
-local owner, channel, lease, keep, token = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local lock, receipt, line, grant = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local owner, channel, lease, keep, token, grant_ms = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 
 -- A retry of a release that already happened: answer as the first time did.
 local earlier = redis.call('GET', receipt)
@@ -41,10 +45,18 @@ if redis.call('HINCRBY', lock, owner, -1) > 0 then
   redis.call('PEXPIRE', lock, lease)
   result = 0
 else
-  -- The last hold: the lock is free. Tell the processes that wait for it;
-  -- each wakes one of its waiters.
+  -- The last hold: the lock is free. Hand it to the process that has waited
+  -- longest, for a short while, and say so on the channel: that process
+  -- wakes one of its waiters, the others know to keep sleeping. With nobody
+  -- in line, the message is empty: anyone may take it.
   redis.call('DEL', lock)
-  redis.call('PUBLISH', channel, 'released')
+  local next = redis.call('LPOP', line)
+  if next then
+    redis.call('SET', grant, next, 'PX', grant_ms)
+    redis.call('PUBLISH', channel, next)
+  else
+    redis.call('PUBLISH', channel, '')
+  end
   result = 1
 end
 redis.call('SET', receipt, result, 'PX', keep)

@@ -21,7 +21,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{Attempt, LockError, RedisLock};
+use super::{Attempt, Line, LockError, RedisLock};
 
 /// Exponential backoff with jitter: the n-th sleep is drawn at random from
 /// the upper half of `min(first * 2^n, max)`, and never outlasts the holder's
@@ -66,7 +66,10 @@ pub(super) async fn acquire(
     let mut ceiling = backoff.first;
     loop {
         let sent = Instant::now();
-        let pttl = match lock.attempt(owner, lease).await? {
+        // A spinner does not join the line of waiting processes: nobody will
+        // hand it the lock, it just keeps trying. (It does respect a grant
+        // the line holds, so it cannot jump ahead of `pubsub` waiters.)
+        let pttl = match lock.attempt(owner, lease, Line::default()).await? {
             Attempt::Acquired(token) => return Ok((token, sent)),
             Attempt::Held(pttl) => pttl,
         };

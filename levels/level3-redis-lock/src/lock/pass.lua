@@ -1,0 +1,35 @@
+-- Pass on a grant this process cannot use.
+--
+-- A release handed the lock to this process, but by the time the message
+-- arrived nobody here was waiting any more (they gave up, or were
+-- cancelled). Rather than make everyone wait for the grant to run out, hand
+-- the lock to the next process in line at once.
+--
+-- KEYS[1]  the lock hash
+-- KEYS[2]  the line of waiting processes
+-- KEYS[3]  the grant
+-- ARGV[1]  this process's instance id
+-- ARGV[2]  the channel waiters listen on
+-- ARGV[3]  how long the next process has to claim the lock, in milliseconds
+--
+-- Returns 1 when the grant was passed on, 0 when it was not ours (any more).
+
+local lock, line, grant = KEYS[1], KEYS[2], KEYS[3]
+local instance, channel, grant_ms = ARGV[1], ARGV[2], ARGV[3]
+
+redis.call('LREM', line, 0, instance)
+if redis.call('GET', grant) ~= instance then
+  return 0
+end
+redis.call('DEL', grant)
+if redis.call('EXISTS', lock) == 1 then
+  return 0
+end
+local next = redis.call('LPOP', line)
+if next then
+  redis.call('SET', grant, next, 'PX', grant_ms)
+  redis.call('PUBLISH', channel, next)
+else
+  redis.call('PUBLISH', channel, '')
+end
+return 1
