@@ -3,10 +3,13 @@
 //! | request | success |
 //! | --- | --- |
 //! | `POST /tickets/{ticket_id}/orders` `{"user_id": 42}` | 201 `{"order_id", "ticket_id", "user_id"}` |
+//! | `DELETE /tickets/{ticket_id}/orders/{order_id}` `{"user_id": 42}` | 200 `{"order_id", "ticket_id", "user_id", "status": "cancelled"}` |
 //! | `GET /tickets/{ticket_id}` | 200 `{"id", "name", "total", "stock", "sold"}` |
 //! | `GET /health` | 200 when the database (and Redis, where used) answer |
 //! | `GET /livez` | 200 as long as the process serves HTTP; does no work at all |
 //! | `GET /metrics` | Prometheus text |
+//!
+//! A purchase may carry an `Idempotency-Key` header: see [`crate::idempotency`].
 //!
 //! Every failure is `application/problem+json` (RFC 9457) with an extra
 //! `code` field. Input is checked completely *before* a strategy is called,
@@ -26,7 +29,10 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 use crate::db;
-use crate::domain::{InvalidId, PurchaseError, SellTickets, TicketId, UserId};
+use crate::domain::{
+    CancelError, InvalidId, OrderId, PurchaseError, SellTickets, TicketId, UserId,
+};
+use crate::idempotency::{self, Begin, Recorded};
 use crate::metrics::Metrics;
 
 /// The largest request body accepted. `{"user_id": 9223372036854775807}` is
@@ -43,12 +49,18 @@ pub struct AppState {
     pub pool: PgPool,
     /// This server's counters.
     pub metrics: Metrics,
+    /// How `Idempotency-Key` is handled.
+    pub idempotency: idempotency::Settings,
 }
 
 /// Builds the router. Kept apart from `main` so tests can serve it on port 0.
 pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/tickets/{ticket_id}/orders", post(purchase))
+        .route(
+            "/tickets/{ticket_id}/orders/{order_id}",
+            axum::routing::delete(cancel),
+        )
         .route("/tickets/{ticket_id}", get(ticket))
         .route("/health", get(health))
         .route("/livez", get(livez))
@@ -108,8 +120,9 @@ impl Problem {
     }
 }
 
-impl IntoResponse for Problem {
-    fn into_response(self) -> Response {
+impl Problem {
+    /// The JSON body, as sent (and, for idempotent replays, as recorded).
+    pub fn body(&self) -> String {
         let body = ProblemBody {
             kind: format!("urn:ticket-rush:problem:{}", self.code),
             title: self.status.canonical_reason().unwrap_or("Error"),
@@ -118,7 +131,13 @@ impl IntoResponse for Problem {
             code: self.code,
             retry_after_ms: self.retry_after.map(|d| d.as_millis()),
         };
-        let json = serde_json::to_vec(&body).expect("a problem always serializes");
+        serde_json::to_string(&body).expect("a problem always serializes")
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let json = self.body();
         let mut response = (self.status, json).into_response();
         let headers = response.headers_mut();
         headers.insert(
@@ -279,25 +298,298 @@ async fn purchase(
         Err(problem) => return problem.into_response(),
     };
 
+    let key = match headers.get(IDEMPOTENCY_KEY) {
+        None => None,
+        Some(raw) => match idempotency::parse_key(raw.as_bytes()) {
+            Some(key) => Some(key),
+            None => {
+                return Problem::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_idempotency_key",
+                    "Idempotency-Key must be 1 to 255 visible ASCII characters",
+                )
+                .into_response()
+            }
+        },
+    };
     let started = Instant::now();
-    let outcome = state.strategy.purchase(ticket, user).await;
-    let took = started.elapsed();
+    let answer = match key {
+        None => answer_of(state.strategy.purchase(ticket, user).await),
+        Some(key) => match state.idempotency.mode {
+            idempotency::Mode::Atomic => idempotent_purchase(&state, &key, ticket, user).await,
+            idempotency::Mode::CheckThenInsert => {
+                check_then_insert_purchase(&state, &key, ticket, user).await
+            }
+        },
+    };
+    state.metrics.purchase(answer.outcome, started.elapsed());
+    answer.response
+}
+
+/// A purchase's answer, with the outcome label the metrics count.
+struct Answer {
+    outcome: &'static str,
+    response: Response,
+}
+
+/// The header the IETF draft names.
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// Marks an answer that was recorded earlier and is being replayed.
+const REPLAYED: &str = "idempotent-replayed";
+
+/// The answer to a purchase, and what to record of it for its key (`None`
+/// for retryable failures, which are not recorded).
+fn answer_of(outcome: Result<crate::domain::Order, PurchaseError>) -> Answer {
+    let (answer, _) = answer_and_record(outcome);
+    answer
+}
+
+fn answer_and_record(
+    outcome: Result<crate::domain::Order, PurchaseError>,
+) -> (Answer, Option<Recorded>) {
     match outcome {
         Ok(order) => {
-            state.metrics.purchase("created", took);
-            let location = format!("/tickets/{}/orders/{}", order.ticket_id, order.order_id);
+            let (body, location) = idempotency::created_body(&order);
+            let recorded = Recorded {
+                status: 201,
+                body,
+                location: Some(location),
+            };
             (
-                StatusCode::CREATED,
-                [(header::LOCATION, location)],
-                Json(order),
+                Answer {
+                    outcome: "created",
+                    response: replay_response(&recorded, false),
+                },
+                Some(recorded),
             )
-                .into_response()
         }
         Err(err) => {
-            state.metrics.purchase(err.code(), took);
-            Problem::from(err).into_response()
+            let outcome = err.code();
+            let retryable = matches!(
+                err,
+                PurchaseError::Busy { .. }
+                    | PurchaseError::Unavailable(_)
+                    | PurchaseError::Unexpected(_)
+            );
+            let problem = Problem::from(err);
+            let recorded = (!retryable).then(|| Recorded {
+                status: problem.status.as_u16(),
+                body: problem.body(),
+                location: None,
+            });
+            (
+                Answer {
+                    outcome,
+                    response: problem.into_response(),
+                },
+                recorded,
+            )
         }
     }
+}
+
+/// Builds the response for a recorded answer, byte for byte.
+fn replay_response(recorded: &Recorded, replayed: bool) -> Response {
+    let status = StatusCode::from_u16(recorded.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let content_type = if status.is_success() {
+        "application/json"
+    } else {
+        "application/problem+json"
+    };
+    let mut response = (status, recorded.body.clone()).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if let Some(location) = recorded
+        .location
+        .as_deref()
+        .and_then(|l| HeaderValue::from_str(l).ok())
+    {
+        headers.insert(header::LOCATION, location);
+    }
+    if replayed {
+        headers.insert(REPLAYED, HeaderValue::from_static("true"));
+    }
+    response
+}
+
+fn outcome_of(status: u16, body: &str) -> &'static str {
+    if status == 201 {
+        return "created";
+    }
+    let code = serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("code")?.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    match code.as_str() {
+        "sold_out" => "sold_out",
+        "already_purchased" => "already_purchased",
+        "not_found" => "not_found",
+        _ => "other",
+    }
+}
+
+/// The correct design: claim the key, do the work inside the claim (the
+/// order's transaction records the answer), or wait and replay.
+async fn idempotent_purchase(
+    state: &AppState,
+    key: &str,
+    ticket: TicketId,
+    user: UserId,
+) -> Answer {
+    let begun = match idempotency::begin(&state.pool, &state.idempotency, key, ticket, user).await {
+        Ok(begun) => begun,
+        Err(err) => return answer_of(Err(err)),
+    };
+    match begun {
+        Begin::Replay(recorded) => Answer {
+            outcome: outcome_of(recorded.status, &recorded.body),
+            response: replay_response(&recorded, true),
+        },
+        Begin::Mismatch => Answer {
+            outcome: "idempotency_key_mismatch",
+            response: Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_mismatch",
+                "this Idempotency-Key was used for another ticket or user",
+            )
+            .into_response(),
+        },
+        Begin::InProgress => Answer {
+            outcome: "request_in_progress",
+            response: Problem::new(
+                StatusCode::CONFLICT,
+                "request_in_progress",
+                "a request with this Idempotency-Key is still being processed; try again shortly",
+            )
+            .into_response(),
+        },
+        Begin::Owner(claim) => {
+            let outcome = claim
+                .clone()
+                .scope(state.strategy.purchase(ticket, user))
+                .await;
+            let recorded_with_order = outcome.is_ok() && claim.recorded();
+            let (answer, recorded) = answer_and_record(outcome);
+            let kept = match recorded {
+                // Recorded in the order's transaction already.
+                Some(_) if recorded_with_order => Ok(()),
+                Some(recorded) => idempotency::finish(&state.pool, &claim, &recorded).await,
+                None => idempotency::release(&state.pool, &claim).await,
+            };
+            if let Err(err) = kept {
+                tracing::warn!(error = %err, "could not record an idempotency key's answer");
+            }
+            answer
+        }
+    }
+}
+
+/// The broken design, kept on purpose: look the key up, do the work, then
+/// insert the key. Concurrent duplicates all miss the lookup and all do the
+/// work; all but one then fail to insert the key.
+async fn check_then_insert_purchase(
+    state: &AppState,
+    key: &str,
+    ticket: TicketId,
+    user: UserId,
+) -> Answer {
+    match idempotency::lookup(&state.pool, key).await {
+        Ok(Some((t, u, recorded))) if t == ticket.get() && u == user.get() => {
+            return Answer {
+                outcome: outcome_of(recorded.status, &recorded.body),
+                response: replay_response(&recorded, true),
+            }
+        }
+        Ok(Some(_)) => {
+            return Answer {
+                outcome: "idempotency_key_mismatch",
+                response: Problem::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "idempotency_key_mismatch",
+                    "this Idempotency-Key was used for another ticket or user",
+                )
+                .into_response(),
+            }
+        }
+        Ok(None) => {}
+        Err(err) => return answer_of(Err(err)),
+    }
+    let (answer, recorded) = answer_and_record(state.strategy.purchase(ticket, user).await);
+    if let Some(recorded) = recorded {
+        if let Err(err) = idempotency::insert_after(
+            &state.pool,
+            &state.idempotency,
+            key,
+            ticket,
+            user,
+            &recorded,
+        )
+        .await
+        {
+            return answer_of(Err(err));
+        }
+    }
+    answer
+}
+
+async fn cancel(
+    State(state): State<AppState>,
+    Path((raw_ticket, raw_order)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let ticket = match parse_ticket_id(&raw_ticket) {
+        Ok(ticket) => ticket,
+        Err(problem) => return problem.into_response(),
+    };
+    let order = match parse_order_id(&raw_order) {
+        Ok(order) => order,
+        Err(problem) => return problem.into_response(),
+    };
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => return Problem::malformed(rejection.body_text()).into_response(),
+    };
+    let user = match parse_purchase_body(&headers, &body) {
+        Ok(user) => user,
+        Err(problem) => return problem.into_response(),
+    };
+    let outcome = match state.strategy.cancel(ticket, order, user).await {
+        Some(outcome) => outcome,
+        None => db::cancel_order(&state.pool, ticket, order, user).await,
+    };
+    match outcome {
+        Ok(cancellation) => Json(cancellation).into_response(),
+        Err(CancelError::NotFound) => Problem::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such order for this ticket",
+        )
+        .into_response(),
+        Err(CancelError::Forbidden) => Problem::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this order belongs to another user",
+        )
+        .into_response(),
+        Err(CancelError::Purchase(err)) => Problem::from(err).into_response(),
+    }
+}
+
+/// Parses the `{order_id}` path segment like a ticket id.
+fn parse_order_id(raw: &str) -> Result<OrderId, Problem> {
+    parse_ticket_id(raw)
+        .map(|id| OrderId(id.get()))
+        .map_err(|problem| Problem {
+            code: if problem.code == "invalid_ticket_id" {
+                "invalid_order_id"
+            } else {
+                problem.code
+            },
+            detail: problem.detail.replace("ticket", "order"),
+            ..problem
+        })
 }
 
 async fn ticket(State(state): State<AppState>, Path(raw_ticket): Path<String>) -> Response {

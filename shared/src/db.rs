@@ -12,7 +12,9 @@ use anyhow::Context as _;
 use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
 use sqlx::Row as _;
 
-use crate::domain::{Order, OrderId, PurchaseError, Ticket, TicketId, UserId};
+use crate::domain::{
+    CancelError, Cancellation, Order, OrderId, PurchaseError, Ticket, TicketId, UserId,
+};
 
 /// The schema, embedded in every binary. Applied with [`migrate`].
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -134,11 +136,84 @@ pub async fn insert_order(
     .bind(user.get())
     .fetch_one(&mut *conn)
     .await?;
-    Ok(Order {
+    let order = Order {
         order_id: OrderId(id),
         ticket_id: ticket,
         user_id: user,
-    })
+    };
+    // When the request carries an idempotency key, its answer is recorded
+    // here, in the order's own transaction: both commit, or neither.
+    crate::idempotency::record_in_transaction(conn, &order).await?;
+    Ok(order)
+}
+
+/// Cancels `order` of `ticket` for `user`, and restocks its unit, once.
+///
+/// One transaction: lock the order row, check its owner, move it to
+/// `cancelled_orders`, `stock = stock + 1`. Two cancels of one order queue on
+/// the order's row lock; the second finds it gone, finds it among the
+/// cancelled, and gets the same answer without a second restock.
+pub async fn cancel_order(
+    pool: &PgPool,
+    ticket: TicketId,
+    order: OrderId,
+    user: UserId,
+) -> Result<Cancellation, CancelError> {
+    let answer = Cancellation {
+        order_id: order,
+        ticket_id: ticket,
+        user_id: user,
+        status: "cancelled",
+    };
+    let mut tx = pool.begin().await.map_err(PurchaseError::from)?;
+    let owner: Option<i64> = sqlx::query_scalar(
+        "SELECT user_id FROM ticket_orders WHERE id = $1 AND ticket_id = $2 FOR UPDATE",
+    )
+    .bind(order.0)
+    .bind(ticket.get())
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(PurchaseError::from)?;
+    match owner {
+        Some(owner) if owner != user.get() => Err(CancelError::Forbidden),
+        Some(_) => {
+            sqlx::query(
+                "WITH gone AS (DELETE FROM ticket_orders WHERE id = $1 \
+                               RETURNING id, ticket_id, user_id, created_at) \
+                 INSERT INTO cancelled_orders (id, ticket_id, user_id, ordered_at) \
+                 SELECT id, ticket_id, user_id, created_at FROM gone",
+            )
+            .bind(order.0)
+            .execute(&mut *tx)
+            .await
+            .map_err(PurchaseError::from)?;
+            sqlx::query(
+                "UPDATE tickets SET stock = stock + 1, version = version + 1 WHERE id = $1",
+            )
+            .bind(ticket.get())
+            .execute(&mut *tx)
+            .await
+            .map_err(PurchaseError::from)?;
+            tx.commit().await.map_err(PurchaseError::from)?;
+            Ok(answer)
+        }
+        None => {
+            drop(tx);
+            let owner: Option<i64> = sqlx::query_scalar(
+                "SELECT user_id FROM cancelled_orders WHERE id = $1 AND ticket_id = $2",
+            )
+            .bind(order.0)
+            .bind(ticket.get())
+            .fetch_optional(pool)
+            .await
+            .map_err(PurchaseError::from)?;
+            match owner {
+                Some(owner) if owner == user.get() => Ok(answer),
+                Some(_) => Err(CancelError::Forbidden),
+                None => Err(CancelError::NotFound),
+            }
+        }
+    }
 }
 
 /// Whether `user` already holds `ticket`. Strategies that hold a lock ask
@@ -187,11 +262,17 @@ pub async fn reset_ticket(
     stock: i32,
 ) -> anyhow::Result<()> {
     let mut tx = pool.begin().await.context("begin reset")?;
-    sqlx::query("DELETE FROM ticket_orders WHERE ticket_id = $1")
-        .bind(ticket.get())
-        .execute(&mut *tx)
-        .await
-        .context("delete the ticket's orders")?;
+    for forget in [
+        "DELETE FROM ticket_orders WHERE ticket_id = $1",
+        "DELETE FROM cancelled_orders WHERE ticket_id = $1",
+        "DELETE FROM idempotency_keys WHERE ticket_id = $1",
+    ] {
+        sqlx::query(forget)
+            .bind(ticket.get())
+            .execute(&mut *tx)
+            .await
+            .context("forget the ticket's previous sale")?;
+    }
     sqlx::query(
         "INSERT INTO tickets (id, name, total, stock, version) VALUES ($1, $2, $3, $3, 0) \
          ON CONFLICT (id) DO UPDATE SET name = $2, total = $3, stock = $3, version = 0",

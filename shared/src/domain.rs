@@ -166,6 +166,33 @@ impl PurchaseError {
 /// holder of a lock to finish a sale, short enough that a rush still sells out.
 pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_millis(20);
 
+/// A cancelled order: its unit went back into stock, once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Cancellation {
+    /// The order that was cancelled.
+    pub order_id: OrderId,
+    /// Its ticket.
+    pub ticket_id: TicketId,
+    /// Its buyer.
+    pub user_id: UserId,
+    /// Always `"cancelled"`, so the answer reads on its own.
+    pub status: &'static str,
+}
+
+/// Why an order could not be cancelled.
+#[derive(Debug, thiserror::Error)]
+pub enum CancelError {
+    /// No such order for this ticket (never existed).
+    #[error("no such order")]
+    NotFound,
+    /// The order belongs to another buyer.
+    #[error("this order belongs to another user")]
+    Forbidden,
+    /// Anything a purchase can also run into (busy, unavailable, a bug).
+    #[error(transparent)]
+    Purchase(#[from] PurchaseError),
+}
+
 /// One way of selling a ticket safely (or, in the early levels, unsafely).
 ///
 /// Every strategy of every level implements this trait, and the HTTP API only
@@ -184,6 +211,24 @@ pub trait SellTickets: Send + Sync + 'static {
     /// for instance). `/health` calls it; the default needs nothing more.
     async fn check_health(&self) -> anyhow::Result<()> {
         Ok(())
+    }
+
+    /// Cancels `order` and puts its unit back, once.
+    ///
+    /// `None` (the default) means "the shared database cancellation is
+    /// safe here": it moves the order out and runs `stock = stock + 1` in one
+    /// transaction, which is correct next to any strategy whose own writes
+    /// are relative or guarded by a row lock, a version or SERIALIZABLE.
+    /// A strategy that writes an absolute stock under a lock of its own
+    /// (Level 1, Level 3) must take that lock around the cancellation, and
+    /// overrides this.
+    async fn cancel(
+        &self,
+        _ticket: TicketId,
+        _order: OrderId,
+        _user: UserId,
+    ) -> Option<Result<Cancellation, CancelError>> {
+        None
     }
 }
 

@@ -11,6 +11,7 @@
 //! | [`domain`] | tickets, orders, purchase outcomes, and the [`SellTickets`] trait every strategy implements; knows nothing of HTTP, SQL or Redis |
 //! | [`db`] | the PostgreSQL adapter: pool, migrations, shared queries, error translation |
 //! | [`api`] | the axum HTTP API and its RFC 9457 problem+json errors |
+//! | [`idempotency`] | `Idempotency-Key`: claim, record with the order, replay |
 //! | [`strategy`] | a level's table of strategies, and what each may use |
 //! | [`server`] | the start-up every level binary shares: bind, migrate, serve, shut down |
 //! | [`services`] | PostgreSQL and Redis from a URL, or throwaway servers started from local binaries |
@@ -20,13 +21,17 @@
 pub mod api;
 pub mod db;
 pub mod domain;
+pub mod idempotency;
 pub mod metrics;
 pub mod server;
 pub mod services;
 pub mod strategy;
 pub mod verify;
 
-pub use domain::{InvalidId, Order, OrderId, PurchaseError, SellTickets, Ticket, TicketId, UserId};
+pub use domain::{
+    CancelError, Cancellation, InvalidId, Order, OrderId, PurchaseError, SellTickets, Ticket,
+    TicketId, UserId,
+};
 pub use server::{RunningServer, ServerArgs};
 pub use strategy::{Expected, StrategyContext, StrategyEntry};
 pub use verify::Verdict;

@@ -15,10 +15,10 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::api::{app, AppState};
-use crate::db;
 use crate::metrics::Metrics;
 use crate::services::Postgres;
 use crate::strategy::{find, StrategyContext, StrategyEntry};
+use crate::{db, idempotency};
 
 /// The flags every level's server accepts.
 #[derive(clap::Args, Debug, Clone)]
@@ -56,6 +56,23 @@ pub struct ServerArgs {
     /// 503 busy.
     #[arg(long, default_value_t = 10_000, value_name = "MS")]
     pub acquire_timeout_ms: u64,
+
+    /// How Idempotency-Key headers are handled: `atomic` (claim the key
+    /// first, record the answer in the order's own transaction) or
+    /// `check-then-insert` (the broken design: look up, buy, then save the
+    /// key, which fails when duplicates arrive together).
+    #[arg(long, value_enum, default_value_t = idempotency::Mode::Atomic)]
+    pub idempotency: idempotency::Mode,
+
+    /// Seconds an idempotency key is remembered; after that the same key is
+    /// a new request.
+    #[arg(long, default_value_t = 86_400, value_name = "SECS")]
+    pub idempotency_ttl_secs: u64,
+
+    /// How long a duplicate request waits for the first one with its key to
+    /// finish before it is answered 409 request_in_progress.
+    #[arg(long, default_value_t = 10_000, value_name = "MS")]
+    pub idempotency_wait_ms: u64,
 }
 
 impl Default for ServerArgs {
@@ -67,6 +84,9 @@ impl Default for ServerArgs {
             think_time_ms: 0,
             max_connections: 10,
             acquire_timeout_ms: 10_000,
+            idempotency: idempotency::Mode::Atomic,
+            idempotency_ttl_secs: 86_400,
+            idempotency_wait_ms: 10_000,
         }
     }
 }
@@ -179,6 +199,12 @@ pub async fn start<C: Send + Sync + 'static>(
         strategy: sell,
         pool,
         metrics,
+        idempotency: idempotency::Settings {
+            mode: args.idempotency,
+            ttl: Duration::from_secs(args.idempotency_ttl_secs),
+            wait: Duration::from_millis(args.idempotency_wait_ms),
+            ..idempotency::Settings::default()
+        },
     });
 
     let (shutdown, stopped) = oneshot::channel::<()>();

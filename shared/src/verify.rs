@@ -147,7 +147,9 @@ pub fn judge(
 pub fn judge_sustained(tickets: i64, http_successes: i64, truth: &DbTruth) -> Judgement {
     // With a known expectation equal to what sold, only the other rules remain.
     let mut judgement = judge(tickets, truth.orders.min(tickets), http_successes, truth);
-    judgement.problems.retain(|p| !p.contains("tickets had buyers waiting"));
+    judgement
+        .problems
+        .retain(|p| !p.contains("tickets had buyers waiting"));
     judgement
 }
 

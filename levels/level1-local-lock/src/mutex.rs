@@ -7,7 +7,9 @@ use async_trait::async_trait;
 use sqlx::PgPool;
 use ticket_core::metrics::Metrics;
 use ticket_core::strategy::StrategyContext;
-use ticket_core::{Order, PurchaseError, SellTickets, TicketId, UserId};
+use ticket_core::{
+    db, CancelError, Cancellation, Order, OrderId, PurchaseError, SellTickets, TicketId, UserId,
+};
 
 /// Sells under one server-wide `tokio::sync::Mutex`.
 pub struct MutexStrategy {
@@ -46,5 +48,18 @@ impl SellTickets for MutexStrategy {
         // after the UPDATE but before the commit) would let the next buyer
         // read the stock we have not committed yet: the race again.
         level0::naive::read_check_write(&self.pool, self.think_time, ticket, user).await
+    }
+
+    async fn cancel(
+        &self,
+        ticket: TicketId,
+        order: OrderId,
+        user: UserId,
+    ) -> Option<Result<Cancellation, CancelError>> {
+        // Sales write an absolute stock (`read - 1`) under this lock; a
+        // restock outside it could land between a sale's read and write and
+        // be overwritten. So cancellations queue on the same lock.
+        let _guard = self.lock.lock().await;
+        Some(db::cancel_order(&self.pool, ticket, order, user).await)
     }
 }

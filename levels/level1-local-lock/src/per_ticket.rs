@@ -8,7 +8,9 @@ use async_trait::async_trait;
 use sqlx::PgPool;
 use ticket_core::metrics::Metrics;
 use ticket_core::strategy::StrategyContext;
-use ticket_core::{Order, PurchaseError, SellTickets, TicketId, UserId};
+use ticket_core::{
+    db, CancelError, Cancellation, Order, OrderId, PurchaseError, SellTickets, TicketId, UserId,
+};
 
 /// Sells under a `tokio::sync::Mutex` per ticket.
 pub struct PerTicketStrategy {
@@ -61,5 +63,19 @@ impl SellTickets for PerTicketStrategy {
         self.metrics.lock_wait(waiting.elapsed());
         // As with `mutex`: the guard lives past the COMMIT.
         level0::naive::read_check_write(&self.pool, self.think_time, ticket, user).await
+    }
+
+    async fn cancel(
+        &self,
+        ticket: TicketId,
+        order: OrderId,
+        user: UserId,
+    ) -> Option<Result<Cancellation, CancelError>> {
+        // Sales write an absolute stock (`read - 1`) under this lock; a
+        // restock outside it could land between a sale's read and write and
+        // be overwritten. So cancellations queue on the same lock.
+        let lock = self.lock_for(ticket);
+        let _guard = lock.lock().await;
+        Some(db::cancel_order(&self.pool, ticket, order, user).await)
     }
 }

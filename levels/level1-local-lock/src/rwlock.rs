@@ -7,7 +7,9 @@ use async_trait::async_trait;
 use sqlx::PgPool;
 use ticket_core::metrics::Metrics;
 use ticket_core::strategy::StrategyContext;
-use ticket_core::{Order, PurchaseError, SellTickets, TicketId, UserId};
+use ticket_core::{
+    db, CancelError, Cancellation, Order, OrderId, PurchaseError, SellTickets, TicketId, UserId,
+};
 
 /// Sells under a server-wide `tokio::sync::RwLock`.
 pub struct RwLockStrategy {
@@ -58,5 +60,18 @@ impl SellTickets for RwLockStrategy {
         let _exclusive = self.lock.write().await;
         self.metrics.lock_wait(waiting.elapsed());
         level0::naive::read_check_write(&self.pool, self.think_time, ticket, user).await
+    }
+
+    async fn cancel(
+        &self,
+        ticket: TicketId,
+        order: OrderId,
+        user: UserId,
+    ) -> Option<Result<Cancellation, CancelError>> {
+        // Sales write an absolute stock (`read - 1`) under this lock; a
+        // restock outside it could land between a sale's read and write and
+        // be overwritten. So cancellations queue on the same lock.
+        let _exclusive = self.lock.write().await;
+        Some(db::cancel_order(&self.pool, ticket, order, user).await)
     }
 }

@@ -1,0 +1,181 @@
+//! Cancellation through HTTP, verified from the database: a cancel restocks
+//! once, a second cancel changes nothing, and cancels racing a rush never
+//! oversell, for every correct strategy.
+
+mod common;
+
+use common::{servers, stop};
+use futures::future::join_all;
+use load::rush::{rush, RushPlan};
+use load::servers::{urls, ServerSpec};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use ticket_core::{db, TicketId};
+
+fn correct_strategies() -> Vec<(u8, &'static str)> {
+    load::levels::levels()
+        .into_iter()
+        .filter(|level| matches!(level.number, 2 | 3))
+        .flat_map(|level| {
+            level
+                .strategies
+                .iter()
+                .filter(|s| s.expected.two_servers == ticket_core::Verdict::Correct)
+                .map(|s| (level.number, s.name))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+async fn cancel(
+    client: &reqwest::Client,
+    base: &str,
+    ticket: i64,
+    order: i64,
+    user: i64,
+) -> (StatusCode, Value) {
+    let response = client
+        .delete(format!("{base}/tickets/{ticket}/orders/{order}"))
+        .json(&json!({ "user_id": user }))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap())
+}
+
+/// Buy, cancel (stock back up by one), cancel again (same answer, no second
+/// restock), another user's cancel (403), an unknown order (404), and the
+/// cancelled buyer buys again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_restocks_once_and_the_buyer_may_buy_again() {
+    let (servers, database) = servers(&ServerSpec::new(2, "atomic"), 2).await;
+    let pool = load::rush::open_database(&database).await.unwrap();
+    let ticket = TicketId::parse(3).unwrap();
+    db::reset_ticket(&pool, ticket, "Cancellable", 10)
+        .await
+        .unwrap();
+    let (a, b) = (servers[0].url(), servers[1].url());
+    let client = reqwest::Client::new();
+    let order: Value = client
+        .post(format!("{a}/tickets/3/orders"))
+        .json(&json!({"user_id": 42}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let order_id = order["order_id"].as_i64().unwrap();
+
+    let (status, forbidden) = cancel(&client, &b, 3, order_id, 43).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{forbidden}");
+    assert_eq!(
+        db::truth(&pool, ticket).await.unwrap().stock,
+        9,
+        "a refused cancel changes nothing"
+    );
+
+    let (status, first) = cancel(&client, &a, 3, order_id, 42).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    assert_eq!(
+        first,
+        json!({"order_id": order_id, "ticket_id": 3, "user_id": 42, "status": "cancelled"})
+    );
+    let truth = db::truth(&pool, ticket).await.unwrap();
+    assert_eq!((truth.orders, truth.stock), (0, 10));
+
+    let (status, second) = cancel(&client, &b, 3, order_id, 42).await;
+    assert_eq!(
+        (status, &second),
+        (StatusCode::OK, &first),
+        "a second cancel is the same answer"
+    );
+    let truth = db::truth(&pool, ticket).await.unwrap();
+    assert_eq!(
+        (truth.orders, truth.stock),
+        (0, 10),
+        "and no second restock"
+    );
+
+    let (status, missing) = cancel(&client, &a, 3, 999_999, 42).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{missing}");
+
+    let again = client
+        .post(format!("{b}/tickets/3/orders"))
+        .json(&json!({"user_id": 42}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::CREATED);
+    let truth = db::truth(&pool, ticket).await.unwrap();
+    assert_eq!((truth.orders, truth.stock), (1, 9));
+    stop(servers).await;
+}
+
+/// 100 tickets sold; then 50 buyers cancel while 500 new buyers rush, over
+/// two servers: afterwards orders + stock == 100 exactly, never more than
+/// 100 orders, every cancel answered 200, for every correct strategy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancels_racing_a_rush_never_oversell() {
+    for (level, strategy) in correct_strategies() {
+        let (servers, database) = servers(&ServerSpec::new(level, strategy), 2).await;
+        let targets = urls(&servers);
+        let pool = load::rush::open_database(&database).await.unwrap();
+        let ticket = TicketId::parse(1).unwrap();
+        let sold = rush(&RushPlan {
+            buyers: 100,
+            ..RushPlan::new(targets.clone(), &database)
+        })
+        .await
+        .unwrap();
+        assert_eq!(sold.db_orders, 100, "level {level} {strategy}: {sold:?}");
+        let orders: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT id, user_id FROM ticket_orders WHERE ticket_id = 1 ORDER BY id LIMIT 50",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+
+        let client = reqwest::Client::new();
+        let cancels = join_all(orders.iter().enumerate().map(|(i, &(order, user))| {
+            let client = client.clone();
+            let base = targets[i % targets.len()].clone();
+            async move { cancel(&client, &base, 1, order, user).await.0 }
+        }));
+        let newcomers_plan = RushPlan {
+            buyers: 500,
+            seed: 999,
+            reset: false,
+            ..RushPlan::new(targets.clone(), &database)
+        };
+        let newcomers = rush(&newcomers_plan);
+        let (cancelled, newcomers) = tokio::join!(cancels, newcomers);
+
+        let what = format!("level {level} {strategy}");
+        assert!(
+            cancelled.iter().all(|s| *s == StatusCode::OK),
+            "{what}: {cancelled:?}"
+        );
+        let newcomers = newcomers.unwrap();
+        assert_eq!(newcomers.server_errors, 0, "{what}");
+        let truth = db::truth(&pool, ticket).await.unwrap();
+        assert!(
+            truth.orders <= 100,
+            "{what}: oversold, {} orders",
+            truth.orders
+        );
+        assert_eq!(
+            truth.orders + i64::from(truth.stock),
+            100,
+            "{what}: {truth:?}"
+        );
+        assert_eq!(truth.duplicate_orders(), 0, "{what}");
+        assert_eq!(
+            truth.orders,
+            50 + newcomers.succeeded as i64,
+            "{what}: every 201 is a row"
+        );
+        stop(servers).await;
+    }
+}

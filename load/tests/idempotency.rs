@@ -1,0 +1,220 @@
+//! Idempotency keys through HTTP, two servers, verified from the database:
+//! identical concurrent requests get one answer and at most one order; a key
+//! reused for another request is refused; an expired key is processed anew;
+//! and the broken check-then-insert design is shown failing.
+
+mod common;
+
+use common::{servers, stop};
+use futures::future::join_all;
+use load::servers::ServerSpec;
+use ticket_core::{db, RunningServer, TicketId};
+
+/// Every strategy meant to be correct on two servers, of the levels that
+/// write orders in PostgreSQL as they sell (Levels 2 and 3).
+fn correct_strategies() -> Vec<(u8, &'static str)> {
+    load::levels::levels()
+        .into_iter()
+        .filter(|level| matches!(level.number, 2 | 3))
+        .flat_map(|level| {
+            level
+                .strategies
+                .iter()
+                .filter(|s| s.expected.two_servers == ticket_core::Verdict::Correct)
+                .map(|s| (level.number, s.name))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct Answer {
+    status: u16,
+    body: String,
+    replayed: bool,
+}
+
+/// Sends `copies` identical purchases with one key, all at once, dealt over
+/// the servers.
+async fn duplicates(
+    servers: &[RunningServer],
+    ticket: i64,
+    user: i64,
+    key: &str,
+    copies: usize,
+) -> Vec<Answer> {
+    let client = reqwest::Client::new();
+    let requests = (0..copies).map(|i| {
+        let url = format!(
+            "{}/tickets/{ticket}/orders",
+            servers[i % servers.len()].url()
+        );
+        let request = client
+            .post(url)
+            .header("idempotency-key", key)
+            .json(&serde_json::json!({ "user_id": user }))
+            .send();
+        async move {
+            let response = request.await.expect("an answer");
+            let replayed = response.headers().contains_key("idempotent-replayed");
+            let status = response.status().as_u16();
+            let body = response.text().await.unwrap();
+            Answer {
+                status,
+                body,
+                replayed,
+            }
+        }
+    });
+    join_all(requests).await
+}
+
+async fn reset(database: &str, ticket: i64, stock: i32) -> sqlx::PgPool {
+    let pool = load::rush::open_database(database).await.unwrap();
+    db::reset_ticket(
+        &pool,
+        TicketId::parse(ticket.into()).unwrap(),
+        "Keyed",
+        stock,
+    )
+    .await
+    .unwrap();
+    pool
+}
+
+/// 2, 3, 10 and 50 identical concurrent requests with one key, across both
+/// servers, for a sale and for a sold-out ticket: one answer, byte for byte,
+/// at most one order, and no 5xx, for every correct strategy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_concurrent_requests_get_one_answer_and_at_most_one_order() {
+    for (level, strategy) in correct_strategies() {
+        let (servers, database) = servers(&ServerSpec::new(level, strategy), 2).await;
+        let mut ticket = 100;
+        for copies in [2, 3, 10, 50] {
+            for stock in [100, 0] {
+                ticket += 1;
+                let pool = reset(&database, ticket, stock).await;
+                let key = format!("order-{level}-{strategy}-{copies}-{stock}");
+
+                let answers = duplicates(&servers, ticket, 7, &key, copies).await;
+
+                let what = format!("level {level} {strategy}, {copies} copies, stock {stock}");
+                let first = &answers[0];
+                assert!(first.status < 500, "{what}: {first:?}");
+                assert_eq!(
+                    first.status,
+                    if stock > 0 { 201 } else { 409 },
+                    "{what}: {first:?}"
+                );
+                for answer in &answers {
+                    assert_eq!(
+                        (answer.status, &answer.body),
+                        (first.status, &first.body),
+                        "{what}"
+                    );
+                }
+                assert_eq!(
+                    answers.iter().filter(|a| !a.replayed).count(),
+                    1,
+                    "{what}: one did the work"
+                );
+                let truth = db::truth(&pool, TicketId::parse(ticket.into()).unwrap())
+                    .await
+                    .unwrap();
+                assert_eq!(truth.orders, i64::from(stock > 0), "{what}");
+                assert_eq!(
+                    i64::from(truth.stock) + truth.orders,
+                    i64::from(stock),
+                    "{what}"
+                );
+            }
+        }
+        stop(servers).await;
+    }
+}
+
+/// The same key for another user is 422 and writes nothing; once the key
+/// has expired, the same request is processed anew.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reused_keys_are_refused_and_expired_keys_are_processed_anew() {
+    let spec = ServerSpec::new(2, "atomic").args(["--idempotency-ttl-secs", "1"]);
+    let (servers, database) = servers(&spec, 2).await;
+    let pool = reset(&database, 5, 0).await;
+
+    // Sold out: the answer is recorded, and replayed while the key lives.
+    let first = duplicates(&servers, 5, 1, "k1", 1).await.remove(0);
+    assert_eq!(first.status, 409);
+    // More stock arrives; while the key lives it still answers "sold out".
+    sqlx::query("UPDATE tickets SET total = 10, stock = 10 WHERE id = 5")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let replay = duplicates(&servers[1..], 5, 1, "k1", 1).await.remove(0);
+    assert_eq!(
+        (replay.status, &replay.body, replay.replayed),
+        (409, &first.body, true)
+    );
+
+    // Another user with the same key: 422, nothing written.
+    let mismatch = duplicates(&servers, 5, 2, "k1", 1).await.remove(0);
+    assert_eq!(mismatch.status, 422, "{mismatch:?}");
+    assert!(mismatch.body.contains("idempotency_key_mismatch"));
+    let truth = db::truth(&pool, TicketId::parse(5).unwrap()).await.unwrap();
+    assert_eq!((truth.orders, truth.stock), (0, 10));
+
+    // After the key expires, the same request is new work: now it sells.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let anew = duplicates(&servers, 5, 1, "k1", 1).await.remove(0);
+    assert_eq!((anew.status, anew.replayed), (201, false), "{anew:?}");
+    let truth = db::truth(&pool, TicketId::parse(5).unwrap()).await.unwrap();
+    assert_eq!((truth.orders, truth.stock), (1, 9));
+    stop(servers).await;
+}
+
+/// A malformed key is a 400 and writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_keys_are_400() {
+    let (servers, database) = servers(&ServerSpec::new(2, "atomic"), 1).await;
+    let pool = reset(&database, 1, 10).await;
+
+    let answer = duplicates(&servers, 1, 1, "has space", 1).await.remove(0);
+
+    assert_eq!(answer.status, 400);
+    assert!(answer.body.contains("invalid_idempotency_key"));
+    let truth = db::truth(&pool, TicketId::parse(1).unwrap()).await.unwrap();
+    assert_eq!(truth.orders, 0);
+    stop(servers).await;
+}
+
+/// The design one of the original projects shipped (look the key up, buy,
+/// then save the key) breaks as soon as duplicates arrive together: they
+/// all miss the lookup, and all but one fail to save the key. With a race
+/// window every run shows it; the correct design, same window, does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_then_insert_breaks_under_concurrent_duplicates_and_atomic_does_not() {
+    for (mode, should_break) in [("check-then-insert", true), ("atomic", false)] {
+        let spec = ServerSpec::new(2, "atomic")
+            .think_time_ms(20)
+            .args(["--idempotency", mode]);
+        let (servers, database) = servers(&spec, 2).await;
+        let _pool = reset(&database, 9, 100).await;
+
+        let answers = duplicates(&servers, 9, 3, "double-click", 3).await;
+
+        let all_identical = answers
+            .iter()
+            .all(|a| (a.status, &a.body) == (answers[0].status, &answers[0].body));
+        let server_errors = answers.iter().filter(|a| a.status >= 500).count();
+        if should_break {
+            assert!(!all_identical, "{mode}: {answers:?}");
+            assert!(
+                server_errors > 0,
+                "{mode}: the duplicate key surfaces as a 500: {answers:?}"
+            );
+        } else {
+            assert!(all_identical, "{mode}: {answers:?}");
+            assert_eq!(server_errors, 0, "{mode}: {answers:?}");
+        }
+        stop(servers).await;
+    }
+}

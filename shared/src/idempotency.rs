@@ -1,0 +1,355 @@
+//! Idempotency keys: the same `Idempotency-Key` twice means "the same
+//! request", so the second gets the first one's answer, never a second
+//! purchase.
+//!
+//! How a request with a key is served:
+//!
+//! 1. **Claim.** `INSERT ... ON CONFLICT DO NOTHING` on the key's row. Exactly
+//!    one request wins, on whichever server; it does the work.
+//! 2. **Work, and record atomically.** The winner runs the purchase inside a
+//!    task-local [`Claim`]. When the strategy inserts the order
+//!    ([`crate::db::insert_order`]), the key's row is completed *in the same
+//!    transaction*, so the order and the record of its answer commit together
+//!    or not at all. A failure (sold out, already purchased) has no order to
+//!    be atomic with; its answer is recorded after. A retryable failure (503)
+//!    is not recorded: the claim is released, so a retry does the work again.
+//! 3. **Everyone else waits and replays.** Any other request with the key
+//!    polls the row until it is completed (and replays its status and body,
+//!    byte for byte, with `Idempotent-Replayed: true`), released (and tries to
+//!    claim it), or until the wait bound (409 `request_in_progress`).
+//!
+//! A claim holds a lease. If its server died, the lease runs out, and because
+//! of step 2 an expired claim never has an order behind it: the next request
+//! takes it over and does the work. The completing UPDATE names the claim's
+//! owner token, so a straggler whose claim was taken over cannot complete it
+//! (its transaction rolls back instead).
+//!
+//! The key is bound to its request: the same key with another ticket or user
+//! is refused (422), nothing written. Keys expire after a configurable time.
+//!
+//! [`Mode::CheckThenInsert`] keeps the broken design one of the original
+//! projects shipped: look the key up, do the work, then insert the key. Two
+//! or three identical requests at once all find nothing, all do the work,
+//! and all but one fail to insert the key: a duplicate-key error, a 500.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sqlx::{PgConnection, PgPool, Row as _};
+
+use crate::domain::{PurchaseError, TicketId, UserId};
+
+/// How keys are handled (`--idempotency`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Claim first, record with the order: correct.
+    Atomic,
+    /// Look up, work, then insert the key: the broken design, kept to show
+    /// why it fails under concurrent duplicates.
+    CheckThenInsert,
+}
+
+/// Settings for idempotency keys.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// The design.
+    pub mode: Mode,
+    /// How long a key is remembered.
+    pub ttl: Duration,
+    /// How long a duplicate waits for the first request to finish.
+    pub wait: Duration,
+    /// How long a claim is held before another request may take it over.
+    pub lease: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            mode: Mode::Atomic,
+            ttl: Duration::from_secs(24 * 3600),
+            wait: Duration::from_secs(10),
+            lease: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Checks a header value: 1 to 255 visible ASCII characters.
+pub fn parse_key(raw: &[u8]) -> Option<String> {
+    let ok = !raw.is_empty() && raw.len() <= 255 && raw.iter().all(|b| b.is_ascii_graphic());
+    ok.then(|| String::from_utf8_lossy(raw).into_owned())
+}
+
+/// The claim the current request holds, visible to
+/// [`crate::db::insert_order`] through a task-local.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    /// The key.
+    pub key: String,
+    /// This claim's owner token.
+    pub owner: i64,
+    recorded: Arc<AtomicBool>,
+}
+
+tokio::task_local! {
+    static CURRENT: Claim;
+}
+
+impl Claim {
+    /// Runs `work` with this claim visible to `insert_order`.
+    pub async fn scope<F: std::future::Future>(self, work: F) -> F::Output {
+        CURRENT.scope(self, work).await
+    }
+
+    /// Whether the order's transaction recorded the answer.
+    pub fn recorded(&self) -> bool {
+        self.recorded.load(Ordering::SeqCst)
+    }
+}
+
+/// The answer body and Location of a successful purchase, as recorded and
+/// replayed.
+pub fn created_body(order: &crate::domain::Order) -> (String, String) {
+    let body = serde_json::to_string(order).expect("an order always serializes");
+    let location = format!("/tickets/{}/orders/{}", order.ticket_id, order.order_id);
+    (body, location)
+}
+
+/// Called by [`crate::db::insert_order`] inside the order's transaction: if
+/// the current request holds a claim, completes it there with the 201 answer.
+pub(crate) async fn record_in_transaction(
+    conn: &mut PgConnection,
+    order: &crate::domain::Order,
+) -> Result<(), PurchaseError> {
+    let Ok(claim) = CURRENT.try_with(Claim::clone) else {
+        return Ok(());
+    };
+    let (body, location) = created_body(order);
+    let updated = sqlx::query(
+        "UPDATE idempotency_keys SET status = 201, body = $3, location = $4, completed_at = now() \
+         WHERE key = $1 AND owner = $2 AND status IS NULL",
+    )
+    .bind(&claim.key)
+    .bind(claim.owner)
+    .bind(&body)
+    .bind(&location)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if updated != 1 {
+        // Our lease ran out and another request took the key over: this
+        // transaction must not commit a second order for it.
+        return Err(PurchaseError::busy(
+            "this request's idempotency key was taken over",
+        ));
+    }
+    claim.recorded.store(true, Ordering::SeqCst);
+    Ok(())
+}
+
+/// A recorded answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    /// HTTP status.
+    pub status: u16,
+    /// The body, byte for byte.
+    pub body: String,
+    /// The Location header of a 201.
+    pub location: Option<String>,
+}
+
+/// What trying to claim a key found.
+#[derive(Debug)]
+pub enum Begin {
+    /// This request owns the key: do the work inside the claim.
+    Owner(Claim),
+    /// The key was answered before: replay this.
+    Replay(Recorded),
+    /// The key belongs to another ticket or user.
+    Mismatch,
+    /// Another request holds it and did not finish within the wait bound.
+    InProgress,
+}
+
+/// Claims `key` for (ticket, user), or waits for whoever holds it.
+pub async fn begin(
+    pool: &PgPool,
+    settings: &Settings,
+    key: &str,
+    ticket: TicketId,
+    user: UserId,
+) -> Result<Begin, PurchaseError> {
+    let deadline = Instant::now() + settings.wait;
+    loop {
+        sqlx::query("DELETE FROM idempotency_keys WHERE key = $1 AND expires_at < now()")
+            .bind(key)
+            .execute(pool)
+            .await?;
+        let owner: i64 = rand::random::<i64>() & i64::MAX;
+        let claimed = sqlx::query(
+            "INSERT INTO idempotency_keys (key, ticket_id, user_id, owner, locked_until, expires_at) \
+             VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5), now() + make_interval(secs => $6)) \
+             ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(key)
+        .bind(ticket.get())
+        .bind(user.get())
+        .bind(owner)
+        .bind(settings.lease.as_secs_f64())
+        .bind(settings.ttl.as_secs_f64())
+        .execute(pool)
+        .await?
+        .rows_affected();
+        if claimed == 1 {
+            return Ok(Begin::Owner(new_claim(key, owner)));
+        }
+        let row = sqlx::query(
+            "SELECT ticket_id, user_id, status, body, location, locked_until < now() AS stale \
+             FROM idempotency_keys WHERE key = $1",
+        )
+        .bind(key)
+        .fetch_optional(pool)
+        .await?;
+        let Some(row) = row else {
+            continue; // released or expired in between: try to claim again
+        };
+        if row.get::<i64, _>("ticket_id") != ticket.get()
+            || row.get::<i64, _>("user_id") != user.get()
+        {
+            return Ok(Begin::Mismatch);
+        }
+        if let Some(status) = row.get::<Option<i16>, _>("status") {
+            return Ok(Begin::Replay(Recorded {
+                status: status as u16,
+                body: row.get("body"),
+                location: row.get("location"),
+            }));
+        }
+        if row.get::<bool, _>("stale") {
+            // The holder's lease ran out (its server died, most likely). No
+            // order stands behind an unfinished claim, so take it over.
+            let taken = sqlx::query(
+                "UPDATE idempotency_keys SET owner = $2, locked_until = now() + make_interval(secs => $3) \
+                 WHERE key = $1 AND status IS NULL AND locked_until < now()",
+            )
+            .bind(key)
+            .bind(owner)
+            .bind(settings.lease.as_secs_f64())
+            .execute(pool)
+            .await?
+            .rows_affected();
+            if taken == 1 {
+                return Ok(Begin::Owner(new_claim(key, owner)));
+            }
+            continue;
+        }
+        if Instant::now() >= deadline {
+            return Ok(Begin::InProgress);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn new_claim(key: &str, owner: i64) -> Claim {
+    Claim {
+        key: key.to_owned(),
+        owner,
+        recorded: Arc::new(AtomicBool::new(false)),
+    }
+}
+
+/// Records a final answer for a claim (failures, and successes of strategies
+/// that do not write the order through `insert_order`).
+pub async fn finish(pool: &PgPool, claim: &Claim, answer: &Recorded) -> Result<(), PurchaseError> {
+    sqlx::query(
+        "UPDATE idempotency_keys SET status = $3, body = $4, location = $5, completed_at = now() \
+         WHERE key = $1 AND owner = $2 AND status IS NULL",
+    )
+    .bind(&claim.key)
+    .bind(claim.owner)
+    .bind(answer.status as i16)
+    .bind(&answer.body)
+    .bind(&answer.location)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Gives a claim up without an answer (after a retryable failure), so that
+/// a retry with the same key does the work again.
+pub async fn release(pool: &PgPool, claim: &Claim) -> Result<(), PurchaseError> {
+    sqlx::query("DELETE FROM idempotency_keys WHERE key = $1 AND owner = $2 AND status IS NULL")
+        .bind(&claim.key)
+        .bind(claim.owner)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// The broken design, step 1: is the key known? (Nothing is claimed.)
+pub async fn lookup(
+    pool: &PgPool,
+    key: &str,
+) -> Result<Option<(i64, i64, Recorded)>, PurchaseError> {
+    let row = sqlx::query(
+        "SELECT ticket_id, user_id, status, body, location FROM idempotency_keys \
+         WHERE key = $1 AND expires_at >= now() AND status IS NOT NULL",
+    )
+    .bind(key)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|row| {
+        (
+            row.get("ticket_id"),
+            row.get("user_id"),
+            Recorded {
+                status: row.get::<i16, _>("status") as u16,
+                body: row.get("body"),
+                location: row.get("location"),
+            },
+        )
+    }))
+}
+
+/// The broken design, step 3: insert the key after the work. A concurrent
+/// duplicate that got here first makes this fail with a duplicate key, which
+/// is reported as the unexpected error it is.
+pub async fn insert_after(
+    pool: &PgPool,
+    settings: &Settings,
+    key: &str,
+    ticket: TicketId,
+    user: UserId,
+    answer: &Recorded,
+) -> Result<(), PurchaseError> {
+    sqlx::query(
+        "INSERT INTO idempotency_keys \
+         (key, ticket_id, user_id, owner, locked_until, expires_at, status, body, location, completed_at) \
+         VALUES ($1, $2, $3, 0, now(), now() + make_interval(secs => $4), $5, $6, $7, now())",
+    )
+    .bind(key)
+    .bind(ticket.get())
+    .bind(user.get())
+    .bind(settings.ttl.as_secs_f64())
+    .bind(answer.status as i16)
+    .bind(&answer.body)
+    .bind(&answer.location)
+    .execute(pool)
+    .await
+    .map_err(|err| PurchaseError::Unexpected(anyhow::Error::new(err).context("saving the idempotency key")))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_short_visible_ascii() {
+        assert_eq!(parse_key(b"a1-b2_c3").as_deref(), Some("a1-b2_c3"));
+        assert!(parse_key(b"").is_none());
+        assert!(parse_key(b"has space").is_none());
+        assert!(parse_key(&[b'x'; 256]).is_none());
+        assert!(parse_key("caf\u{e9}".as_bytes()).is_none());
+    }
+}
