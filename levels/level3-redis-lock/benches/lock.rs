@@ -11,7 +11,9 @@
 //!    lock) and contended (8 tasks on one lock, spread over two clients as
 //!    two servers would be).
 //! 2. **a fairness report** (printed after criterion's) runs each contender
-//!    for a fixed time with 8 contending tasks and prints each task's
+//!    for a fixed time with 8 contending tasks, first with an empty critical
+//!    section, then with a 1 ms one (standing in for a sale's database
+//!    transaction), and prints each task's
 //!    acquisitions, the longest wait, how often a waiter gave up, and how
 //!    many Redis commands the clients sent per acquisition (counted by Redis
 //!    itself, `INFO commandstats`).
@@ -91,8 +93,8 @@ impl Contender {
         }
     }
 
-    /// Takes `name` (from client `task % 2`), releases it at once.
-    async fn cycle(&self, task: usize, name: &str) -> Cycle {
+    /// Takes `name` (from client `task % 2`), holds it for `hold`, releases it.
+    async fn cycle(&self, task: usize, name: &str, hold: Duration) -> Cycle {
         let started = Instant::now();
         let mut gave_up = 0;
         match self {
@@ -102,6 +104,7 @@ impl Contender {
                     match lock.try_lock(WAIT_BUDGET, *lease).await {
                         Ok(guard) => {
                             let waited = started.elapsed();
+                            work(hold).await;
                             guard.release().await.expect("release");
                             return Cycle { waited, gave_up };
                         }
@@ -116,6 +119,7 @@ impl Contender {
                     match manager.lock(name, LEASE).await {
                         Ok(lock) => {
                             let waited = started.elapsed();
+                            work(hold).await;
                             manager.unlock(&lock).await;
                             return Cycle { waited, gave_up };
                         }
@@ -125,6 +129,14 @@ impl Contender {
                 }
             }
         }
+    }
+}
+
+/// The critical section: nothing, or a pause standing in for a sale's
+/// database transaction.
+async fn work(hold: Duration) {
+    if !hold.is_zero() {
+        tokio::time::sleep(hold).await;
     }
 }
 
@@ -189,7 +201,7 @@ fn bench(c: &mut Criterion) {
     {
         uncontended.bench_function(name, |b| {
             b.to_async(&setup.runtime)
-                .iter(|| async { contender.cycle(0, "uncontended").await })
+                .iter(|| async { contender.cycle(0, "uncontended", Duration::ZERO).await })
         });
     }
     uncontended.finish();
@@ -212,7 +224,7 @@ fn bench(c: &mut Criterion) {
                             let contender = contender.clone();
                             tokio::spawn(async move {
                                 for _ in 0..per_task {
-                                    contender.cycle(task, "contended").await;
+                                    contender.cycle(task, "contended", Duration::ZERO).await;
                                 }
                             })
                         })
@@ -230,9 +242,18 @@ fn bench(c: &mut Criterion) {
     }
     contended.finish();
 
-    setup
-        .runtime
-        .block_on(report(&setup.url, &contenders, &watchdog));
+    setup.runtime.block_on(async {
+        let mut conn = redis::Client::open(setup.url.as_str())
+            .expect("a Redis URL")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("a Redis connection for the report");
+        for hold in [Duration::ZERO, Duration::from_millis(1)] {
+            fairness(&mut conn, &contenders, hold).await;
+        }
+        uncontended_commands(&mut conn, &contenders, &watchdog).await;
+        uncontended_interleaved(&contenders, &watchdog).await;
+    });
 }
 
 /// Commands the clients sent, by Redis's own count since the last reset.
@@ -294,21 +315,22 @@ async fn reset_stats(conn: &mut redis::aio::MultiplexedConnection) {
         .expect("CONFIG RESETSTAT");
 }
 
-/// The fairness report: each contender, `TASKS` tasks, `REPORT_RUN` long.
-async fn report(url: &str, contenders: &[(&'static str, Contender)], watchdog: &Contender) {
-    let mut conn = redis::Client::open(url)
-        .expect("a Redis URL")
-        .get_multiplexed_async_connection()
-        .await
-        .expect("a Redis connection for the report");
-
+/// The fairness report: each contender, `TASKS` tasks, `REPORT_RUN` long,
+/// each hold lasting `hold`.
+async fn fairness(
+    conn: &mut redis::aio::MultiplexedConnection,
+    contenders: &[(&'static str, Contender)],
+    hold: Duration,
+) {
     println!();
-    println!("Fairness report: {TASKS} tasks on one lock (two clients), {REPORT_RUN:?} per contender, lock then unlock at once");
+    println!(
+        "Fairness report: {TASKS} tasks on one lock (two clients), {REPORT_RUN:?} per contender, each hold {hold:?}"
+    );
     println!();
     println!("| contender | cycles/s | acquisitions per task | max/min | longest wait | gave up | client commands per acquisition |");
     println!("| --- | --- | --- | --- | --- | --- | --- |");
     for (name, contender) in contenders {
-        reset_stats(&mut conn).await;
+        reset_stats(conn).await;
         let stop = Arc::new(AtomicBool::new(false));
         let started = Instant::now();
         let handles: Vec<_> = (0..TASKS)
@@ -318,7 +340,7 @@ async fn report(url: &str, contenders: &[(&'static str, Contender)], watchdog: &
                 tokio::spawn(async move {
                     let (mut count, mut longest, mut gave_up) = (0u64, Duration::ZERO, 0u64);
                     while !stop.load(Ordering::Relaxed) {
-                        let cycle = contender.cycle(task, "report").await;
+                        let cycle = contender.cycle(task, "report", hold).await;
                         count += 1;
                         longest = longest.max(cycle.waited);
                         gave_up += cycle.gave_up;
@@ -339,7 +361,7 @@ async fn report(url: &str, contenders: &[(&'static str, Contender)], watchdog: &
         }
         let elapsed = started.elapsed();
         let total: u64 = counts.iter().sum();
-        let commands = client_commands(&mut conn, name.starts_with("rslock")).await;
+        let commands = client_commands(conn, name.starts_with("rslock")).await;
         let (min, max) = (
             counts.iter().copied().min().unwrap_or(0),
             counts.iter().copied().max().unwrap_or(0),
@@ -356,7 +378,14 @@ async fn report(url: &str, contenders: &[(&'static str, Contender)], watchdog: &
             commands as f64 / total.max(1) as f64,
         );
     }
+}
 
+/// Client commands per uncontended lock+unlock cycle.
+async fn uncontended_commands(
+    conn: &mut redis::aio::MultiplexedConnection,
+    contenders: &[(&'static str, Contender)],
+    watchdog: &Contender,
+) {
     println!();
     println!("Uncontended: client commands per lock+unlock cycle (1000 cycles)");
     println!();
@@ -365,12 +394,47 @@ async fn report(url: &str, contenders: &[(&'static str, Contender)], watchdog: &
         .map(|(name, c)| (*name, c))
         .chain([("level3/pubsub-watchdog", watchdog)])
     {
-        reset_stats(&mut conn).await;
+        reset_stats(conn).await;
         for _ in 0..1000 {
-            contender.cycle(0, "report-uncontended").await;
+            contender
+                .cycle(0, "report-uncontended", Duration::ZERO)
+                .await;
         }
-        let commands = client_commands(&mut conn, name.starts_with("rslock")).await;
+        let commands = client_commands(conn, name.starts_with("rslock")).await;
         println!("- {name}: {:.2}", commands as f64 / 1000.0);
+    }
+}
+
+/// Uncontended cycles per second, measured in turns: 30 rounds, each
+/// contender running 300 cycles per round, so that a busy machine slows every
+/// contender alike. Prints the median round of each.
+async fn uncontended_interleaved(contenders: &[(&'static str, Contender)], watchdog: &Contender) {
+    let all: Vec<(&str, &Contender)> = contenders
+        .iter()
+        .map(|(name, c)| (*name, c))
+        .chain([("level3/pubsub-watchdog", watchdog)])
+        .collect();
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); all.len()];
+    for _ in 0..30 {
+        for (rate, (_, contender)) in rates.iter_mut().zip(&all) {
+            let started = Instant::now();
+            for _ in 0..300 {
+                contender.cycle(0, "interleaved", Duration::ZERO).await;
+            }
+            rate.push(300.0 / started.elapsed().as_secs_f64());
+        }
+    }
+    println!();
+    println!("Uncontended, in turns (30 rounds of 300 cycles each): median cycles/s [min, max]");
+    println!();
+    for (rate, (name, _)) in rates.iter_mut().zip(&all) {
+        rate.sort_by(f64::total_cmp);
+        println!(
+            "- {name}: {:.0} [{:.0}, {:.0}]",
+            rate[rate.len() / 2],
+            rate[0],
+            rate[rate.len() - 1]
+        );
     }
 }
 

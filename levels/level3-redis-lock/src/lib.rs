@@ -20,7 +20,9 @@
 //!   harmless;
 //! - *waiting*, the difference between the two strategies:
 //!   [`pubsub`] subscribes and sleeps until a release is published (at most
-//!   the PTTL), one subscription per server, waking one buyer at a time;
+//!   the PTTL), one subscription per server; Redis keeps a line of waiting
+//!   servers and each release hands the lock to the one that waited longest,
+//!   which wakes its buyers one at a time, in arrival order;
 //!   [`spin`] retries with exponential backoff and jitter;
 //! - *lease*: a watchdog renews a short lease while the sale runs
 //!   (`--lease-ms 0`, the default), or a fixed lease ends it (`--lease-ms N`);

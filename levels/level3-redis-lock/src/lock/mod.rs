@@ -12,11 +12,12 @@
 //!
 //! | piece | file | in one sentence |
 //! | --- | --- | --- |
-//! | take the lock | `acquire.lua` | one script: free → mine (count 1, a fencing token, a lease); mine → count + 1; someone else's → "try again in PTTL ms" |
-//! | give it back | `release.lua` | one script: only the owner may, count − 1, on the last hold delete and PUBLISH; a retried release gets the first answer again |
+//! | take the lock | `acquire.lua` | one script: free → mine (count 1, a fencing token, a lease); mine → count + 1; someone else's (or handed to another process) → "look again in N ms", and this process joins the line |
+//! | give it back | `release.lua` | one script: only the owner may, count − 1; on the last hold delete, hand the lock to the process first in line, and PUBLISH its name; a retried release gets the first answer again |
 //! | keep it | `renew.lua`, [`watchdog`](self#the-watchdog) | while the guard lives, push the lease back every lease/3; a failed renewal marks the guard lost |
-//! | wait for it | `pubsub.rs` | one subscription per lock per process; each release wakes the longest-waiting task of each process, and nobody sleeps longer than the lease left |
+//! | wait for it | `pubsub.rs`, `pass.lua` | one subscription per lock per process; a release wakes one task of the process it names, in arrival order; nobody sleeps longer than the lease (or grant) left |
 //! | wait for it, the usual way | `spin.rs` | try, sleep a growing random while, try again |
+//! | hang up safely | `abandon.lua` | an attempt whose caller went away is undone if it took the lock |
 //! | survive a pause | [`LockGuard::fencing_token`] | every hold gets a number that only grows; the database refuses writes from older holds |
 //!
 //! # Redis keys
@@ -25,10 +26,12 @@
 //!
 //! | key | type | lifetime |
 //! | --- | --- | --- |
-//! | `ticket-rush:lock:{ticket:1}` | hash `{owner: count, fence: token}` | the lease |
+//! | `ticket-rush:lock:{ticket:1}` | hash `{<owner>: count, fence: token, attempt: id}` | the lease |
 //! | `ticket-rush:lock:{ticket:1}:fence` | integer, the last fencing token | forever: tokens must never go back |
+//! | `ticket-rush:lock:{ticket:1}:line` | list of waiting processes' instance ids | a minute after its last change |
+//! | `ticket-rush:lock:{ticket:1}:grant` | the instance a release handed the lock to | 100 ms, or until claimed |
 //! | `ticket-rush:lock:{ticket:1}:receipt:<id>` | the answer one release gave | a few seconds |
-//! | channel `ticket-rush:lock:{ticket:1}:released` | pub/sub | published on each final release |
+//! | channel `ticket-rush:lock:{ticket:1}:released` | pub/sub: the instance the lock went to, or "" for anyone | |
 //!
 //! The braces are a Redis Cluster *hash tag*: every key of one lock lands on
 //! the same node, which a script touching several keys needs.
