@@ -103,7 +103,8 @@ impl Optimistic {
                 .await?
                 .ok_or(PurchaseError::NotFound)?;
 
-        // 2. Check. Stock only ever goes down, so "none left" is final.
+        // 2. Check. "None left" needs no version check: we write nothing
+        //    on it, and it was true when we read it.
         if db::has_order(tx, ticket, user).await? {
             return Err(PurchaseError::AlreadyPurchased.into());
         }

@@ -171,18 +171,16 @@ impl Pessimistic {
 /// A plain read of the stock, taken *before* queueing for the row lock, to
 /// answer "sold out" (or "no such ticket") without the lock.
 ///
-/// Stock only ever goes down, so a zero seen without the lock is final:
-/// this look can never refuse a ticket that could have been sold. A
-/// positive stock, on the other hand, decides nothing (it may be gone by
+/// A zero seen without the lock is as good an answer as a zero seen with
+/// it: either way nothing could be sold at that moment, and we write
+/// nothing on it, so this look can never sell what is not there. A positive
+/// stock, on the other hand, decides nothing (it may be gone by
 /// the time we hold the lock), and the sale reads it again under the lock.
 /// Without this look, the 900 buyers who come too late in a rush would all
 /// queue for the row (`pessimistic`) or be refused by it over and over
 /// (`nowait`) just to learn that nothing is left. Level 1's `rwlock` does
 /// the same: a shared look first, the exclusive lock only to sell.
-pub async fn look_before_locking(
-    tx: &mut PgConnection,
-    ticket: TicketId,
-) -> Result<(), Failure> {
+pub async fn look_before_locking(tx: &mut PgConnection, ticket: TicketId) -> Result<(), Failure> {
     let stock: i32 = sqlx::query_scalar("SELECT stock FROM tickets WHERE id = $1")
         .bind(ticket.get())
         .fetch_optional(&mut *tx)

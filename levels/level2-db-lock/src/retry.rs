@@ -145,11 +145,15 @@ pub async fn finish<T>(
 /// be retried.
 ///
 /// `insert_order` answers with a [`PurchaseError`], which has already lost
-/// the SQLSTATE. Inside a transaction that holds its connection (so no pool
-/// timeout) and sets no `lock_timeout`, the only way it can answer busy is
-/// the SQLSTATE 40001/40P01 translation in `classify`: PostgreSQL rolled our
-/// transaction back because it lost a race. That is a race to retry, not a
-/// final answer.
+/// the SQLSTATE: a serialization failure (40001) or a deadlock (40P01) come
+/// back as [`PurchaseError::Busy`], and so may reasons of ticket-core's own
+/// (an idempotency key taken over by another request, say). Only the first
+/// kind is a race to retry. They differ in one observable way: when
+/// PostgreSQL reports 40001 or 40P01 it has aborted our transaction, and
+/// any further statement fails with SQLSTATE 25P02
+/// (`in_failed_sql_transaction`). So on a busy answer we ask, with a
+/// trivial statement, whether the transaction is still alive. This costs a
+/// round trip on that rare path only.
 pub async fn insert_order_retryable(
     conn: &mut PgConnection,
     ticket: ticket_core::TicketId,
@@ -157,9 +161,15 @@ pub async fn insert_order_retryable(
 ) -> Result<ticket_core::Order, Failure> {
     match ticket_core::db::insert_order(conn, ticket, user).await {
         Ok(order) => Ok(order),
-        Err(PurchaseError::Busy { .. }) => Err(Failure::Lost {
-            event: "serialization_failure",
-        }),
+        Err(busy @ PurchaseError::Busy { .. }) => {
+            let probe = sqlx::query("SELECT 1").execute(&mut *conn).await;
+            match probe {
+                Err(err) if sqlstate(&err).as_deref() == Some("25P02") => Err(Failure::Lost {
+                    event: "serialization_failure",
+                }),
+                _ => Err(Failure::Answer(busy)),
+            }
+        }
         Err(other) => Err(Failure::Answer(other)),
     }
 }
