@@ -100,7 +100,6 @@ impl LevelInfo {
     }
 
     /// The same level, with a settle step before verification.
-    #[allow(dead_code)] // used by levels that persist asynchronously
     fn settle_with(mut self, settle: SettleFn) -> Self {
         self.settle = Some(settle);
         self
@@ -159,6 +158,32 @@ pub fn levels() -> Vec<LevelInfo> {
             false,
             |args| Box::pin(async move { level2::Cli::try_parse_from(args)?.start().await }),
         ),
+        LevelInfo::new(
+            4,
+            "level4",
+            level4::STRATEGIES,
+            level4::RACE_THINK_TIME_MS,
+            true,
+            |args| Box::pin(async move { level4::Cli::try_parse_from(args)?.start().await }),
+        )
+        // A 201 means "decided in Redis"; the order reaches PostgreSQL
+        // through a stream. Judge the run only once it has.
+        .settle_with(|args| {
+            Box::pin(async move {
+                let redis_url = args.redis_url.context(
+                    "Level 4 needs the servers' Redis (--redis-url or REDIS_URL) to know \
+                     when every sale it decided has reached PostgreSQL",
+                )?;
+                level4::drain::wait_until_persisted(
+                    &args.database_url,
+                    &redis_url,
+                    args.ticket_id,
+                    level4::drain::DEFAULT_TIMEOUT,
+                )
+                .await
+                .map(|_| ())
+            })
+        }),
     ]
 }
 

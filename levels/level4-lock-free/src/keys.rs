@@ -1,0 +1,109 @@
+//! Where a Level 4 sale lives in Redis: the key names, in one place.
+//!
+//! Every key starts with `ticket-rush:l4:<namespace>`, where the namespace is
+//! drawn once per PostgreSQL database (migration `0003_level4_sales.sql`).
+//! Servers, workers and tools that reach the same database therefore find
+//! the same keys without being told, and two databases sharing one Redis
+//! (every test of a test process does) never see each other's stock.
+//!
+//! | key | type | holds |
+//! | --- | --- | --- |
+//! | `…:sale:<ticket>` | hash `{epoch, total, stock}` | the sale Redis decides from |
+//! | `…:buyers:<ticket>` | hash `user id → order id` | who holds the ticket: the duplicate check, and the order id to answer again |
+//! | `…:orders` | stream | one entry per sale, until the worker has persisted it |
+//! | `…:dead-letters` | stream | entries PostgreSQL refused, with the reason |
+//! | `…:order-id` | integer | the last order id handed out |
+//!
+//! One Redis server is assumed. On a Redis Cluster a script may only touch
+//! keys of one hash slot: the sale, its buyers and its stream would then need
+//! one hash tag per ticket (`…:{ticket:7}:sale`), and a stream per ticket.
+
+use sqlx::PgPool;
+
+use anyhow::Context as _;
+use ticket_core::TicketId;
+
+/// The consumer group every persistence worker of a database joins.
+pub const GROUP: &str = "persist";
+
+/// The names of one database's keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    /// The keys under `namespace`.
+    pub fn new(namespace: &str) -> Self {
+        Self {
+            prefix: format!("ticket-rush:l4:{namespace}"),
+        }
+    }
+
+    /// Reads the database's namespace (created by the migrations).
+    pub async fn of_database(pool: &PgPool) -> anyhow::Result<Self> {
+        Self::read(pool)
+            .await
+            .context("cannot read Level 4's Redis namespace (were the migrations applied?)")
+    }
+
+    /// [`Keys::of_database`], keeping PostgreSQL's own error so that the
+    /// caller can tell an outage from a missing table.
+    pub async fn read(pool: &PgPool) -> Result<Self, sqlx::Error> {
+        let namespace: String = sqlx::query_scalar("SELECT namespace FROM level4_namespace")
+            .fetch_one(pool)
+            .await?;
+        Ok(Self::new(&namespace))
+    }
+
+    /// The prefix every key starts with.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The sale hash of `ticket`: `epoch`, `total`, `stock`.
+    pub fn sale(&self, ticket: TicketId) -> String {
+        format!("{}:sale:{ticket}", self.prefix)
+    }
+
+    /// The buyers hash of `ticket`: user id → order id.
+    pub fn buyers(&self, ticket: TicketId) -> String {
+        format!("{}:buyers:{ticket}", self.prefix)
+    }
+
+    /// The stream of sales waiting to be persisted.
+    pub fn orders(&self) -> String {
+        format!("{}:orders", self.prefix)
+    }
+
+    /// The stream of entries that could not be persisted.
+    pub fn dead_letters(&self) -> String {
+        format!("{}:dead-letters", self.prefix)
+    }
+
+    /// The order id counter.
+    pub fn order_id(&self) -> String {
+        format!("{}:order-id", self.prefix)
+    }
+
+    /// The pattern matching every sale hash (for `SCAN`).
+    pub fn sale_pattern(&self) -> String {
+        format!("{}:sale:*", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_of_a_database_shares_its_prefix() {
+        let keys = Keys::new("abc");
+        let ticket = TicketId::parse(7).unwrap();
+        assert_eq!(keys.sale(ticket), "ticket-rush:l4:abc:sale:7");
+        assert_eq!(keys.buyers(ticket), "ticket-rush:l4:abc:buyers:7");
+        assert_eq!(keys.orders(), "ticket-rush:l4:abc:orders");
+        assert!(keys.dead_letters().starts_with(keys.prefix()));
+        assert!(keys.order_id().starts_with(keys.prefix()));
+    }
+}

@@ -1,0 +1,65 @@
+-- One purchase, decided entirely inside Redis.
+--
+-- Redis runs a script from its first line to its last with no other command
+-- in between, on any connection. "Is this buyer new? Is there stock? Then
+-- take one, remember the buyer, and queue the order" therefore cannot be
+-- split by another buyer: there is no window between the check and the
+-- write, so there is nothing to lock.
+--
+-- KEYS[1]  sale hash      {epoch, total, stock}
+-- KEYS[2]  buyers hash    user id -> order id
+-- KEYS[3]  orders stream  what the persistence worker writes to PostgreSQL
+-- KEYS[4]  order id counter
+-- ARGV[1]  ticket id
+-- ARGV[2]  user id
+--
+-- Returns {outcome, order id}:
+--   {'sold', id}               sold: the sale is decided, and queued
+--   {'already_purchased', id}  this buyer already holds the ticket (order id)
+--   {'sold_out', '0'}
+--   {'not_loaded', '0'}        Redis holds no sale for this ticket yet
+--
+-- Ids travel as strings: Lua's numbers are doubles, and a double printed by
+-- Redis may come out as 1.7e+15. string.format('%d') keeps every digit.
+
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  return {'not_loaded', '0'}
+end
+
+-- The duplicate check comes before the stock: a buyer's second click must
+-- never spend a unit.
+local held = redis.call('HGET', KEYS[2], ARGV[2])
+if held then
+  return {'already_purchased', held}
+end
+
+local stock = tonumber(redis.call('HGET', KEYS[1], 'stock'))
+if stock <= 0 then
+  return {'sold_out', '0'}
+end
+
+-- The order id: a counter that never goes below the clock in microseconds.
+-- If Redis ever forgets its last second of writes (appendfsync everysec and
+-- a machine crash), the counter would hand out ids it already gave; the
+-- clock has moved on by then, so the new ids are still new. The ids are far
+-- above anything PostgreSQL's BIGSERIAL hands the other levels (10^15 rows
+-- away), so the two never collide in ticket_orders.
+local now = redis.call('TIME')
+local now_us = tonumber(now[1]) * 1000000 + tonumber(now[2])
+local id = redis.call('INCR', KEYS[4])
+if id < now_us then
+  id = now_us
+  redis.call('SET', KEYS[4], string.format('%d', id))
+end
+local order = string.format('%d', id)
+
+redis.call('HINCRBY', KEYS[1], 'stock', -1)
+redis.call('HSET', KEYS[2], ARGV[2], order)
+redis.call('XADD', KEYS[3], '*',
+  'order', order,
+  'ticket', ARGV[1],
+  'user', ARGV[2],
+  'epoch', epoch,
+  'sold_us', string.format('%d', now_us))
+return {'sold', order}
