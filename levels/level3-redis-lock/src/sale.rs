@@ -153,14 +153,9 @@ impl LockedSale {
     ) -> Result<Sold, PurchaseError> {
         let mut tx = self.ctx.pool.begin().await?;
 
-        // Asked under the lock, so that a second click by a buyer who already
-        // holds the ticket does not spend a unit of stock.
-        if db::has_order(&mut tx, ticket, user).await? {
-            return Err(PurchaseError::AlreadyPurchased);
-        }
-
         // Read and check. Under the lock nobody else is between these lines
-        // and our COMMIT, as long as the lock is really ours.
+        // and our COMMIT, as long as the lock is really ours. Stock first:
+        // once the ticket is sold out, that is the only answer anyone gets.
         let (stock, fence): (i32, i64) =
             sqlx::query_as("SELECT stock, fence FROM tickets WHERE id = $1")
                 .bind(ticket.get())
@@ -169,6 +164,11 @@ impl LockedSale {
                 .ok_or(PurchaseError::NotFound)?;
         if stock <= 0 {
             return Err(PurchaseError::SoldOut);
+        }
+        // Asked under the lock, so that a second click by a buyer who already
+        // holds the ticket does not spend a unit of stock.
+        if db::has_order(&mut tx, ticket, user).await? {
+            return Err(PurchaseError::AlreadyPurchased);
         }
         let token = fencing_token(guard);
         if self.fencing == Fencing::On && fence > token {

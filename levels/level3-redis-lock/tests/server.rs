@@ -314,6 +314,12 @@ async fn a_buyer_kept_waiting_past_wait_ms_is_told_busy() -> anyhow::Result<()> 
     assert_eq!(sale.truth().await?.orders, 0);
     held.release().await?;
     assert_eq!(sale.buy(0, 7).await?.0, StatusCode::CREATED);
+    assert_eq!(
+        sale.buy(0, 7).await?,
+        (StatusCode::CONFLICT, Some("already_purchased".to_owned())),
+        "a second click by the same buyer spends no stock"
+    );
+    assert_eq!(sale.truth().await?.stock, 4);
     Ok(())
 }
 
