@@ -40,6 +40,9 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct Postgres {
     url: String,
     process: Option<Supervised>,
+    /// For a throwaway server: what [`Postgres::stop`] and
+    /// [`Postgres::start`] need to run `pg_ctl` on its data directory.
+    control: Option<PgControl>,
     #[cfg(feature = "docker")]
     _container: Option<docker::Container>,
 }
@@ -59,6 +62,7 @@ impl Postgres {
         Self {
             url: url.into(),
             process: None,
+            control: None,
             #[cfg(feature = "docker")]
             _container: None,
         }
@@ -92,6 +96,7 @@ impl Postgres {
                 return Ok(Self {
                     url,
                     process: None,
+                    control: None,
                     _container: Some(container),
                 });
             }
@@ -136,9 +141,58 @@ rm -rf "$DIR"
         Ok(Self {
             url,
             process: Some(process),
+            control: Some(PgControl { bin, dir, run_as }),
             #[cfg(feature = "docker")]
             _container: None,
         })
+    }
+
+    /// Stops a throwaway server (`pg_ctl stop -m fast`: sessions are cut,
+    /// the data stays), so that a test can watch what a database outage
+    /// does; [`Postgres::start`] brings it back on the same port with the
+    /// same data. Blocking. Fails for a server this value did not start.
+    pub fn stop(&self) -> anyhow::Result<()> {
+        self.pg_ctl(&["-m", "fast", "-w", "-t", "60", "-s", "stop"])
+            .context("cannot stop the throwaway PostgreSQL")
+    }
+
+    /// Starts a throwaway server stopped by [`Postgres::stop`] again, with
+    /// the options it first started with (`pg_ctl restart` reads them back
+    /// from `postmaster.opts`). Blocking; returns once it accepts
+    /// connections.
+    pub fn start(&self) -> anyhow::Result<()> {
+        self.pg_ctl(&["-w", "-t", "60", "-s", "restart"])
+            .context("cannot start the throwaway PostgreSQL again")
+    }
+
+    /// Runs `pg_ctl` on the throwaway server's data directory, as the user
+    /// that owns it.
+    fn pg_ctl(&self, args: &[&str]) -> anyhow::Result<()> {
+        let control = self.control.as_ref().context(
+            "only a throwaway PostgreSQL started by this process can be stopped and started",
+        )?;
+        let mut command = Command::new(control.bin.join("pg_ctl"));
+        command
+            .arg("-D")
+            .arg(control.dir.join("data"))
+            .arg("-l")
+            .arg(control.dir.join("postgres.log"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        if let Some(user) = &control.run_as {
+            command.uid(user.uid.as_raw()).gid(user.gid.as_raw());
+        }
+        let output = command.output().context("cannot run pg_ctl")?;
+        if !output.status.success() {
+            bail!(
+                "pg_ctl {} failed ({}): {}",
+                args.last().copied().unwrap_or_default(),
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+        }
+        Ok(())
     }
 
     /// The server's URL (its `postgres` database).
@@ -176,6 +230,13 @@ rm -rf "$DIR"
         admin.close().await.ok();
         Ok(with_database(&self.url, &name))
     }
+}
+
+/// Where a throwaway PostgreSQL's binaries and data are, and who runs it.
+struct PgControl {
+    bin: PathBuf,
+    dir: PathBuf,
+    run_as: Option<nix::unistd::User>,
 }
 
 /// Replaces the database name in a PostgreSQL URL.
