@@ -12,7 +12,9 @@
 //!
 //! - [`postgres_purchase`]: the purchase transaction (conditional UPDATE and
 //!   INSERT, one transaction) issued straight to PostgreSQL, no HTTP, no
-//!   server: the most a database-backed strategy could do;
+//!   server: the most a database-backed strategy could do (measured with as
+//!   many connections as buyers and with as many as the servers' pools open;
+//!   the better one counts, see `run::measure_ceilings`);
 //! - [`http_noop`]: `GET /livez` on a server, which does no work: the most
 //!   HTTP and the server framework allow;
 //! - [`redis_lua`]: a stock-decrementing Lua script issued straight to Redis.
