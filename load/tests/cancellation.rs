@@ -12,21 +12,6 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use ticket_core::{db, TicketId};
 
-fn correct_strategies() -> Vec<(u8, &'static str)> {
-    load::levels::levels()
-        .into_iter()
-        .filter(|level| matches!(level.number, 2 | 3))
-        .flat_map(|level| {
-            level
-                .strategies
-                .iter()
-                .filter(|s| s.expected.two_servers == ticket_core::Verdict::Correct)
-                .map(|s| (level.number, s.name))
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
-
 async fn cancel(
     client: &reqwest::Client,
     base: &str,
@@ -118,7 +103,7 @@ async fn a_cancel_restocks_once_and_the_buyer_may_buy_again() {
 /// 100 orders, every cancel answered 200, for every correct strategy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancels_racing_a_rush_never_oversell() {
-    for (level, strategy) in correct_strategies() {
+    for (level, strategy) in common::correct_db_strategies() {
         let (servers, database) = servers(&ServerSpec::new(level, strategy), 2).await;
         let targets = urls(&servers);
         let pool = load::rush::open_database(&database).await.unwrap();

@@ -10,23 +10,6 @@ use futures::future::join_all;
 use load::servers::ServerSpec;
 use ticket_core::{db, RunningServer, TicketId};
 
-/// Every strategy meant to be correct on two servers, of the levels that
-/// write orders in PostgreSQL as they sell (Levels 2 and 3).
-fn correct_strategies() -> Vec<(u8, &'static str)> {
-    load::levels::levels()
-        .into_iter()
-        .filter(|level| matches!(level.number, 2 | 3))
-        .flat_map(|level| {
-            level
-                .strategies
-                .iter()
-                .filter(|s| s.expected.two_servers == ticket_core::Verdict::Correct)
-                .map(|s| (level.number, s.name))
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
-
 #[derive(Debug, PartialEq, Eq)]
 struct Answer {
     status: u16,
@@ -87,7 +70,7 @@ async fn reset(database: &str, ticket: i64, stock: i32) -> sqlx::PgPool {
 /// at most one order, and no 5xx, for every correct strategy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identical_concurrent_requests_get_one_answer_and_at_most_one_order() {
-    for (level, strategy) in correct_strategies() {
+    for (level, strategy) in common::correct_db_strategies() {
         let (servers, database) = servers(&ServerSpec::new(level, strategy), 2).await;
         let mut ticket = 100;
         for copies in [2, 3, 10, 50] {

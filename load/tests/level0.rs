@@ -49,17 +49,6 @@ async fn one_user_clicking_twenty_times_gets_one_order() {
     let spec = ServerSpec::new(0, "naive").think_time_ms(level0::RACE_THINK_TIME_MS);
     let (servers, database) = servers(&spec, 2).await;
 
-    let report = rush(&RushPlan {
-        buyers: 20,
-        distinct_users: Some(1),
-        ..plan(&servers, &database)
-    })
-    .await
-    .expect("the rush runs");
-
-    assert_eq!(report.db_orders, 1, "{report:#?}");
-    assert_eq!(report.succeeded, 1);
-    assert_eq!(report.already_purchased, 19);
-    assert_eq!(report.server_errors, 0);
+    common::assert_twenty_clicks_make_one_order(&servers, &database, "naive").await;
     stop(servers).await;
 }

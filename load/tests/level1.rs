@@ -4,7 +4,7 @@
 mod common;
 
 use common::{assert_exactly_sold, plan, servers, stop};
-use load::rush::{rush, RushPlan};
+use load::rush::rush;
 use load::servers::ServerSpec;
 use ticket_core::Verdict;
 
@@ -62,18 +62,7 @@ async fn one_user_clicking_twenty_times_gets_one_order() {
     for strategy in strategies() {
         let (servers, database) = servers(&spec(strategy), 2).await;
 
-        let report = rush(&RushPlan {
-            buyers: 20,
-            distinct_users: Some(1),
-            ..plan(&servers, &database)
-        })
-        .await
-        .expect("the rush runs");
-
-        assert_eq!(report.db_orders, 1, "{strategy}: {report:#?}");
-        assert_eq!(report.succeeded, 1);
-        assert_eq!(report.already_purchased, 19);
-        assert_eq!(report.server_errors, 0);
+        common::assert_twenty_clicks_make_one_order(&servers, &database, strategy).await;
         stop(servers).await;
     }
 }

@@ -62,3 +62,40 @@ pub fn assert_exactly_sold(report: &Report, tickets: i64) {
     assert_eq!(report.server_errors, 0, "5xx other than 503");
     assert_eq!(report.errors, 0, "buyers who got an error");
 }
+
+/// Every strategy meant to be correct on two servers, of the levels that
+/// write orders in PostgreSQL as they sell (Levels 2 and 3).
+pub fn correct_db_strategies() -> Vec<(u8, &'static str)> {
+    load::levels::levels()
+        .into_iter()
+        .filter(|level| matches!(level.number, 2 | 3))
+        .flat_map(|level| {
+            level
+                .strategies
+                .iter()
+                .filter(|s| s.expected.two_servers == ticket_core::Verdict::Correct)
+                .map(|s| (level.number, s.name))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// One person clicking "buy" 20 times at once, dealt over `servers`: asserts
+/// one order, 19 answers of 409 already_purchased, and no 5xx.
+pub async fn assert_twenty_clicks_make_one_order(
+    servers: &[RunningServer],
+    database: &str,
+    what: &str,
+) {
+    let report = load::rush::rush(&RushPlan {
+        buyers: 20,
+        distinct_users: Some(1),
+        ..plan(servers, database)
+    })
+    .await
+    .expect("the rush runs");
+    assert_eq!(report.db_orders, 1, "{what}: {report:#?}");
+    assert_eq!(report.succeeded, 1, "{what}");
+    assert_eq!(report.already_purchased, 19, "{what}");
+    assert_eq!(report.server_errors, 0, "{what}");
+}
