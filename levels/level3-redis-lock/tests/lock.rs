@@ -312,12 +312,12 @@ async fn without_publish_a_waiter_gets_the_lock_after_at_most_the_pttl() {
     guard.release().await.unwrap();
 }
 
-/// The watchdog keeps a 300 ms lease alive for as long as the guard lives,
-/// and stops at release.
+/// The watchdog keeps a 1 s lease alive for as long as the guard lives
+/// (here 2.5 s), and stops at release.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_watchdog_keeps_a_short_lease_alive_until_release() {
     let options = LockOptions {
-        watchdog_lease: Duration::from_millis(300),
+        watchdog_lease: Duration::from_secs(1),
         ..options(Waiting::PubSub)
     };
     let url = redis_url();
@@ -330,7 +330,7 @@ async fn the_watchdog_keeps_a_short_lease_alive_until_release() {
         .unwrap();
     let denied = b
         .lock("kept")
-        .try_lock(Duration::from_millis(1_200), Lease::Watchdog)
+        .try_lock(Duration::from_millis(2_500), Lease::Watchdog)
         .await;
     assert!(
         matches!(denied, Err(LockError::Timeout { .. })),

@@ -252,10 +252,15 @@ async fn a_holder_stalled_past_its_lease_oversells_without_fencing() -> anyhow::
             "off",
         ],
         5,
-        30,
+        40,
     )
     .await?;
-    assert_eq!(verdict, Verdict::Oversold);
+    // Lost updates: more orders than tickets, or (should the rush end first)
+    // a stock that disagrees with the orders.
+    assert!(
+        matches!(verdict, Verdict::Oversold | Verdict::Inconsistent),
+        "{verdict:?}"
+    );
     Ok(())
 }
 

@@ -8,7 +8,6 @@
 --
 -- KEYS[1]  the lock hash
 -- KEYS[2]  the line of waiting processes
--- KEYS[3]  the grant
 -- ARGV[1]  the owner
 -- ARGV[2]  the abandoned attempt's id
 -- ARGV[3]  the channel waiters listen on
@@ -19,15 +18,17 @@
 -- hold that is there now (it found the lock taken, or the same owner has
 -- taken the lock afresh since): then nothing is touched.
 
-local lock, line, grant = KEYS[1], KEYS[2], KEYS[3]
+local lock, line = KEYS[1], KEYS[2]
 local owner, attempt, channel, lease, grant_ms = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 
-if redis.call('HGET', lock, 'attempt') ~= attempt then
+local held = redis.call('HMGET', lock, owner, 'attempt')
+if not held[1] or held[2] ~= attempt then
   return 0
 end
 -- The hold was created by that attempt, and may since have been taken again
 -- by the same owner (reentrancy): give back exactly the one hold it added.
-if redis.call('HINCRBY', lock, owner, -1) > 0 then
+if tonumber(held[1]) > 1 then
+  redis.call('HINCRBY', lock, owner, -1)
   redis.call('PEXPIRE', lock, lease)
   return 1
 end
@@ -35,9 +36,8 @@ end
 redis.call('DEL', lock)
 local next = redis.call('LPOP', line)
 if next then
-  redis.call('SET', grant, next, 'PX', grant_ms)
+  redis.call('HSET', lock, 'grant', next)
+  redis.call('PEXPIRE', lock, grant_ms)
   redis.call('PUBLISH', channel, next)
-else
-  redis.call('PUBLISH', channel, '')
 end
 return 1

@@ -1,21 +1,24 @@
 -- Take the lock, or say how long until it is worth looking again.
 --
--- KEYS[1]  the lock: a hash
---          { <owner> = <reentrancy count>, fence = <token>, attempt = <id> }
+-- KEYS[1]  the lock: a hash. While held:
+--            { <owner> = <reentrancy count>, fence = <token>, attempt = <id> }
+--          While handed to a waiting process (see release.lua):
+--            { grant = <instance id> }, for a short while
 -- KEYS[2]  the lock's fencing counter: a plain integer that never expires
 -- KEYS[3]  the line of waiting processes: a list of instance ids, oldest first
--- KEYS[4]  the grant: the instance id the last release handed the lock to
 -- ARGV[1]  the owner asking: "<instance id>:<task id>" (always contains a ':',
---          so it can never be mistaken for the `fence` or `attempt` field)
+--          so it can never be mistaken for one of the other fields)
 -- ARGV[2]  the lease, in milliseconds
--- ARGV[3]  this attempt's id, kept in the hash's `attempt` field when the
---          attempt creates the hold, so that a caller who gave up waiting for
---          the reply can undo exactly this hold (see abandon.lua)
+-- ARGV[3]  this attempt's id, kept in the `attempt` field when the attempt
+--          creates the hold, so that a caller who gave up waiting for the
+--          reply can undo exactly this hold (see abandon.lua)
 -- ARGV[4]  the caller's instance id (its process)
 -- ARGV[5]  '1' if the caller will wait when refused: its process joins the line
--- ARGV[6]  '1' if the caller's process has more tasks waiting behind it: when
---          this attempt succeeds, the process goes to the back of the line
+-- ARGV[6]  '1' if the caller's process has more tasks waiting behind it: once
+--          served, the process goes to the back of the line
 -- ARGV[7]  how long the line is kept after it last changed, in milliseconds
+-- ARGV[8]  '1' if the caller's process may be in the line (then it leaves it
+--          when served); '0' spares the uncontended path that work
 --
 -- Returns {1, fencing token} when the caller holds the lock now, or
 --         {0, milliseconds} when it does not: the holder's remaining lease, or
@@ -24,26 +27,26 @@
 -- Redis runs a script from start to end with nothing in between, so
 -- "is it free? then it is mine" cannot be split by another client: this is
 -- SET NX PX, plus what a plain string key cannot do (reentrancy, the token,
--- the remaining lease, a fair line), in one round trip.
+-- the remaining lease, a fair line), in one round trip. The free path, the
+-- one taken when nobody competes, is four calls.
 
-local lock, counter, line, grant = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local lock, counter, line = KEYS[1], KEYS[2], KEYS[3]
 local owner, lease, attempt = ARGV[1], ARGV[2], ARGV[3]
-local instance, will_wait, more, keep_line = ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+local instance, will_wait, more, keep_line, queued = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 
--- The next fencing token: one more than the last, but never below the
--- server's clock in microseconds. INCR alone restarts at 1 if Redis loses its
--- data (a restart without persistence), while ticket rows remember the old,
--- higher tokens and would refuse every sale. The clock floor keeps tokens
--- growing across such a restart; the counter keeps them strictly increasing
--- even if the clock stalls. (Lua numbers are doubles: exact up to 2^53, which
--- microseconds since 1970 stay below for another two centuries. string.format
+-- The next fencing token: one more than the last. If the counter is gone
+-- (Redis lost its data: a restart without persistence), INCR would start
+-- again at 1 while ticket rows remember higher tokens and would refuse every
+-- sale; so a new counter starts from the server's clock in microseconds,
+-- which is above every earlier token as long as fewer than a million holds
+-- are taken per second. (Lua numbers are doubles: exact up to 2^53, which
+-- microseconds since 1970 stay below for two more centuries. string.format
 -- keeps Redis from turning a big number into "1.7e+15".)
 local function next_token()
   local token = redis.call('INCR', counter)
-  local now = redis.call('TIME')
-  local floor = tonumber(now[1]) * 1000000 + tonumber(now[2])
-  if token < floor then
-    token = floor
+  if token == 1 then
+    local now = redis.call('TIME')
+    token = tonumber(now[1]) * 1000000 + tonumber(now[2])
     redis.call('SET', counter, string.format('%d', token))
   end
   return token
@@ -57,45 +60,46 @@ local function join_line()
   redis.call('PEXPIRE', line, keep_line)
 end
 
--- Already the caller's: count one more hold and renew the lease. The token
--- stays the same: it names the whole hold, not each nested acquisition, so an
--- outer write is never refused because of an inner one.
-if redis.call('HEXISTS', lock, owner) == 1 then
-  redis.call('HINCRBY', lock, owner, 1)
-  redis.call('PEXPIRE', lock, lease)
-  return {1, tonumber(redis.call('HGET', lock, 'fence'))}
-end
-
-if redis.call('EXISTS', lock) == 0 then
-  -- Free, but the last release may have handed it to a process that waited
-  -- longer. Until that process claims it (or its grant runs out), it is not
-  -- ours to take: no barging past the line.
-  local granted = redis.call('GET', grant)
-  if granted and granted ~= instance then
-    if will_wait == '1' then
-      join_line()
-    end
-    return {0, redis.call('PTTL', grant)}
-  end
-
-  -- Ours: a reentrancy count of 1, a fresh token, a lease.
+-- The caller takes the free lock: a count of 1, a fresh token, a lease.
+local function take()
   local token = next_token()
   redis.call('HSET', lock, owner, 1, 'fence', string.format('%d', token), 'attempt', attempt)
   redis.call('PEXPIRE', lock, lease)
-  if granted then
-    redis.call('DEL', grant)
-  end
   -- Served: leave the line, and rejoin at the back if more of our process's
   -- tasks are waiting, so that processes take turns.
-  redis.call('LREM', line, 0, instance)
+  if queued == '1' then
+    redis.call('LREM', line, 0, instance)
+  end
   if more == '1' then
     join_line()
   end
   return {1, token}
 end
 
--- Someone else's: tell the caller how long the holder's lease has left, which
--- is the longest a waiter ever needs to sleep before looking again.
+if redis.call('EXISTS', lock) == 0 then
+  return take()
+end
+
+local held = redis.call('HMGET', lock, owner, 'fence', 'grant')
+
+-- Already the caller's: count one more hold and renew the lease. The token
+-- stays the same: it names the whole hold, not each nested acquisition, so an
+-- outer write is never refused because of an inner one.
+if held[1] then
+  redis.call('HINCRBY', lock, owner, 1)
+  redis.call('PEXPIRE', lock, lease)
+  return {1, tonumber(held[2])}
+end
+
+-- Handed to the caller's process by the last release: claim it.
+if held[3] == instance then
+  redis.call('DEL', lock)
+  return take()
+end
+
+-- Someone else's, or handed to another process: not ours to take, no
+-- barging past the line. Say how long that lasts at most, which is the
+-- longest a waiter ever needs to sleep before looking again.
 if will_wait == '1' then
   join_line()
 end

@@ -26,11 +26,9 @@
 //!
 //! | key | type | lifetime |
 //! | --- | --- | --- |
-//! | `ticket-rush:lock:{ticket:1}` | hash `{<owner>: count, fence: token, attempt: id}` | the lease |
+//! | `ticket-rush:lock:{ticket:1}` | hash `{<owner>: count, fence: token, attempt: id}`; while handed to a waiting process, `{grant: instance}` | the lease; a grant: 100 ms, or until claimed |
 //! | `ticket-rush:lock:{ticket:1}:fence` | integer, the last fencing token | forever: tokens must never go back |
 //! | `ticket-rush:lock:{ticket:1}:line` | list of waiting processes' instance ids | a minute after its last change |
-//! | `ticket-rush:lock:{ticket:1}:grant` | the instance a release handed the lock to | 100 ms, or until claimed |
-//! | `ticket-rush:lock:{ticket:1}:receipt:<id>` | the answer one release gave | a few seconds |
 //! | channel `ticket-rush:lock:{ticket:1}:released` | pub/sub: the instance the lock went to, or "" for anyone | |
 //!
 //! The braces are a Redis Cluster *hash tag*: every key of one lock lands on
@@ -298,7 +296,6 @@ impl LockClient {
             keys: Arc::new(Keys {
                 counter: format!("{base}:fence"),
                 line: format!("{base}:line"),
-                grant: format!("{base}:grant"),
                 channel: format!("{base}:released"),
                 lock: base,
             }),
@@ -396,14 +393,13 @@ pub struct RedisLock {
 
 /// The Redis names of one lock (see the table at the top of this file).
 pub(super) struct Keys {
-    /// The hash: `{owner: count, fence: token, attempt: id}`.
+    /// The hash: `{owner: count, fence: token, attempt: id}`, or `{grant:
+    /// instance}` while a release has handed the lock to a waiting process.
     pub(super) lock: String,
     /// The fencing counter.
     pub(super) counter: String,
     /// The line of waiting processes (instance ids, oldest first).
     pub(super) line: String,
-    /// The instance a release handed the lock to, for [`GRANT_TIME`].
-    pub(super) grant: String,
     /// The pub/sub channel releases are announced on.
     pub(super) channel: String,
 }
@@ -568,14 +564,14 @@ impl RedisLock {
                     .key(&self.keys.lock)
                     .key(&self.keys.counter)
                     .key(&self.keys.line)
-                    .key(&self.keys.grant)
                     .arg(owner)
                     .arg(millis(lease))
                     .arg(id)
                     .arg(&self.client.inner.instance)
                     .arg(flag(line.will_wait))
                     .arg(flag(line.more_waiting))
-                    .arg(millis(LINE_KEEP)),
+                    .arg(millis(LINE_KEEP))
+                    .arg(flag(line.queued)),
             )
             .await?;
         Ok(if acquired == 1 {
@@ -587,65 +583,78 @@ impl RedisLock {
 
     /// Runs `release.lua` for `owner`. `Ok(None)` means "not yours".
     ///
-    /// The release is retried (up to three sends) when Redis did not answer:
-    /// the reply may have been lost *after* Redis released, so every send
-    /// carries the same receipt id, and a repeat gets the first answer back
-    /// instead of taking a second hold away from a reentrant owner.
-    ///
     /// With a `token`, only the hold with that fencing token is released (a
     /// guard's own); without, any hold of `owner` ([`RedisLock::unlock`]).
+    ///
+    /// The release is sent again (up to three sends) when Redis did not
+    /// answer: the reply may have been lost *after* Redis released. Every
+    /// send carries the same release id, and a repeat is marked as one, so it
+    /// neither takes a second hold away from a reentrant owner (the script
+    /// remembers the id) nor reports "not yours" for a lock the first send
+    /// already freed.
     async fn release_as(
         &self,
         owner: &str,
         token: Option<u64>,
     ) -> Result<Option<Released>, LockError> {
-        let receipt = format!("{}:receipt:{:016x}", self.keys.lock, rand::random::<u64>());
-        self.release_with_receipt(owner, token, &receipt).await
-    }
-
-    async fn release_with_receipt(
-        &self,
-        owner: &str,
-        token: Option<u64>,
-        receipt: &str,
-    ) -> Result<Option<Released>, LockError> {
-        let token = token.map(|token| token.to_string()).unwrap_or_default();
-        let lease = millis(self.client.inner.options.watchdog_lease);
-        let keep = millis(RECEIPT_KEEP);
+        let id = format!("{:016x}", rand::random::<u64>());
         let mut pause = Duration::from_millis(20);
         let mut sends = 0;
         loop {
             sends += 1;
-            let answer: Result<i64, LockError> = self
-                .client
-                .invoke(
-                    self.client
-                        .inner
-                        .scripts
-                        .release
-                        .key(&self.keys.lock)
-                        .key(receipt)
-                        .key(&self.keys.line)
-                        .key(&self.keys.grant)
-                        .arg(owner)
-                        .arg(&self.keys.channel)
-                        .arg(lease)
-                        .arg(keep)
-                        .arg(&token)
-                        .arg(millis(GRANT_TIME)),
-                )
-                .await;
-            match answer {
-                Ok(1) => return Ok(Some(Released::Free)),
-                Ok(0) => return Ok(Some(Released::StillHeld)),
-                Ok(_) => return Ok(None),
+            match self.send_release(owner, token, &id, sends > 1).await {
                 Err(LockError::Unavailable(_)) if sends < 3 => {
                     tokio::time::sleep(pause).await;
                     pause *= 4;
                 }
-                Err(err) => return Err(err),
+                answer => return answer,
             }
         }
+    }
+
+    /// One send of `release.lua`.
+    async fn send_release(
+        &self,
+        owner: &str,
+        token: Option<u64>,
+        id: &str,
+        repeated: bool,
+    ) -> Result<Option<Released>, LockError> {
+        let token = token.map(|token| token.to_string()).unwrap_or_default();
+        let inner = &self.client.inner;
+        // Our own waiters for this lock queue behind everyone else's.
+        let requeue = if inner.wakeups.has_waiters(&self.keys.channel) {
+            inner.instance.as_str()
+        } else {
+            ""
+        };
+        let answer: i64 = self
+            .client
+            .invoke(
+                inner
+                    .scripts
+                    .release
+                    .key(&self.keys.lock)
+                    .key(&self.keys.line)
+                    .arg(owner)
+                    .arg(&token)
+                    .arg(id)
+                    .arg(if repeated { "1" } else { "0" })
+                    .arg(millis(inner.options.watchdog_lease))
+                    .arg(&self.keys.channel)
+                    .arg(millis(GRANT_TIME))
+                    .arg(requeue),
+            )
+            .await?;
+        Ok(match answer {
+            1 => Some(Released::Free),
+            0 => Some(Released::StillHeld),
+            // A repeat that finds the hold gone: the first send freed it (or
+            // the lease ended first; either way, nothing of anyone else's was
+            // touched).
+            _ if repeated => Some(Released::Free),
+            _ => None,
+        })
     }
 
     /// One run of `renew.lua`: `Ok(false)` when the hold is gone.
@@ -695,7 +704,6 @@ impl Drop for AbandonOnDrop<'_> {
                         .abandon
                         .key(&lock.keys.lock)
                         .key(&lock.keys.line)
-                        .key(&lock.keys.grant)
                         .arg(&owner)
                         .arg(&attempt)
                         .arg(&lock.keys.channel)
@@ -718,6 +726,8 @@ struct Line {
     /// More tasks of the caller's process wait behind it: once served, the
     /// process goes to the back of the line again.
     more_waiting: bool,
+    /// The caller's process may be in the line: once served, it leaves it.
+    queued: bool,
 }
 
 /// How long the process a release hands the lock to has to claim it before
@@ -729,10 +739,6 @@ const GRANT_TIME: Duration = Duration::from_millis(100);
 /// enough for any wait, short enough that a line left by crashed processes
 /// goes away by itself.
 const LINE_KEEP: Duration = Duration::from_secs(60);
-
-/// How long a release's answer is remembered for retries of the same
-/// release: far longer than any retry takes, short enough not to pile up.
-const RECEIPT_KEEP: Duration = Duration::from_secs(5);
 
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis())
@@ -906,11 +912,12 @@ impl Drop for LockGuard {
 mod tests {
     use super::*;
 
-    /// A release whose reply was lost and that is sent again with the same
-    /// receipt gets the first answer back: it does not take a second hold
-    /// away from a reentrant owner.
+    /// A release whose reply was lost and that is sent again (same id,
+    /// marked as a repeat) gets the first answer back: it does not take a
+    /// second hold away from a reentrant owner, and a repeat of the final
+    /// release does not report "not yours".
     #[tokio::test]
-    async fn a_retried_release_is_answered_from_its_receipt() {
+    async fn a_repeated_release_is_harmless() {
         let redis = ticket_core::services::Redis::shared().expect("a Redis for the tests");
         let options = LockOptions {
             key_prefix: format!("unit-{:016x}", rand::random::<u64>()),
@@ -929,33 +936,24 @@ mod tests {
         let owner = outer.owner().to_owned();
         let token = Some(outer.fencing_token());
 
-        let first = lock
-            .release_with_receipt(&owner, token, "r1")
-            .await
-            .unwrap();
-        let retried = lock
-            .release_with_receipt(&owner, token, "r1")
-            .await
-            .unwrap();
+        let first = lock.send_release(&owner, token, "r1", false).await.unwrap();
+        let repeat = lock.send_release(&owner, token, "r1", true).await.unwrap();
         assert_eq!(first, Some(Released::StillHeld));
-        assert_eq!(
-            retried,
-            Some(Released::StillHeld),
-            "the retry is answered from the receipt"
-        );
+        assert_eq!(repeat, Some(Released::StillHeld));
         assert!(lock.is_locked().await.unwrap(), "one hold is left");
 
-        let last = lock
-            .release_with_receipt(&owner, token, "r2")
-            .await
-            .unwrap();
+        let last = lock.send_release(&owner, token, "r2", false).await.unwrap();
         assert_eq!(last, Some(Released::Free));
+        assert!(!lock.is_locked().await.unwrap());
         assert_eq!(
-            lock.release_with_receipt(&owner, token, "r2")
-                .await
-                .unwrap(),
+            lock.send_release(&owner, token, "r2", true).await.unwrap(),
             Some(Released::Free),
-            "a retry of the final release neither fails nor deletes anything else"
+            "a repeat of the final release reports it released and deletes nothing"
+        );
+        assert_eq!(
+            lock.send_release(&owner, token, "r3", false).await.unwrap(),
+            None,
+            "a first send for a hold that is gone is refused"
         );
         std::mem::forget((outer, inner)); // both holds were given back above
     }

@@ -7,29 +7,24 @@
 --
 -- KEYS[1]  the lock hash
 -- KEYS[2]  the line of waiting processes
--- KEYS[3]  the grant
 -- ARGV[1]  this process's instance id
 -- ARGV[2]  the channel waiters listen on
 -- ARGV[3]  how long the next process has to claim the lock, in milliseconds
 --
 -- Returns 1 when the grant was passed on, 0 when it was not ours (any more).
 
-local lock, line, grant = KEYS[1], KEYS[2], KEYS[3]
+local lock, line = KEYS[1], KEYS[2]
 local instance, channel, grant_ms = ARGV[1], ARGV[2], ARGV[3]
 
 redis.call('LREM', line, 0, instance)
-if redis.call('GET', grant) ~= instance then
+if redis.call('HGET', lock, 'grant') ~= instance then
   return 0
 end
-redis.call('DEL', grant)
-if redis.call('EXISTS', lock) == 1 then
-  return 0
-end
+redis.call('DEL', lock)
 local next = redis.call('LPOP', line)
 if next then
-  redis.call('SET', grant, next, 'PX', grant_ms)
+  redis.call('HSET', lock, 'grant', next)
+  redis.call('PEXPIRE', lock, grant_ms)
   redis.call('PUBLISH', channel, next)
-else
-  redis.call('PUBLISH', channel, '')
 end
 return 1

@@ -86,10 +86,14 @@ pub(super) async fn acquire(
         let line = Line {
             will_wait: deadline > sent,
             more_waiting: false,
+            queued: wakeups.may_be_in_line(channel),
         };
         match lock.attempt(owner, lease, line).await? {
-            Attempt::Acquired(token) => return Ok((token, sent)),
-            Attempt::Held(pttl) => wakeups.note_expiry(&lock.keys, pttl),
+            Attempt::Acquired(token) => {
+                wakeups.note_served(channel, line);
+                return Ok((token, sent));
+            }
+            Attempt::Held(pttl) => wakeups.note_refused(&lock.keys, pttl, line),
         }
     }
 
@@ -108,13 +112,15 @@ pub(super) async fn acquire(
             let line = Line {
                 will_wait: true,
                 more_waiting: behind > 0,
+                queued: true,
             };
             match lock.attempt(owner, lease, line).await? {
                 Attempt::Acquired(token) => {
+                    wakeups.note_served(channel, line);
                     waiter.leave_with_lock(sent + lease);
                     return Ok((token, sent));
                 }
-                Attempt::Held(pttl) => wakeups.note_expiry(&lock.keys, pttl),
+                Attempt::Held(pttl) => wakeups.note_refused(&lock.keys, pttl, line),
             }
         }
         try_now = false;
@@ -169,6 +175,8 @@ struct Channel {
     expiry: Option<Instant>,
     /// A release named this process and no task here has used the grant yet.
     granted: bool,
+    /// This process may be in Redis's line of waiting processes.
+    in_line: bool,
     /// Whether the subscriber is SUBSCRIBEd to this channel. Behind an async
     /// mutex because it is held across the SUBSCRIBE/UNSUBSCRIBE round trip:
     /// that orders a new waiter's SUBSCRIBE after a lingering UNSUBSCRIBE.
@@ -185,6 +193,7 @@ impl Channel {
             holders: HashMap::new(),
             expiry: None,
             granted: false,
+            in_line: false,
             subscribed: Arc::new(tokio::sync::Mutex::new(false)),
             unsubscribe_scheduled: false,
         }
@@ -300,13 +309,39 @@ impl WakeUps {
             .is_none_or(|channel| channel.line.is_empty() || channel.holders.contains_key(owner))
     }
 
-    /// Remembers when the holder's lease (or a grant) should end, from a
-    /// failed try's answer.
-    fn note_expiry(&self, keys: &Keys, pttl: Option<Duration>) {
+    /// After a refused try: when the holder's lease (or a grant) should
+    /// end, and whether the try put this process in the line.
+    fn note_refused(&self, keys: &Arc<Keys>, pttl: Option<Duration>, line: Line) {
         let expiry = Instant::now() + pttl.unwrap_or(NO_EXPIRY_RECHECK);
-        if let Some(channel) = lock_registry(&self.registry).get_mut(&keys.channel) {
-            channel.expiry = Some(expiry);
+        let mut registry = lock_registry(&self.registry);
+        let channel = registry
+            .entry(keys.channel.clone())
+            .or_insert_with(|| Channel::new(keys.clone()));
+        channel.expiry = Some(expiry);
+        channel.in_line |= line.will_wait;
+    }
+
+    /// After a successful try: the process left the line, or went to its back.
+    fn note_served(&self, channel: &str, line: Line) {
+        if let Some(channel) = lock_registry(&self.registry).get_mut(channel) {
+            channel.in_line = line.more_waiting || (channel.in_line && !line.queued);
+            channel.granted = false;
         }
+    }
+
+    /// Whether this process may be in Redis's line for the lock: then a
+    /// successful try must take it out.
+    fn may_be_in_line(&self, channel: &str) -> bool {
+        lock_registry(&self.registry)
+            .get(channel)
+            .is_some_and(|channel| channel.in_line || channel.granted || !channel.line.is_empty())
+    }
+
+    /// Whether tasks of this process wait for the lock.
+    pub(super) fn has_waiters(&self, channel: &str) -> bool {
+        lock_registry(&self.registry)
+            .get(channel)
+            .is_some_and(|channel| !channel.line.is_empty())
     }
 
     fn expiry(&self, channel: &str) -> Option<Instant> {
@@ -421,6 +456,9 @@ impl WakeUps {
                 return;
             }
             if *subscribed {
+                if let Some(channel) = lock_registry(&registry).get_mut(&name) {
+                    channel.in_line = false;
+                }
                 // Deaf from now on, so out of the line of processes too: a
                 // grant we cannot hear would only make the others wait. (If
                 // Redis is down these fail; the line's expiry cleans up, and
@@ -610,10 +648,12 @@ async fn do_chores(
                 wake_every_head(&registry);
             }
             Chore::PassOn(keys) => {
+                if let Some(channel) = lock_registry(&registry).get_mut(&keys.channel) {
+                    channel.in_line = false;
+                }
                 let passed: redis::RedisResult<i64> = pass
                     .key(&keys.lock)
                     .key(&keys.line)
-                    .key(&keys.grant)
                     .arg(&instance)
                     .arg(&keys.channel)
                     .arg(super::millis(GRANT_TIME))

@@ -2,62 +2,65 @@
 -- process in line and tell the waiters.
 --
 -- KEYS[1]  the lock hash
--- KEYS[2]  this release's receipt: remembers the answer for a few seconds, so
---          that sending the same release again (its reply was lost, the client
---          retried) returns the same answer instead of releasing twice
--- KEYS[3]  the line of waiting processes
--- KEYS[4]  the grant
+-- KEYS[2]  the line of waiting processes
 -- ARGV[1]  the owner releasing
--- ARGV[2]  the channel waiters listen on
--- ARGV[3]  the lease to re-arm when holds remain, in milliseconds
--- ARGV[4]  how long to keep the receipt, in milliseconds
--- ARGV[5]  the fencing token of the hold being released, or '' for "any hold
+-- ARGV[2]  the fencing token of the hold being released, or '' for "any hold
 --          of this owner". A guard passes its token: if its hold already
 --          ended and the same owner has taken the lock afresh since (a new
 --          token), a late release from the old guard must not end the new hold
--- ARGV[6]  how long the next process has to claim the lock, in milliseconds
+-- ARGV[3]  this release's id: the same for every send of one release
+-- ARGV[4]  '1' when this is a repeat send (the first one's reply was lost)
+-- ARGV[5]  the lease to re-arm when holds remain, in milliseconds
+-- ARGV[6]  the channel waiters listen on
+-- ARGV[7]  how long the next process has to claim the lock, in milliseconds
+-- ARGV[8]  the releasing process's instance id if it has tasks waiting for
+--          this lock too (they go to the back of the line), else ''
 --
--- Returns  1  released: the key is gone and a message was published
+-- Returns  1  released: the lock is free, or handed to the next in line
 --          0  still held: this owner took it more than once (reentrancy)
---         -1  not held by this owner: nothing was changed
+--         -1  not held by this owner (with this token): nothing was changed
 
-local lock, receipt, line, grant = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local owner, channel, lease, keep, token, grant_ms = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
-
--- A retry of a release that already happened: answer as the first time did.
-local earlier = redis.call('GET', receipt)
-if earlier then
-  return tonumber(earlier)
-end
+local lock, line = KEYS[1], KEYS[2]
+local owner, token, id, repeated = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local lease, channel, grant_ms, requeue = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 
 -- Never delete a lock that is not ours: after our lease ran out, the key may
--- belong to the next buyer. Refuse, and let the caller say so.
-if redis.call('HEXISTS', lock, owner) == 0 then
-  return -1
-end
-if token ~= '' and redis.call('HGET', lock, 'fence') ~= token then
+-- belong to the next buyer. Refuse, and let the caller say so. (A repeat of
+-- a final release that did run lands here too: the client knows it repeated
+-- itself and reads this as "released".)
+local held = redis.call('HMGET', lock, owner, 'fence')
+local count = tonumber(held[1])
+if not count or (token ~= '' and held[2] ~= token) then
   return -1
 end
 
-local result
-if redis.call('HINCRBY', lock, owner, -1) > 0 then
-  -- An outer hold remains: keep the lock, give it a full lease again.
-  redis.call('PEXPIRE', lock, lease)
-  result = 0
-else
-  -- The last hold: the lock is free. Hand it to the process that has waited
-  -- longest, for a short while, and say so on the channel: that process
-  -- wakes one of its waiters, the others know to keep sleeping. With nobody
-  -- in line, the message is empty: anyone may take it.
-  redis.call('DEL', lock)
-  local next = redis.call('LPOP', line)
-  if next then
-    redis.call('SET', grant, next, 'PX', grant_ms)
-    redis.call('PUBLISH', channel, next)
-  else
-    redis.call('PUBLISH', channel, '')
-  end
-  result = 1
+-- A repeat of a release that already took its hold away (and left holds
+-- behind): answer as the first send did.
+local done = 'released:' .. id
+if repeated == '1' and redis.call('HEXISTS', lock, done) == 1 then
+  return 0
 end
-redis.call('SET', receipt, result, 'PX', keep)
-return result
+
+-- An outer hold remains: take one hold away, remember that this release
+-- did (so that a repeat does not take a second one), renew the lease.
+if count > 1 then
+  redis.call('HSET', lock, owner, count - 1, done, 1)
+  redis.call('PEXPIRE', lock, lease)
+  return 0
+end
+
+-- The last hold: the lock is free. Hand it to the process that has waited
+-- longest (our own waiters queue behind everyone else), for a short while,
+-- and name it on the channel: that process wakes one of its waiters, the
+-- others know to keep sleeping.
+redis.call('DEL', lock)
+if requeue ~= '' and not redis.call('LPOS', line, requeue) then
+  redis.call('RPUSH', line, requeue)
+end
+local next = redis.call('LPOP', line)
+if next then
+  redis.call('HSET', lock, 'grant', next)
+  redis.call('PEXPIRE', lock, grant_ms)
+  redis.call('PUBLISH', channel, next)
+end
+return 1

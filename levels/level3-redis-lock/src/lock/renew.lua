@@ -10,8 +10,8 @@
 -- Returns 1 when renewed, 0 when the hold is over (the lease already ran out,
 -- and the key is gone or someone else's): the guard is lost.
 
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1
-    and redis.call('HGET', KEYS[1], 'fence') == ARGV[3] then
+local held = redis.call('HMGET', KEYS[1], ARGV[1], 'fence')
+if held[1] and held[2] == ARGV[3] then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   return 1
 end
