@@ -159,6 +159,14 @@ pub fn levels() -> Vec<LevelInfo> {
             |args| Box::pin(async move { level2::Cli::try_parse_from(args)?.start().await }),
         ),
         LevelInfo::new(
+            3,
+            "level3",
+            level3::STRATEGIES,
+            level3::RACE_THINK_TIME_MS,
+            true,
+            |args| Box::pin(async move { level3::Cli::try_parse_from(args)?.start().await }),
+        ),
+        LevelInfo::new(
             4,
             "level4",
             level4::STRATEGIES,

@@ -14,7 +14,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use ticket_core::strategy::StrategyContext;
-use ticket_core::{Order, PurchaseError, SellTickets, TicketId, UserId};
+use ticket_core::{
+    CancelError, Cancellation, Order, OrderId, PurchaseError, SellTickets, TicketId, UserId,
+};
 
 use crate::lock::Waiting;
 use crate::sale::LockedSale;
@@ -47,5 +49,14 @@ impl SellTickets for PubSub {
 
     async fn check_health(&self) -> anyhow::Result<()> {
         self.sale.check_health().await
+    }
+
+    async fn cancel(
+        &self,
+        ticket: TicketId,
+        order: OrderId,
+        user: UserId,
+    ) -> Option<Result<Cancellation, CancelError>> {
+        Some(self.sale.cancel(ticket, order, user).await)
     }
 }

@@ -28,7 +28,7 @@ use anyhow::Context as _;
 use sqlx::PgConnection;
 use ticket_core::services::Redis;
 use ticket_core::strategy::StrategyContext;
-use ticket_core::{db, Order, PurchaseError, TicketId, UserId};
+use ticket_core::{db, CancelError, Cancellation, Order, OrderId, PurchaseError, TicketId, UserId};
 
 use crate::lock::{Lease, LockClient, LockError, LockGuard, LockOptions, Waiting};
 use crate::{Fencing, Level3Config};
@@ -141,6 +141,42 @@ impl LockedSale {
                 Err(err)
             }
         }
+    }
+
+    /// Cancels an order under the ticket's lock.
+    ///
+    /// Sales write an absolute stock (`what I read - 1`) under this lock, so
+    /// a restock that slipped in between a sale's read and its write would be
+    /// overwritten: cancellations queue on the same lock. They also move the
+    /// fence to their own token before restocking, so that a stale holder
+    /// whose lease ran out (and who read the stock before this cancel) finds
+    /// the row changed and is refused, as it would be by a newer sale.
+    pub async fn cancel(
+        &self,
+        ticket: TicketId,
+        order: OrderId,
+        user: UserId,
+    ) -> Result<Cancellation, CancelError> {
+        let guard = self
+            .locks
+            .lock(&format!("ticket:{ticket}"))
+            .try_lock(self.wait, self.lease)
+            .await
+            .map_err(|err| CancelError::Purchase(self.lock_failed(err)))?;
+        let cancelled = async {
+            if self.fencing == Fencing::On {
+                sqlx::query("UPDATE tickets SET fence = $2 WHERE id = $1 AND fence <= $2")
+                    .bind(ticket.get())
+                    .bind(fencing_token(&guard))
+                    .execute(&self.ctx.pool)
+                    .await
+                    .map_err(PurchaseError::from)?;
+            }
+            db::cancel_order(&self.ctx.pool, ticket, order, user).await
+        }
+        .await;
+        self.release(guard).await;
+        cancelled
     }
 
     /// BEGIN and read-check-write, under the lock. Returns the transaction
