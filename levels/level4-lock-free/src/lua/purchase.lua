@@ -9,7 +9,7 @@
 -- KEYS[1]  sale hash      {epoch, total, stock}
 -- KEYS[2]  buyers hash    user id -> order id
 -- KEYS[3]  orders stream  what the persistence worker writes to PostgreSQL
--- KEYS[4]  order id counter
+-- KEYS[4]  the last order id handed out
 -- ARGV[1]  ticket id
 -- ARGV[2]  user id
 --
@@ -22,7 +22,8 @@
 -- Ids travel as strings: Lua's numbers are doubles, and a double printed by
 -- Redis may come out as 1.7e+15. string.format('%d') keeps every digit.
 
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
+local sale = redis.call('HMGET', KEYS[1], 'epoch', 'stock')
+local epoch = sale[1]
 if not epoch then
   return {'not_loaded', '0'}
 end
@@ -34,22 +35,24 @@ if held then
   return {'already_purchased', held}
 end
 
-local stock = tonumber(redis.call('HGET', KEYS[1], 'stock'))
-if stock <= 0 then
+if tonumber(sale[2]) <= 0 then
   return {'sold_out', '0'}
 end
 
--- The order id: a counter that never goes below the clock in microseconds.
--- If Redis ever forgets its last second of writes (appendfsync everysec and
--- a machine crash), the counter would hand out ids it already gave; the
--- clock has moved on by then, so the new ids are still new. The ids are far
--- above anything PostgreSQL's BIGSERIAL hands the other levels (10^15 rows
--- away), so the two never collide in ticket_orders.
+-- The order id: the clock in microseconds, or one more than the last id
+-- when the clock has not moved past it (two sales in one microsecond, or a
+-- clock set back). If Redis ever forgets its last second of writes
+-- (appendfsync everysec and a machine crash), the last id goes back with
+-- it; the clock has moved on by then, so the new ids are still new. They
+-- are far above anything PostgreSQL's BIGSERIAL hands the other levels
+-- (10^15 rows away), so the two never collide in ticket_orders.
+-- SET ... GET writes the clock and returns the previous id in one call.
 local now = redis.call('TIME')
 local now_us = tonumber(now[1]) * 1000000 + tonumber(now[2])
-local id = redis.call('INCR', KEYS[4])
-if id < now_us then
-  id = now_us
+local id = now_us
+local previous = tonumber(redis.call('SET', KEYS[4], string.format('%d', now_us), 'GET') or '0')
+if previous >= now_us then
+  id = previous + 1
   redis.call('SET', KEYS[4], string.format('%d', id))
 end
 local order = string.format('%d', id)
