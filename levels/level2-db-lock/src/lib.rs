@@ -12,7 +12,7 @@
 //! | strategy | how | a second buyer of the same ticket... | failure answer |
 //! | --- | --- | --- | --- |
 //! | [`optimistic`] | read `stock, version`; write `WHERE version = $v`; retry on 0 rows | never waits while we think; finds the version changed and retries | retries exhausted: 503 |
-//! | [`pessimistic`] | `SELECT ... FOR UPDATE`, then read-check-write, in one transaction | waits in PostgreSQL's queue, at most `lock_timeout` | lock timeout: 503 |
+//! | [`pessimistic`] | `SELECT ... FOR UPDATE`, then read-check-write, in one transaction | waits in PostgreSQL's queue, at most `--lock-timeout-ms` | lock timeout: 503 |
 //! | [`nowait`] | `SELECT ... FOR UPDATE NOWAIT` | is refused at once | row held: 503 at once |
 //! | [`atomic`] | `UPDATE ... SET stock = stock - 1 WHERE id = $1 AND stock > 0` + the order insert | waits only from our UPDATE to our COMMIT | none (sold out or sold) |
 //! | [`serializable`] | Level 0's naive code under SERIALIZABLE; retry on SQLSTATE 40001 | is rolled back by PostgreSQL and retries | retries exhausted: 503 |
@@ -39,16 +39,16 @@
 //! connections (default 10). A purchase holds one for its whole transaction,
 //! think time included, with every strategy: so the pool also caps how many
 //! buyers per server race at once (see [`optimistic`] for what happens
-//! without that cap).
-//! When 1000 buyers meet two pools of 10, 20 are inside PostgreSQL and 980
-//! wait in line *inside the servers*, for at most `--acquire-timeout-ms`
-//! (then 503, counted as `pool_timeout`). A bigger pool does not sell one
-//! ticket faster: all sales of one ticket pass through one row lock, one at
-//! a time. It only moves the queue from the server into PostgreSQL, where
-//! each waiter is a backend process holding memory, and where `optimistic`
-//! and `serializable` waste more work (more buyers read the same version,
-//! and all but one must retry). Size the pool for the database's cores, not
-//! for the crowd.
+//! without that cap). When 1000 buyers meet two pools of 10, 20 are inside
+//! PostgreSQL and 980 wait in line *inside the servers*, for at most
+//! `--acquire-timeout-ms` (then 503, counted as `pool_timeout`). A bigger
+//! pool does not sell one ticket faster: all sales of one ticket pass
+//! through one row lock, one at a time. It only moves the queue from the
+//! servers into PostgreSQL, where each waiter is a backend process, where
+//! `pessimistic` waiters run into their timeout, and where `optimistic` and
+//! `serializable` waste more work (more buyers read the same version, and
+//! all but one must retry). `docs/02-db-locks.md` measures pools of 2, 10
+//! and 50. Size the pool for the database, not for the crowd.
 //!
 //! **What the servers count** (`GET /metrics`,
 //! `ticket_rush_strategy_events_total{event=...}`; the load tool adds them

@@ -37,10 +37,10 @@
 //!   PostgreSQL's documentation says the limit "applies separately to each
 //!   lock acquisition attempt", and behind a hot row a `FOR UPDATE` makes
 //!   many short attempts: every time a holder commits, the row has a new
-//!   version, and each waiter queues again for that version. We measured it:
-//!   two servers with 50 connections each, `--think-time-ms 20` and a 300 ms
-//!   `lock_timeout` saw single `FOR UPDATE`s wait between 1.6 and 3.3
-//!   seconds, and not one timeout.
+//!   version, and each waiter queues again for that version. We measured it
+//!   (two servers with 50 connections each, `--think-time-ms 20`, a 300 ms
+//!   `lock_timeout` and nothing else): 36 of one server's 500 `FOR UPDATE`s
+//!   waited between 1.6 and 3.3 seconds, and not one timed out.
 //! - `statement_timeout`, set to the same value: cancels any statement of
 //!   this transaction that runs longer (SQLSTATE 57014), so it bounds the
 //!   *whole* wait of the `FOR UPDATE`. The other statements take
