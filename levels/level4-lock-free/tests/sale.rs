@@ -1,0 +1,144 @@
+//! The pieces of a Level 4 sale on their own, against real Redis and
+//! PostgreSQL: the once-per-sale load under a crowd of loaders, the purchase
+//! script's order of checks, and its order ids.
+
+use std::time::Duration;
+
+use level4::store::{Decision, RedisConn, SaleStore, RESPONSE_TIMEOUT};
+use ticket_core::services::{Postgres, Redis};
+use ticket_core::{db, TicketId, UserId};
+
+/// Two stores (two servers) on a fresh database and the shared Redis, with
+/// ticket 1 put on sale with `stock` units.
+async fn two_stores(stock: i32) -> (SaleStore, SaleStore) {
+    let database = Postgres::shared()
+        .expect("PostgreSQL for tests")
+        .fresh_database()
+        .await
+        .expect("a fresh database");
+    let redis = Redis::shared().expect("Redis for tests").url().to_owned();
+    let mut stores = Vec::new();
+    for _ in 0..2 {
+        let pool = db::connect(&database, 10, Duration::from_secs(10))
+            .await
+            .unwrap();
+        db::migrate(&pool).await.unwrap();
+        let conn = RedisConn::new(&redis, RESPONSE_TIMEOUT).unwrap();
+        stores.push(SaleStore::open(pool, conn).await.unwrap());
+    }
+    db::reset_ticket(stores[0].pool(), ticket(), "Test", stock)
+        .await
+        .unwrap();
+    let b = stores.pop().unwrap();
+    (stores.pop().unwrap(), b)
+}
+
+fn ticket() -> TicketId {
+    TicketId::parse(1).unwrap()
+}
+
+fn user(id: i64) -> UserId {
+    UserId::parse(i128::from(id)).unwrap()
+}
+
+/// Forty loaders on two servers at the same instant: one starts the sale
+/// and writes it into Redis; the others find it there. A load after sales
+/// have been made changes nothing: the sales survive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crowd_of_loaders_loads_the_sale_exactly_once() {
+    let (a, b) = two_stores(10).await;
+    let loads = futures::future::join_all((0..40).map(|i| {
+        let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+        async move { store.ensure_loaded(ticket()).await.unwrap() }
+    }))
+    .await;
+    assert_eq!(loads.iter().filter(|l| l.started).count(), 1, "{loads:?}");
+    assert_eq!(
+        loads.iter().filter(|l| l.wrote_redis).count(),
+        1,
+        "{loads:?}"
+    );
+    let epoch = loads[0].epoch;
+    assert!(loads.iter().all(|l| l.epoch == epoch));
+
+    for id in 1..=3 {
+        assert!(matches!(
+            a.decide(ticket(), user(id)).await.unwrap(),
+            Decision::Sold(_)
+        ));
+    }
+    let again = b.ensure_loaded(ticket()).await.unwrap();
+    assert!(!again.started && !again.wrote_redis, "{again:?}");
+    let status = a.status(ticket()).await.unwrap();
+    let sale = status.redis.unwrap();
+    assert_eq!((sale.epoch, sale.stock, sale.buyers), (epoch, 7, 3));
+}
+
+/// The buyer check comes before the stock check: with one unit left, the
+/// same buyer clicking twice at once gets one unit and one
+/// `already_purchased`, and the unit is spent once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_click_never_spends_a_unit() {
+    let (a, b) = two_stores(2).await;
+    a.ensure_loaded(ticket()).await.unwrap();
+    assert!(matches!(
+        a.decide(ticket(), user(1)).await.unwrap(),
+        Decision::Sold(_)
+    ));
+    let clicks = futures::future::join_all((0..10).map(|i| {
+        let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+        async move { store.decide(ticket(), user(2)).await.unwrap() }
+    }))
+    .await;
+    let sold: Vec<i64> = clicks
+        .iter()
+        .filter_map(|d| match d {
+            Decision::Sold(id) => Some(*id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sold.len(), 1, "{clicks:?}");
+    assert!(clicks
+        .iter()
+        .all(|d| matches!(d, Decision::Sold(_)) || *d == Decision::AlreadyPurchased(sold[0])));
+    // Sold out now; the buyers who hold a unit are still told so.
+    assert_eq!(
+        a.decide(ticket(), user(3)).await.unwrap(),
+        Decision::SoldOut
+    );
+    assert!(matches!(
+        b.decide(ticket(), user(1)).await.unwrap(),
+        Decision::AlreadyPurchased(_)
+    ));
+    let sale = a.status(ticket()).await.unwrap().redis.unwrap();
+    assert_eq!((sale.stock, sale.buyers), (0, 2));
+}
+
+/// Order ids are the clock in microseconds or more: they grow, never
+/// repeat, and sit far above any id PostgreSQL's BIGSERIAL hands the other
+/// levels.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn order_ids_grow_and_stay_clear_of_the_bigserial_range() {
+    let (a, b) = two_stores(1_000).await;
+    a.ensure_loaded(ticket()).await.unwrap();
+    let ids = futures::future::join_all((1..=200).map(|i| {
+        let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+        async move {
+            match store.decide(ticket(), user(i)).await.unwrap() {
+                Decision::Sold(id) => id,
+                other => panic!("{other:?}"),
+            }
+        }
+    }))
+    .await;
+    let mut sorted = ids.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(sorted.len(), 200, "no id twice");
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64;
+    assert!(sorted[0] > 1_000_000_000_000_000, "{}", sorted[0]);
+    assert!(sorted[199] <= now_us + 1_000, "ids follow the clock");
+}
