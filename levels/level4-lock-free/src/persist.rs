@@ -900,20 +900,25 @@ impl Worker {
             }
         }
 
-        let inserted: Vec<(i64, i64)> = sqlx::query_as(
-            "INSERT INTO ticket_orders (id, ticket_id, user_id, created_at, sold_at) \
-             SELECT e.id, e.ticket, e.buyer, clock_timestamp(), \
-                    'epoch'::timestamptz + e.sold_us * interval '1 microsecond' \
-             FROM unnest($1::int8[], $2::int8[], $3::int8[], $4::int8[]) AS e(id, ticket, buyer, sold_us) \
-             ON CONFLICT DO NOTHING \
-             RETURNING id, ticket_id",
-        )
-        .bind(insert.iter().map(|e| e.order_id).collect::<Vec<_>>())
-        .bind(insert.iter().map(|e| e.ticket).collect::<Vec<_>>())
-        .bind(insert.iter().map(|e| e.user).collect::<Vec<_>>())
-        .bind(insert.iter().map(|e| e.sold_us).collect::<Vec<_>>())
-        .fetch_all(&mut *tx)
-        .await?;
+        let inserted: Vec<(i64, i64)> = if insert.is_empty() {
+            Vec::new()
+        } else {
+            sqlx::query_as(
+                "INSERT INTO ticket_orders (id, ticket_id, user_id, created_at, sold_at) \
+                 SELECT e.id, e.ticket, e.buyer, clock_timestamp(), \
+                        'epoch'::timestamptz + e.sold_us * interval '1 microsecond' \
+                 FROM unnest($1::int8[], $2::int8[], $3::int8[], $4::int8[]) \
+                      AS e(id, ticket, buyer, sold_us) \
+                 ON CONFLICT DO NOTHING \
+                 RETURNING id, ticket_id",
+            )
+            .bind(insert.iter().map(|e| e.order_id).collect::<Vec<_>>())
+            .bind(insert.iter().map(|e| e.ticket).collect::<Vec<_>>())
+            .bind(insert.iter().map(|e| e.user).collect::<Vec<_>>())
+            .bind(insert.iter().map(|e| e.sold_us).collect::<Vec<_>>())
+            .fetch_all(&mut *tx)
+            .await?
+        };
         let inserted_ids: BTreeSet<i64> = inserted.iter().map(|&(id, _)| id).collect();
 
         // Not inserted: either this very order is already there (delivered
@@ -1003,6 +1008,12 @@ impl Worker {
         outcome: Outcome,
         shutdown: &mut watch::Receiver<bool>,
     ) -> redis::RedisResult<()> {
+        if outcome.persisted.is_empty()
+            && outcome.redelivered.is_empty()
+            && outcome.refused.is_empty()
+        {
+            return Ok(());
+        }
         let orders = self.store.keys().orders();
         let dead_letters = self.store.keys().dead_letters();
         let mut backoff = Backoff::new(self.options.backoff_base, self.options.backoff_max);
