@@ -362,6 +362,7 @@ pub async fn rush(plan: &RushPlan) -> anyhow::Result<Report> {
         ProgressBar::hidden()
     };
 
+    let release = Arc::new(std::sync::OnceLock::<Instant>::new());
     let mut tasks = tokio::task::JoinSet::new();
     for (index, user_id) in user_ids.iter().copied().enumerate() {
         let target = plan.targets[index % plan.targets.len()].clone();
@@ -375,10 +376,13 @@ pub async fn rush(plan: &RushPlan) -> anyhow::Result<Report> {
         let barrier = barrier.clone();
         let tally = tally.clone();
         let progress = progress.clone();
+        let release = release.clone();
         tasks.spawn(async move {
             let client = buyer.connect().await;
             barrier.wait().await;
-            let started = Instant::now();
+            // One start instant for everyone: the first task through the
+            // barrier takes it, so latencies and elapsed share a clock.
+            let started = *release.get_or_init(Instant::now);
             let outcome = match client {
                 Ok(client) => buyer.buy(&client, &tally).await,
                 Err(_) => Final::Error,
@@ -398,7 +402,7 @@ pub async fn rush(plan: &RushPlan) -> anyhow::Result<Report> {
     }
 
     barrier.wait().await;
-    let started = Instant::now();
+    let started = *release.get_or_init(Instant::now);
     let mut histogram =
         Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds");
     let collect = async {
@@ -420,6 +424,7 @@ pub async fn rush(plan: &RushPlan) -> anyhow::Result<Report> {
             );
         }
     }
+    // On the shared clock, so never shorter than the slowest buyer's wait.
     let elapsed = started.elapsed();
     progress.finish_and_clear();
 
