@@ -29,6 +29,27 @@ async fn cancel(
     (status, response.json().await.unwrap())
 }
 
+/// Cancels like a person does: a 503 busy (the ticket's lock or row was
+/// held too long) is tried again after the server's hint, a bounded number
+/// of times. Returns the final status.
+async fn cancel_until_answered(
+    client: &reqwest::Client,
+    base: &str,
+    ticket: i64,
+    order: i64,
+    user: i64,
+) -> StatusCode {
+    for _ in 0..50 {
+        let (status, body) = cancel(client, base, ticket, order, user).await;
+        if status != StatusCode::SERVICE_UNAVAILABLE {
+            return status;
+        }
+        let pause = body["retry_after_ms"].as_u64().unwrap_or(20);
+        tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+    }
+    StatusCode::SERVICE_UNAVAILABLE
+}
+
 /// Buy, cancel (stock back up by one), cancel again (same answer, no second
 /// restock), another user's cancel (403), an unknown order (404), and the
 /// cancelled buyer buys again.
@@ -100,7 +121,8 @@ async fn a_cancel_restocks_once_and_the_buyer_may_buy_again() {
 
 /// 100 tickets sold; then 50 buyers cancel while 500 new buyers rush, over
 /// two servers: afterwards orders + stock == 100 exactly, never more than
-/// 100 orders, every cancel answered 200, for every correct strategy.
+/// 100 orders, every cancel answered 200 (after retrying a 503 busy, as a
+/// person would), for every correct strategy.
 ///
 /// The cancels and the new buyers are interleaved in time (a cancel every
 /// 3 ms, ten new buyers with each), and every sale holds a 5 ms race window
@@ -135,7 +157,7 @@ async fn cancels_racing_a_rush_never_oversell() {
             let base = targets[i % targets.len()].clone();
             async move {
                 tokio::time::sleep(step * i as u32).await;
-                cancel(&client, &base, 1, order, user).await.0
+                cancel_until_answered(&client, &base, 1, order, user).await
             }
         }));
         let newcomers = join_all((0..500).map(|j| {
