@@ -41,6 +41,12 @@
 //!   ticket that no longer exists, and entries whose holders kept dying
 //!   (delivered more than `--persist-max-deliveries` times) go there too.
 //!
+//! - **Peak shaving, if asked.** `--persist-max-rate` caps how many orders
+//!   per second a worker writes. The original projects put a queue between
+//!   the sale and the database for exactly this: during a rush Redis takes
+//!   the burst, PostgreSQL sees a steady write rate, and the backlog (the
+//!   persistence lag) drains after the rush. Off by default.
+//!
 //! The stream is trimmed behind the slowest pending entry, so it holds what
 //! is not yet persisted and little else.
 
@@ -92,6 +98,8 @@ pub struct PersistOptions {
     pub batch_size: usize,
     /// How long a batch that is not full waits for more entries.
     pub linger: Duration,
+    /// Most orders per second this worker writes (0: as fast as it can).
+    pub max_rate: u32,
     /// How long another worker's entries must have sat unacknowledged before
     /// this one takes them over.
     pub claim_idle: Duration,
@@ -116,6 +124,7 @@ impl PersistOptions {
             consumer: consumer.into(),
             batch_size: DEFAULT_BATCH,
             linger: Duration::from_millis(DEFAULT_LINGER_MS),
+            max_rate: 0,
             claim_idle: Duration::from_millis(DEFAULT_CLAIM_IDLE_MS),
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             max_deliveries: DEFAULT_MAX_DELIVERIES,
@@ -140,6 +149,13 @@ pub struct PersistArgs {
     /// fewer, bigger transactions under load, for that much more lag.
     #[arg(long, default_value_t = DEFAULT_LINGER_MS, value_name = "MS")]
     pub persist_linger_ms: u64,
+
+    /// Peak shaving: at most this many orders per second from this worker
+    /// (0: as fast as PostgreSQL takes them). During a rush Redis absorbs the
+    /// burst and PostgreSQL sees a steady write rate; the backlog, and the
+    /// persistence lag, grow until the rush is over.
+    #[arg(long, default_value_t = 0, value_name = "PER_SEC")]
+    pub persist_max_rate: u32,
 
     /// How long entries must sit unacknowledged in another worker's hands
     /// before this worker takes them over (that worker is presumed dead).
@@ -180,6 +196,7 @@ impl PersistArgs {
             consumer: consumer.into(),
             batch_size: self.persist_batch.max(1),
             linger: Duration::from_millis(self.persist_linger_ms),
+            max_rate: self.persist_max_rate,
             claim_idle: Duration::from_millis(self.claim_idle_ms.max(4)),
             max_attempts: self.persist_max_attempts.max(1),
             max_deliveries: self.persist_max_deliveries.max(1),
@@ -513,6 +530,13 @@ impl Worker {
         state: &mut ReadState,
         shutdown: &mut watch::Receiver<bool>,
     ) -> redis::RedisResult<()> {
+        // Peak shaving: with a rate cap, the next batch waits its turn.
+        if Instant::now() < state.paced_until {
+            tokio::select! {
+                () = tokio::time::sleep_until(state.paced_until.into()) => {}
+                _ = shutdown.changed() => return Ok(()),
+            }
+        }
         if !state.group_ready {
             self.create_group().await?;
             state.group_ready = true;
@@ -524,6 +548,7 @@ impl Worker {
                 None => state.own_cursor = None,
                 Some(last) => {
                     state.own_cursor = Some(last.id.clone());
+                    self.pace(state, entries.len());
                     self.process(entries, false, shutdown).await?;
                 }
             }
@@ -535,6 +560,7 @@ impl Worker {
                 state.next_claim = Instant::now() + self.options.claim_idle / 2;
             }
             if !claimed.is_empty() {
+                self.pace(state, claimed.len());
                 self.process(claimed, true, shutdown).await?;
                 return Ok(());
             }
@@ -561,9 +587,20 @@ impl Worker {
             entries.extend(more);
         }
         if !entries.is_empty() {
+            self.pace(state, entries.len());
             self.process(entries, false, shutdown).await?;
         }
         Ok(())
+    }
+
+    /// Books `count` orders against the rate cap: the next batch may start
+    /// once they have "cost" their time at `max_rate` per second.
+    fn pace(&self, state: &mut ReadState, count: usize) {
+        if self.options.max_rate == 0 {
+            return;
+        }
+        let cost = Duration::from_secs_f64(count as f64 / f64::from(self.options.max_rate));
+        state.paced_until = state.paced_until.max(Instant::now()) + cost;
     }
 
     async fn create_group(&self) -> redis::RedisResult<()> {
@@ -1122,6 +1159,8 @@ struct ReadState {
     claim_cursor: String,
     next_claim: Instant,
     next_maintenance: Instant,
+    /// With a rate cap: when the worker may take its next batch.
+    paced_until: Instant,
 }
 
 impl ReadState {
@@ -1132,6 +1171,7 @@ impl ReadState {
             claim_cursor: "0-0".into(),
             next_claim: Instant::now(),
             next_maintenance: Instant::now(),
+            paced_until: Instant::now(),
         }
     }
 }

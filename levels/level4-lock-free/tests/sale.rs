@@ -142,3 +142,39 @@ async fn order_ids_grow_and_stay_clear_of_the_bigserial_range() {
     assert!(sorted[0] > 1_000_000_000_000_000, "{}", sorted[0]);
     assert!(sorted[199] <= now_us + 1_000, "ids follow the clock");
 }
+
+/// A worker capped at 400 orders per second takes about half a second for
+/// 200 orders, however fast PostgreSQL could take them: the database sees a
+/// steady rate, and the backlog waits in the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_capped_worker_persists_at_its_pace() {
+    use level4::persist::{PersistOptions, Worker};
+    let (a, _) = two_stores(1_000).await;
+    a.ensure_loaded(ticket()).await.unwrap();
+    for i in 1..=200 {
+        a.decide(ticket(), user(i)).await.unwrap();
+    }
+    let started = std::time::Instant::now();
+    let worker = Worker::new(
+        a.clone(),
+        PersistOptions {
+            max_rate: 400,
+            batch_size: 50,
+            ..PersistOptions::new("capped")
+        },
+        ticket_core::metrics::Metrics::new(),
+    )
+    .unwrap()
+    .spawn();
+    let status = level4::drain::wait_with(&a, ticket(), Duration::from_secs(30))
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(status.database.unwrap().orders, 200);
+    assert!(
+        took >= Duration::from_millis(350),
+        "200 orders at 400/s took only {took:?}"
+    );
+    assert_eq!(worker.stats().persisted, 200);
+    worker.stop().await;
+}
