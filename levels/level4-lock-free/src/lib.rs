@@ -31,18 +31,22 @@
 //! keeps PostgreSQL work off the machines that answer buyers and can be
 //! scaled, restarted or paused (during a database outage) independently:
 //! the original project's Kafka consumers were separate services. The code
-//! is the same; only where it is started differs.
+//! is the same; only where it is started differs. `--persist-max-rate`
+//! caps a worker's writes per second (peak shaving: Redis absorbs the
+//! rush, PostgreSQL sees a steady rate, the lag grows until it is over).
 //!
-//! **Order ids.** The script hands them out: a Redis counter that never goes
-//! below the clock in microseconds, so ids stay new even if Redis forgets
-//! its last second, and sit far above the ids PostgreSQL's BIGSERIAL gives
-//! the other levels in the same table (which would need 10^15 inserts to
-//! reach them). The row is inserted with that id, the one the buyer was
-//! answered with; the sequence is never touched.
+//! **Order ids.** The script hands them out: the clock in microseconds, or
+//! the last id + 1 when the clock has not moved past it. Ids stay new even
+//! if Redis forgets its last second (the clock has moved on when it comes
+//! back), and they sit far above the ids PostgreSQL's BIGSERIAL gives the
+//! other levels in the same table (which would need 10^15 inserts to reach
+//! them). The row is inserted with that id, the one the buyer was answered
+//! with; the sequence is never touched.
 //!
 //! **What it guarantees.** On any number of servers sharing one Redis and one
 //! database: never more buyers than units (Redis decides alone, one script at
-//! a time), one unit per buyer, and a 201 for every buyer Redis recorded.
+//! a time), one unit per buyer, and every 201 is a buyer Redis recorded and
+//! an order on the stream.
 //! Once the stream is drained: exactly that many order rows, none twice
 //! (the insert is idempotent, so redelivery is harmless), and PostgreSQL's
 //! stock equal to total minus orders. PostgreSQL may be down during the
