@@ -575,3 +575,104 @@ async fn reconcile_repairs_a_redis_that_forgot_persisted_sales() {
     assert!(kinds.contains(&DriftKind::DeadLettered), "{}", found[0]);
     stop(servers).await;
 }
+
+/// Cancels through HTTP put units back on sale in both stores, whether the
+/// worker has written the order yet or not: five orders cancelled before any
+/// worker runs, five after. A repeated cancel gets the same answer and
+/// restocks nothing; someone else's order is 403, an unknown one 404. The
+/// next rush on the same sale sells exactly the ten freed units, and the two
+/// stores agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_orders_go_back_on_sale_in_both_stores() {
+    let (servers, database) = servers(&spec().args(["--no-persist"]), 2).await;
+    let redis = redis_url();
+    let first = rush(&plan(&servers, &database)).await.unwrap();
+    assert_eq!(first.succeeded, 100);
+    assert_eq!(first.db_orders, 0, "no worker yet");
+    let store = store(&database, &redis).await;
+    let buyers: HashMap<i64, i64> = store
+        .redis()
+        .query(redis::cmd("HGETALL").arg(store.keys().buyers(ticket())))
+        .await
+        .unwrap();
+    let mut holders: Vec<(i64, i64)> = buyers.into_iter().collect();
+    holders.sort_unstable();
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let base = servers[0].url();
+    let cancel = |user: i64, order: i64| {
+        let request = client
+            .delete(format!("{base}/tickets/{TICKET}/orders/{order}"))
+            .json(&serde_json::json!({ "user_id": user }));
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.text().await.unwrap())
+        }
+    };
+
+    // Five cancelled before the worker has written them.
+    for &(user, order) in &holders[..5] {
+        let (status, body) = cancel(user, order).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("\"cancelled\""), "{body}");
+    }
+    let worker = Worker::new(
+        store.clone(),
+        PersistOptions::new("cancel-test"),
+        Metrics::new(),
+    )
+    .unwrap()
+    .spawn();
+    drain::wait_with(&store, ticket(), Duration::from_secs(60))
+        .await
+        .unwrap();
+    let truth = db::truth(store.pool(), ticket()).await.unwrap();
+    assert_eq!(
+        (truth.orders, truth.stock),
+        (95, 5),
+        "the worker skipped them"
+    );
+
+    // Five after; one repeated; wrong user; unknown order.
+    for &(user, order) in &holders[5..10] {
+        assert_eq!(cancel(user, order).await.0, 200);
+    }
+    let (user, order) = holders[7];
+    let again = cancel(user, order).await;
+    assert_eq!(again.0, 200, "a repeated cancel: {}", again.1);
+    let (_, someone_elses) = holders[20];
+    assert_eq!(cancel(holders[21].0, someone_elses).await.0, 403);
+    assert_eq!(cancel(user, 12_345).await.0, 404);
+
+    let truth = db::truth(store.pool(), ticket()).await.unwrap();
+    assert_eq!((truth.orders, truth.stock), (90, 10));
+    let sale = store.status(ticket()).await.unwrap().redis.unwrap();
+    assert_eq!(
+        (sale.stock, sale.buyers),
+        (10, 90),
+        "Redis put them back too"
+    );
+    let cancelled: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM cancelled_orders WHERE ticket_id = $1")
+            .bind(TICKET)
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(cancelled, 10);
+
+    // The freed units sell again, exactly.
+    let next = rush(&RushPlan {
+        seed: 9,
+        reset: false,
+        settle: Some(settle(&database, &redis)),
+        ..plan(&servers, &database)
+    })
+    .await
+    .unwrap();
+    assert_eq!(next.succeeded, 10, "{next:#?}");
+    assert_eq!((next.db_orders, next.db_stock, next.oversold), (100, 0, 0));
+    let reports = reconcile(&store, &[ticket()], false).await.unwrap();
+    assert!(reports[0].drift.is_empty(), "{}", reports[0]);
+    worker.stop().await;
+    stop(servers).await;
+}

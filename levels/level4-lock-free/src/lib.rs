@@ -18,7 +18,10 @@
 //! | load | [`load`], `lua/load.lua` | a sale's stock goes from PostgreSQL into Redis exactly once per sale (an *epoch* decided under the ticket's row lock); a reset is announced by PostgreSQL (`NOTIFY`, [`listen`]) |
 //! | persist | [`persist`] | a Redis Streams consumer group: batches of `INSERT ... ON CONFLICT DO NOTHING` plus the matching stock decrement, `XACK` only after COMMIT, `XAUTOCLAIM` for a dead worker's entries, exponential backoff, dead letters with the reason |
 //!
-//! and two tools: [`reconcile`] (`level4 reconcile`) compares the two stores
+//! Cancelling an order ([`cancel`]) puts its unit back in both stores,
+//! PostgreSQL first, whether or not the worker has written the order yet.
+//!
+//! And two tools: [`reconcile`] (`level4 reconcile`) compares the two stores
 //! and repairs drift, and [`drain`] tells the load tool when PostgreSQL has
 //! caught up, so that the run is judged from the database as at every
 //! level.
@@ -91,6 +94,7 @@
 //! going back up, in both stores), a waiting room in front of the rush, and
 //! seat holds that expire.
 
+pub mod cancel;
 pub mod drain;
 pub mod keys;
 pub mod listen;

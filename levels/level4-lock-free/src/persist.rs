@@ -946,6 +946,7 @@ impl Worker {
                         'epoch'::timestamptz + e.sold_us * interval '1 microsecond' \
                  FROM unnest($1::int8[], $2::int8[], $3::int8[], $4::int8[]) \
                       AS e(id, ticket, buyer, sold_us) \
+                 WHERE NOT EXISTS (SELECT 1 FROM cancelled_orders c WHERE c.id = e.id) \
                  ON CONFLICT DO NOTHING \
                  RETURNING id, ticket_id",
             )
@@ -958,8 +959,11 @@ impl Worker {
         };
         let inserted_ids: BTreeSet<i64> = inserted.iter().map(|&(id, _)| id).collect();
 
-        // Not inserted: either this very order is already there (delivered
-        // before: fine), or something else holds its place.
+        // Not inserted: this very order is already there (delivered before),
+        // or it was cancelled (see `cancel.rs`: a cancellation takes the
+        // ticket's row lock first too, so it is committed by now, and the
+        // order must not come back); both are done. Otherwise something else
+        // holds its place.
         let skipped: Vec<&OrderEvent> = insert
             .iter()
             .copied()
@@ -976,7 +980,18 @@ impl Worker {
                 .into_iter()
                 .map(|(id, ticket, user)| (id, (ticket, user)))
                 .collect();
+            let cancelled: BTreeSet<i64> =
+                sqlx::query_scalar("SELECT id FROM cancelled_orders WHERE id = ANY($1)")
+                    .bind(skipped.iter().map(|e| e.order_id).collect::<Vec<_>>())
+                    .fetch_all(&mut *tx)
+                    .await?
+                    .into_iter()
+                    .collect();
             for event in skipped {
+                if cancelled.contains(&event.order_id) {
+                    outcome.redelivered.push(event.entry_id.clone());
+                    continue;
+                }
                 match existing.get(&event.order_id) {
                     Some(&(ticket, user)) if ticket == event.ticket && user == event.user => {
                         outcome.redelivered.push(event.entry_id.clone());

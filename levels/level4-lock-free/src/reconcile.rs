@@ -61,6 +61,9 @@ pub enum DriftKind {
     DeadLettered,
     /// One buyer, two different order ids in the two stores.
     OrderIdMismatch,
+    /// PostgreSQL cancelled an order Redis still counts as sold (the Redis
+    /// step of a cancellation failed): the unit is not back on sale.
+    CancelNotApplied,
     /// Redis's stock is not its total minus its buyers.
     RedisStockMismatch,
     /// PostgreSQL's stock is not its total minus its orders.
@@ -169,6 +172,8 @@ struct DbSide {
     version: i64,
     epoch: i64,
     orders: HashMap<i64, i64>,
+    /// Cancelled orders of the ticket: order id → user.
+    cancelled: HashMap<i64, i64>,
 }
 
 /// What Redis holds for one ticket.
@@ -251,12 +256,18 @@ async fn read_db(store: &SaleStore, ticket: TicketId) -> Result<Option<DbSide>, 
             .bind(ticket.get())
             .fetch_all(store.pool())
             .await?;
+    let cancelled: Vec<(i64, i64)> =
+        sqlx::query_as("SELECT id, user_id FROM cancelled_orders WHERE ticket_id = $1")
+            .bind(ticket.get())
+            .fetch_all(store.pool())
+            .await?;
     Ok(Some(DbSide {
         total: total.into(),
         stock: stock.into(),
         version,
         epoch,
         orders: orders.into_iter().collect(),
+        cancelled: cancelled.into_iter().collect(),
     }))
 }
 
@@ -413,11 +424,14 @@ async fn reconcile_ticket(
     }
     // Redis's buyers that PostgreSQL does not have (yet).
     let mut unqueued: Vec<(i64, i64)> = Vec::new();
+    let mut not_restocked: Vec<(i64, i64)> = Vec::new();
     for (&user, &id) in &redis.buyers {
         if db.orders.contains_key(&user) {
             continue;
         }
-        if queued.contains_key(&user) {
+        if db.cancelled.get(&id) == Some(&user) {
+            not_restocked.push((user, id));
+        } else if queued.contains_key(&user) {
             report.in_flight += 1;
         } else if dead.contains(&user) {
             report.dead_letters += 1;
@@ -480,6 +494,23 @@ async fn reconcile_ticket(
                 "{} buyers in Redis have no order row and no queued entry (users {})",
                 unqueued.len(),
                 sample(unqueued.iter().map(|&(u, _)| u))
+            ),
+            repaired,
+        });
+    }
+    if !not_restocked.is_empty() {
+        let mut repaired = repair;
+        if repair {
+            for &(user, id) in &not_restocked {
+                repaired &= store.restock_cancelled(ticket, epoch, user, id).await?;
+            }
+        }
+        report.drift.push(Drift {
+            kind: DriftKind::CancelNotApplied,
+            detail: format!(
+                "{} orders cancelled in PostgreSQL still hold their unit in Redis (users {})",
+                not_restocked.len(),
+                sample(not_restocked.iter().map(|&(u, _)| u))
             ),
             repaired,
         });

@@ -34,7 +34,9 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use ticket_core::metrics::Metrics;
 use ticket_core::strategy::StrategyContext;
-use ticket_core::{Order, OrderId, PurchaseError, SellTickets, TicketId, UserId};
+use ticket_core::{
+    CancelError, Cancellation, Order, OrderId, PurchaseError, SellTickets, TicketId, UserId,
+};
 use tokio::sync::{watch, OnceCell};
 
 use crate::persist::{Backoff, Worker};
@@ -185,6 +187,25 @@ impl SellTickets for RedisLua {
             }
         }
         Err(PurchaseError::busy("the sale is being loaded into Redis"))
+    }
+
+    /// Level 4 cannot use the shared database-only cancellation: Redis
+    /// would keep the unit sold. See [`crate::cancel`].
+    async fn cancel(
+        &self,
+        ticket: TicketId,
+        order: OrderId,
+        user: UserId,
+    ) -> Option<Result<Cancellation, CancelError>> {
+        let store = match self.store.get().await {
+            Ok(store) => store,
+            Err(err) => return Some(Err(CancelError::Purchase(self.failed(err)))),
+        };
+        let outcome = store.cancel(ticket, order, user).await;
+        if outcome.is_ok() {
+            self.ctx.metrics.event("cancelled");
+        }
+        Some(outcome)
     }
 
     async fn check_health(&self) -> anyhow::Result<()> {

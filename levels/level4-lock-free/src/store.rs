@@ -144,6 +144,7 @@ pub(crate) struct Scripts {
     pub(crate) load: Script,
     pub(crate) maintain: Script,
     pub(crate) repair: Script,
+    pub(crate) cancel: Script,
 }
 
 impl Scripts {
@@ -153,6 +154,7 @@ impl Scripts {
             load: Script::new(include_str!("lua/load.lua")),
             maintain: Script::new(include_str!("lua/maintain.lua")),
             repair: Script::new(include_str!("lua/repair.lua")),
+            cancel: Script::new(include_str!("lua/cancel.lua")),
         }
     }
 }
