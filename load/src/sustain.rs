@@ -137,15 +137,8 @@ pub async fn postgres_purchase(
             while Instant::now() < deadline {
                 let user = next_user.fetch_add(1, Ordering::Relaxed);
                 let t = Instant::now();
-                // The same statements, in the same order, as Level 2's
-                // `atomic`: the order first, the hot row's lock last.
                 let outcome = async {
                     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-                    sqlx::query("INSERT INTO ticket_orders (ticket_id, user_id) VALUES ($1, $2)")
-                        .bind(ticket_id)
-                        .bind(user)
-                        .execute(&mut *tx)
-                        .await?;
                     let updated = sqlx::query(
                         "UPDATE tickets SET stock = stock - 1, version = version + 1 \
                          WHERE id = $1 AND stock > 0",
@@ -154,6 +147,11 @@ pub async fn postgres_purchase(
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
+                    sqlx::query("INSERT INTO ticket_orders (ticket_id, user_id) VALUES ($1, $2)")
+                        .bind(ticket_id)
+                        .bind(user)
+                        .execute(&mut *tx)
+                        .await?;
                     tx.commit().await?;
                     anyhow::Ok(updated)
                 }

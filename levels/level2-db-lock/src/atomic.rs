@@ -22,21 +22,14 @@
 //!   updates) is why `stock - 1` can never be lost and `stock > 0` can never
 //!   be fooled.
 //! - **Why that scope:** the order insert belongs to the same sale, so it is
-//!   in the same transaction, and it goes *first*: a buyer who already holds
-//!   the ticket fails on UNIQUE (ticket_id, user_id) before touching the hot
-//!   row at all, and a sale only takes the row lock as its last statement
-//!   before COMMIT. If the UPDATE finds nothing left, the transaction rolls
-//!   back and the order row never existed.
-//! - **What it costs:** only the time from the UPDATE to the COMMIT: one
-//!   round trip, which is why this is the fastest correct strategy. (An
-//!   earlier version decremented first and inserted after, holding the lock
-//!   through two round trips; under sustained load the sales per second
-//!   follow the lock's hold time almost exactly.) `--think-time-ms` pauses
-//!   *inside* that window (after the UPDATE, before the commit), standing
-//!   for any work a real sale does there. Every other buyer of the ticket
-//!   waits through it, so a long pause makes `atomic` as slow as
-//!   `pessimistic`: keep work out of a transaction that holds a hot row, and
-//!   take the hot lock last.
+//!   in the same transaction: a failed insert (this buyer already holds the
+//!   ticket) rolls the decrement back. Nothing is spent on a refused order.
+//! - **What it costs:** only the time from the UPDATE to the COMMIT, which
+//!   is why this is the fastest correct strategy. `--think-time-ms` pauses
+//!   *inside* that window (after the UPDATE, before the insert and commit),
+//!   standing for any work a real sale does there. Every other buyer of the
+//!   ticket waits through it, so a long pause makes `atomic` as slow as
+//!   `pessimistic`: keep work out of a transaction that holds a hot row.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -85,14 +78,15 @@ impl Atomic {
         ticket: TicketId,
         user: UserId,
     ) -> Result<Order, Failure> {
-        // The order first. A second click by the same buyer stops here, on
-        // UNIQUE (ticket_id, user_id), without queueing for the ticket row;
-        // an unknown ticket stops here too, on the foreign key.
-        let order = db::insert_order(tx, ticket, user).await?;
+        // A buyer's second click should not queue for the row lock just to
+        // be rolled back. This look takes no lock and may race with the same
+        // buyer's other click; UNIQUE (ticket_id, user_id) settles that race.
+        if db::has_order(tx, ticket, user).await? {
+            return Err(PurchaseError::AlreadyPurchased.into());
+        }
 
-        // Check and write in one statement, as the very last thing before
-        // COMMIT. The row lock is taken here (we may wait for it) and held
-        // until COMMIT.
+        // Check and write in one statement. The row lock is taken here (we
+        // may wait for it) and held until COMMIT.
         let waiting = Instant::now();
         let left: Option<i32> = sqlx::query_scalar(
             "UPDATE tickets SET stock = stock - 1, version = version + 1 \
@@ -103,16 +97,28 @@ impl Atomic {
         .await?;
         self.ctx.metrics.lock_wait(waiting.elapsed());
         if left.is_none() {
-            // Nothing left: `finish` rolls back, and the order row with it.
-            return Err(PurchaseError::SoldOut.into());
+            // No row matched: none left, or no such ticket at all. Only
+            // buyers who could not buy pay for this second question, and
+            // they hold no lock while asking it.
+            let exists: bool =
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tickets WHERE id = $1)")
+                    .bind(ticket.get())
+                    .fetch_one(&mut *tx)
+                    .await?;
+            return Err(if exists {
+                PurchaseError::SoldOut
+            } else {
+                PurchaseError::NotFound
+            }
+            .into());
         }
 
         // The think time sits inside the lock window: every other buyer of
         // this ticket is waiting on our row lock right now.
         self.ctx.think().await;
 
-        // `finish` commits: the order, the decrement and the lock's release
+        Ok(db::insert_order(tx, ticket, user).await?)
+        // `finish` commits: the decrement, the order and the lock's release
         // happen together.
-        Ok(order)
     }
 }
