@@ -201,3 +201,34 @@ async fn check_then_insert_breaks_under_concurrent_duplicates_and_atomic_does_no
         stop(servers).await;
     }
 }
+
+/// A duplicate that arrives while the first request is still at work waits
+/// for it, but only up to `--idempotency-wait-ms`: past that it is told 409
+/// request_in_progress, and once the first finishes its answer is replayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_waits_only_so_long_for_the_first_request() {
+    let spec = ServerSpec::new(2, "atomic")
+        .think_time_ms(600)
+        .args(["--idempotency-wait-ms", "50"]);
+    let (servers, database) = servers(&spec, 2).await;
+    let pool = reset(&database, 4, 10).await;
+
+    let first = duplicates(&servers[..1], 4, 8, "slow", 1);
+    let second = async {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        duplicates(&servers[1..], 4, 8, "slow", 1).await
+    };
+    let (first, second) = tokio::join!(first, second);
+
+    assert_eq!(first[0].status, 201, "{first:?}");
+    assert_eq!(second[0].status, 409, "{second:?}");
+    assert!(second[0].body.contains("request_in_progress"), "{second:?}");
+    let later = duplicates(&servers, 4, 8, "slow", 1).await.remove(0);
+    assert_eq!(
+        (later.status, &later.body, later.replayed),
+        (201, &first[0].body, true)
+    );
+    let truth = db::truth(&pool, TicketId::parse(4).unwrap()).await.unwrap();
+    assert_eq!(truth.orders, 1);
+    stop(servers).await;
+}
