@@ -395,6 +395,12 @@ async fn tour_command(args: TourArgs) -> anyhow::Result<ExitCode> {
 
 async fn services_command(args: ServicesArgs) -> anyhow::Result<ExitCode> {
     init_logging();
+    // Install the handlers before anything is printed: a Ctrl-C that comes
+    // right after the URLs must stop the services, not kill this process
+    // before it can.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle Ctrl-C")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let postgres =
         tokio::task::spawn_blocking(ticket_core::services::Postgres::throwaway).await??;
     let redis = if args.redis {
@@ -407,7 +413,10 @@ async fn services_command(args: ServicesArgs) -> anyhow::Result<ExitCode> {
         println!("export REDIS_URL={}", redis.url());
     }
     eprintln!("Paste the line(s) above into each terminal. Ctrl-C stops the services.");
-    ticket_core::server::shutdown_signal().await;
+    tokio::select! {
+        _ = interrupt.recv() => {},
+        _ = terminate.recv() => {},
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -563,7 +563,16 @@ async fn reconcile_repairs_a_redis_that_forgot_persisted_sales() {
         "Redis sold the forgotten units again"
     );
     assert_eq!(unrepaired.db_orders, 100, "the CHECK kept them out");
-    let status = store.status(ticket()).await.unwrap();
+    // The refused entries reach the dead letters after their attempts and
+    // backoff; on a loaded machine that can outlast the settle step.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        let status = store.status(ticket()).await.unwrap();
+        if status.queue.dead_letters >= 5 || std::time::Instant::now() > deadline {
+            break status;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
     assert_eq!(status.queue.dead_letters, 5, "{status:?}");
     let found = reconcile(&store, &[ticket()], false).await.unwrap();
     let kinds: Vec<DriftKind> = found[0].drift.iter().map(|d| d.kind).collect();
