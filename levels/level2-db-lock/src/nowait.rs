@@ -24,7 +24,7 @@ use sqlx::PgConnection;
 use ticket_core::strategy::StrategyContext;
 use ticket_core::{db, Order, PurchaseError, SellTickets, TicketId, UserId};
 
-use crate::pessimistic::look_before_locking;
+use crate::pessimistic::{look_before_locking, sell_locked_row};
 use crate::retry::{finish, settle, Failure};
 use crate::Level2Config;
 
@@ -87,24 +87,10 @@ impl NoWait {
         self.ctx.metrics.lock_wait(waiting.elapsed());
         let stock = stock.ok_or(PurchaseError::NotFound)?;
 
-        // 2. Check, with the row ours until COMMIT.
-        if db::has_order(tx, ticket, user).await? {
-            return Err(PurchaseError::AlreadyPurchased.into());
-        }
-        if stock <= 0 {
-            return Err(PurchaseError::SoldOut.into());
-        }
-
-        // 3. The race window. Every buyer who arrives during it is refused
-        //    at once instead of queueing.
-        self.ctx.think().await;
-
-        // 4. Write; `finish` commits and releases the row.
-        sqlx::query("UPDATE tickets SET stock = $2, version = version + 1 WHERE id = $1")
-            .bind(ticket.get())
-            .bind(stock - 1)
-            .execute(&mut *tx)
-            .await?;
-        Ok(db::insert_order(tx, ticket, user).await?)
+        // 2-4. Check, think, write, as `pessimistic` does under its lock
+        //      (`sell_locked_row`); `finish` commits and releases the row.
+        //      Every buyer who arrives during the race window is refused at
+        //      once instead of queueing.
+        sell_locked_row(&self.ctx, tx, ticket, user, stock).await
     }
 }

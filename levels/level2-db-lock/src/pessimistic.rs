@@ -142,28 +142,9 @@ impl Pessimistic {
         self.ctx.metrics.lock_wait(waiting.elapsed());
         let stock = stock.ok_or(PurchaseError::NotFound)?;
 
-        // 2. Check, against a value nobody can change until we commit. The
-        //    order check is exact too: another click by the same buyer waits
-        //    behind us on the same row lock.
-        if db::has_order(tx, ticket, user).await? {
-            return Err(PurchaseError::AlreadyPurchased.into());
-        }
-        if stock <= 0 {
-            return Err(PurchaseError::SoldOut.into());
-        }
-
-        // 3. The race window: harmless now, only slow. Every other buyer of
-        //    this ticket waits for the whole of it.
-        self.ctx.think().await;
-
-        // 4. Write what we decided. Still holding the lock, so `stock - 1`
-        //    computed from our read is safe.
-        sqlx::query("UPDATE tickets SET stock = $2, version = version + 1 WHERE id = $1")
-            .bind(ticket.get())
-            .bind(stock - 1)
-            .execute(&mut *tx)
-            .await?;
-        Ok(db::insert_order(tx, ticket, user).await?)
+        // 2-4. Check, think, write: see `sell_locked_row`. Every other buyer
+        //      of this ticket waits for the whole of it in the row's queue.
+        sell_locked_row(&self.ctx, tx, ticket, user, stock).await
         // 5. `finish` commits, and the lock is released with the commit.
     }
 }
@@ -190,4 +171,35 @@ pub async fn look_before_locking(tx: &mut PgConnection, ticket: TicketId) -> Res
         return Err(PurchaseError::SoldOut.into());
     }
     Ok(())
+}
+
+/// What `pessimistic` and `nowait` do once the ticket row is theirs: they
+/// differ only in how they take the lock.
+///
+/// 2. Check, against a value nobody can change until we commit. The order
+///    check is exact too: another click by the same buyer waits behind us on
+///    the same row lock.
+/// 3. The race window (`--think-time-ms`): harmless now, only slow.
+/// 4. Write what we decided. Still holding the lock, so `stock - 1` computed
+///    from our read is safe.
+pub(crate) async fn sell_locked_row(
+    ctx: &StrategyContext,
+    tx: &mut PgConnection,
+    ticket: TicketId,
+    user: UserId,
+    stock: i32,
+) -> Result<Order, Failure> {
+    if db::has_order(tx, ticket, user).await? {
+        return Err(PurchaseError::AlreadyPurchased.into());
+    }
+    if stock <= 0 {
+        return Err(PurchaseError::SoldOut.into());
+    }
+    ctx.think().await;
+    sqlx::query("UPDATE tickets SET stock = $2, version = version + 1 WHERE id = $1")
+        .bind(ticket.get())
+        .bind(stock - 1)
+        .execute(&mut *tx)
+        .await?;
+    Ok(db::insert_order(tx, ticket, user).await?)
 }
