@@ -500,17 +500,23 @@ struct Buyer {
     seed: u64,
 }
 
+/// One buyer's own HTTP client: one connection, kept, no proxy. Sustained
+/// runs and ceilings use the same.
+pub(crate) fn buyer_client() -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(1)
+        .timeout(REQUEST_TIMEOUT)
+        .no_proxy()
+        .build()
+}
+
 /// How long one request may take before the buyer counts it as an error.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Buyer {
     /// One client per buyer, with its connection opened before the start.
     async fn connect(&self) -> anyhow::Result<reqwest::Client> {
-        let client = reqwest::Client::builder()
-            .pool_max_idle_per_host(1)
-            .timeout(REQUEST_TIMEOUT)
-            .no_proxy()
-            .build()?;
+        let client = buyer_client()?;
         // A failed warm-up is not fatal: the purchase will try to connect
         // again, and count an error if that fails too.
         let _ = client.get(&self.health).send().await;

@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use ticket_core::verify::{judge_sustained, Judgement};
 use ticket_core::{db, TicketId};
 
-use crate::rush::{scrape_metrics, Latency, Report};
+use crate::rush::{buyer_client, scrape_metrics, Latency, Report};
 
 /// Latencies and counts of one worker; merged at the end.
 struct Meter {
@@ -187,7 +187,7 @@ pub async fn http_noop(
         let url = url.clone();
         workers.spawn(async move {
             let mut meter = Meter::new();
-            let client = match client() {
+            let client = match buyer_client() {
                 Ok(client) => client,
                 Err(_) => {
                     meter.errors += 1;
@@ -284,14 +284,6 @@ async fn collect(workers: &mut tokio::task::JoinSet<Meter>) -> anyhow::Result<Me
     Ok(total)
 }
 
-fn client() -> reqwest::Result<reqwest::Client> {
-    reqwest::Client::builder()
-        .pool_max_idle_per_host(1)
-        .timeout(Duration::from_secs(60))
-        .no_proxy()
-        .build()
-}
-
 /// A sustained run against servers.
 #[derive(Debug, Clone)]
 pub struct SustainPlan {
@@ -331,7 +323,7 @@ pub async fn sustain(plan: &SustainPlan) -> anyhow::Result<Report> {
         let counts = counts.clone();
         workers.spawn(async move {
             let mut meter = Meter::new();
-            let Ok(client) = client() else {
+            let Ok(client) = buyer_client() else {
                 meter.errors += 1;
                 return meter;
             };
