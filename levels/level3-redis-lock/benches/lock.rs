@@ -23,6 +23,13 @@
 //! the watchdog costs), `rslock/default` (its default retries: 3 tries, a
 //! random 0-200 ms pause between them, looped until it gets the lock, as
 //! `LockManager::acquire` does) and `rslock/tuned` (random 0-10 ms pauses).
+//!
+//! The uncontended report in turns adds two floors, minimal locks that are
+//! not contenders: `floor/set-nx` (`SET NX PX`, then a release script of two
+//! calls, which is what rslock sends) and `floor/set-nx+token` (the same
+//! with a fencing token from `INCR` in the same round trip, inside
+//! `MULTI`/`EXEC` so that the token's order is the holds' order). The gap
+//! between the two is what a fencing token costs any lock.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -53,7 +60,19 @@ enum Contender {
     Rslock {
         managers: [rslock::LockManager; 2],
     },
+    /// The least any owner-checked lock can do, for the uncontended report
+    /// only: `SET NX PX` and a two-call release script, on a plain
+    /// multiplexed connection, with (`token`) or without a fencing token
+    /// taken in the same round trip (`MULTI`, `SET NX PX`, `INCR`, `EXEC`).
+    Floor {
+        conn: redis::aio::MultiplexedConnection,
+        token: bool,
+    },
 }
+
+/// The floor's release: delete the key only if it still holds our value.
+const FLOOR_RELEASE: &str =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
 
 /// What one lock+unlock cycle saw.
 struct Cycle {
@@ -128,8 +147,50 @@ impl Contender {
                     }
                 }
             }
+            Contender::Floor { conn, token } => {
+                let mut conn = conn.clone();
+                let key = format!("floor:{{{name}}}");
+                let value = format!("{:016x}", rand::random::<u64>());
+                let mut acquire = redis::pipe();
+                if *token {
+                    acquire.atomic();
+                }
+                acquire
+                    .cmd("SET")
+                    .arg(&key)
+                    .arg(&value)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(millis(LEASE));
+                if *token {
+                    acquire.cmd("INCR").arg(format!("{key}:fence"));
+                }
+                let taken: Vec<redis::Value> = acquire
+                    .query_async(&mut conn)
+                    .await
+                    .expect("the floor's SET NX");
+                assert_eq!(
+                    taken.first(),
+                    Some(&redis::Value::Okay),
+                    "the floor is measured uncontended only"
+                );
+                let waited = started.elapsed();
+                work(hold).await;
+                let released: i64 = redis::Script::new(FLOOR_RELEASE)
+                    .key(&key)
+                    .arg(&value)
+                    .invoke_async(&mut conn)
+                    .await
+                    .expect("the floor's release");
+                assert_eq!(released, 1);
+                Cycle { waited, gave_up }
+            }
         }
     }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The critical section: nothing, or a pause standing in for a sale's
@@ -252,7 +313,15 @@ fn bench(c: &mut Criterion) {
             fairness(&mut conn, &contenders, hold).await;
         }
         uncontended_commands(&mut conn, &contenders, &watchdog).await;
-        uncontended_interleaved(&contenders, &watchdog).await;
+        let floor = |token| Contender::Floor {
+            conn: conn.clone(),
+            token,
+        };
+        let floors = [
+            ("floor/set-nx", floor(false)),
+            ("floor/set-nx+token", floor(true)),
+        ];
+        uncontended_interleaved(&contenders, &watchdog, &floors).await;
     });
 }
 
@@ -405,11 +474,20 @@ async fn uncontended_commands(
 /// Uncontended cycles per second, measured in turns: 30 rounds, each
 /// contender running 300 cycles per round, so that a busy machine slows every
 /// contender alike. Prints the median round of each.
-async fn uncontended_interleaved(contenders: &[(&'static str, Contender)], watchdog: &Contender) {
+///
+/// `floors` join only this report: two minimal locks (see
+/// [`Contender::Floor`]) that show what an owner-checked lock costs at the
+/// least, with and without a fencing token.
+async fn uncontended_interleaved(
+    contenders: &[(&'static str, Contender)],
+    watchdog: &Contender,
+    floors: &[(&'static str, Contender)],
+) {
     let all: Vec<(&str, &Contender)> = contenders
         .iter()
         .map(|(name, c)| (*name, c))
         .chain([("level3/pubsub-watchdog", watchdog)])
+        .chain(floors.iter().map(|(name, c)| (*name, c)))
         .collect();
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); all.len()];
     for _ in 0..30 {
