@@ -431,10 +431,14 @@ async fn reconcile_ticket(
         }
         if db.cancelled.get(&id) == Some(&user) {
             not_restocked.push((user, id));
+        } else if dead.contains(&user) {
+            // Checked before the stream: a dead-lettered entry was
+            // acknowledged in the same transaction that wrote the dead
+            // letter, but XACK does not remove it from the stream, so it
+            // stays in XRANGE's answer until the stream is trimmed.
+            report.dead_letters += 1;
         } else if queued.contains_key(&user) {
             report.in_flight += 1;
-        } else if dead.contains(&user) {
-            report.dead_letters += 1;
         } else {
             unqueued.push((user, id));
         }
