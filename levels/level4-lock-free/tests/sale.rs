@@ -178,3 +178,54 @@ async fn a_rate_capped_worker_persists_at_its_pace() {
     assert_eq!(worker.stats().persisted, 200);
     worker.stop().await;
 }
+
+/// A sale the worker dead-lettered counts as a dead letter, even while its
+/// entry is still on the stream: the worker acknowledges the entry when it
+/// writes the dead letter, but the entry stays on the stream until
+/// maintenance trims it. Here no worker runs, so nothing is ever trimmed:
+/// the state that a reconcile within that second sees, every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_lettered_sale_still_on_the_stream_is_not_in_flight() {
+    let (a, _b) = two_stores(10).await;
+    a.ensure_loaded(ticket()).await.unwrap();
+    let mut order = 0;
+    for id in 1..=3 {
+        match a.decide(ticket(), user(id)).await.unwrap() {
+            Decision::Sold(id) => order = id,
+            other => panic!("{other:?}"),
+        }
+    }
+    let epoch = a.redis_epoch(ticket()).await.unwrap().expect("loaded");
+    // What the worker writes for an entry PostgreSQL keeps refusing (user 3).
+    let _: String = a
+        .redis()
+        .query(
+            redis::cmd("XADD")
+                .arg(a.keys().dead_letters())
+                .arg("*")
+                .arg("order")
+                .arg(order)
+                .arg("ticket")
+                .arg(ticket().get())
+                .arg("user")
+                .arg(3)
+                .arg("epoch")
+                .arg(epoch)
+                .arg("reason")
+                .arg("refused by the test"),
+        )
+        .await
+        .unwrap();
+
+    let report = &level4::reconcile::reconcile(&a, &[ticket()], false)
+        .await
+        .unwrap()[0];
+    assert_eq!((report.in_flight, report.dead_letters), (2, 1), "{report}");
+    assert!(
+        report
+            .drift
+            .iter()
+            .any(|d| d.kind == level4::reconcile::DriftKind::DeadLettered),
+        "{report}"
+    );
+}
