@@ -233,9 +233,12 @@ pub struct Cli {
     /// Simulates a stop-the-world pause (a long GC, a frozen VM) of this many
     /// milliseconds after the sale's last "is the lock still mine?" check and
     /// before COMMIT: the moment fencing exists for. Use it with a --lease-ms
-    /// shorter than the pause (a watchdog would keep renewing through a mere
-    /// sleep, as it would not through a real pause): with --fencing off the
-    /// next holder's sale and ours both land, and the ticket is oversold.
+    /// shorter than the pause but longer than half of it, say 400 and 600 (a
+    /// watchdog would keep renewing through a mere sleep, as it would not
+    /// through a real pause): with --fencing off the next holder's sale and
+    /// ours both land, and the ticket is oversold. With a pause of two
+    /// leases or more, the next holder's lease also runs out while its
+    /// UPDATE waits for our row lock, and its own check rolls it back.
     #[arg(long, default_value_t = 0, value_name = "MS")]
     pub pause_before_commit_ms: u64,
 }

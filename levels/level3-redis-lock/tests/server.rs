@@ -239,15 +239,21 @@ async fn releasing_before_commit_is_caught_by_fencing() -> anyhow::Result<()> {
 
 /// A holder that stalls past its fixed lease after its last check (the
 /// simulated pause) oversells with fencing off...
+///
+/// The pause must outlast the lease (so the next buyer gets the lock and
+/// reads the stock before our COMMIT) but not two leases: the next holder's
+/// UPDATE waits for our row lock, and it must still hold its own lease when
+/// our COMMIT lets it through, or its own check rolls it back. 400 and 600
+/// leave about 200 ms of slack on both sides, for a busy machine.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_holder_stalled_past_its_lease_oversells_without_fencing() -> anyhow::Result<()> {
     let (verdict, _) = rush_and_judge(
         2,
         &[
             "--lease-ms",
-            "100",
+            "400",
             "--pause-before-commit-ms",
-            "300",
+            "600",
             "--fencing",
             "off",
         ],
@@ -271,9 +277,9 @@ async fn a_holder_stalled_past_its_lease_cannot_oversell_with_fencing() -> anyho
         2,
         &[
             "--lease-ms",
-            "100",
+            "400",
             "--pause-before-commit-ms",
-            "300",
+            "600",
             "--fencing",
             "on",
         ],
