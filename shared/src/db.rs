@@ -173,47 +173,23 @@ pub async fn cancel_order(
         .execute(&mut *tx)
         .await
         .map_err(PurchaseError::from)?;
-    let owner: Option<i64> = sqlx::query_scalar(
-        "SELECT user_id FROM ticket_orders WHERE id = $1 AND ticket_id = $2 FOR UPDATE",
-    )
-    .bind(order.0)
-    .bind(ticket.get())
-    .fetch_optional(&mut *tx)
-    .await
-    .map_err(PurchaseError::from)?;
+    let owner = lock_order_owner(&mut tx, ticket, order)
+        .await
+        .map_err(PurchaseError::from)?;
     match owner {
         Some(owner) if owner != user.get() => Err(CancelError::Forbidden),
         Some(_) => {
-            sqlx::query(
-                "WITH gone AS (DELETE FROM ticket_orders WHERE id = $1 \
-                               RETURNING id, ticket_id, user_id, created_at) \
-                 INSERT INTO cancelled_orders (id, ticket_id, user_id, ordered_at) \
-                 SELECT id, ticket_id, user_id, created_at FROM gone",
-            )
-            .bind(order.0)
-            .execute(&mut *tx)
-            .await
-            .map_err(PurchaseError::from)?;
-            sqlx::query(
-                "UPDATE tickets SET stock = stock + 1, version = version + 1 WHERE id = $1",
-            )
-            .bind(ticket.get())
-            .execute(&mut *tx)
-            .await
-            .map_err(PurchaseError::from)?;
+            move_to_cancelled(&mut tx, ticket, order)
+                .await
+                .map_err(PurchaseError::from)?;
             tx.commit().await.map_err(PurchaseError::from)?;
             Ok(answer)
         }
         None => {
             drop(tx);
-            let owner: Option<i64> = sqlx::query_scalar(
-                "SELECT user_id FROM cancelled_orders WHERE id = $1 AND ticket_id = $2",
-            )
-            .bind(order.0)
-            .bind(ticket.get())
-            .fetch_optional(pool)
-            .await
-            .map_err(PurchaseError::from)?;
+            let owner = cancelled_order_owner(pool, ticket, order)
+                .await
+                .map_err(PurchaseError::from)?;
             match owner {
                 Some(owner) if owner == user.get() => Ok(answer),
                 Some(_) => Err(CancelError::Forbidden),
@@ -221,6 +197,60 @@ pub async fn cancel_order(
             }
         }
     }
+}
+
+/// The buyer of `order` of `ticket`, if it is persisted, with its row locked
+/// until the transaction ends: two cancels of one order queue here.
+pub async fn lock_order_owner(
+    conn: &mut PgConnection,
+    ticket: TicketId,
+    order: OrderId,
+) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT user_id FROM ticket_orders WHERE id = $1 AND ticket_id = $2 FOR UPDATE",
+    )
+    .bind(order.0)
+    .bind(ticket.get())
+    .fetch_optional(conn)
+    .await
+}
+
+/// The buyer of `order` of `ticket`, if it was cancelled: a repeated cancel
+/// gets the first one's answer.
+pub async fn cancelled_order_owner<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    ticket: TicketId,
+    order: OrderId,
+) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar("SELECT user_id FROM cancelled_orders WHERE id = $1 AND ticket_id = $2")
+        .bind(order.0)
+        .bind(ticket.get())
+        .fetch_optional(executor)
+        .await
+}
+
+/// Moves the persisted `order` of `ticket` to `cancelled_orders` and puts its
+/// unit back on sale, in the caller's transaction (after
+/// [`lock_order_owner`]).
+pub async fn move_to_cancelled(
+    conn: &mut PgConnection,
+    ticket: TicketId,
+    order: OrderId,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "WITH gone AS (DELETE FROM ticket_orders WHERE id = $1 \
+                       RETURNING id, ticket_id, user_id, created_at) \
+         INSERT INTO cancelled_orders (id, ticket_id, user_id, ordered_at) \
+         SELECT id, ticket_id, user_id, created_at FROM gone",
+    )
+    .bind(order.0)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("UPDATE tickets SET stock = stock + 1, version = version + 1 WHERE id = $1")
+        .bind(ticket.get())
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
 }
 
 /// Whether `user` already holds `ticket`. Strategies that hold a lock ask

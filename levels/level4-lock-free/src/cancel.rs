@@ -107,45 +107,19 @@ impl SaleStore {
             _ => return Err(CancelError::NotFound),
         }
 
-        let live: Option<i64> = sqlx::query_scalar(
-            "SELECT user_id FROM ticket_orders WHERE id = $1 AND ticket_id = $2 FOR UPDATE",
-        )
-        .bind(order.0)
-        .bind(ticket.get())
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(pg)?;
+        let live = db::lock_order_owner(&mut tx, ticket, order)
+            .await
+            .map_err(pg)?;
         match live {
             Some(owner) if owner != user.get() => return Err(CancelError::Forbidden),
-            Some(_) => {
-                // Persisted: move it, and its unit goes back.
-                sqlx::query(
-                    "WITH gone AS (DELETE FROM ticket_orders WHERE id = $1 \
-                                   RETURNING id, ticket_id, user_id, created_at) \
-                     INSERT INTO cancelled_orders (id, ticket_id, user_id, ordered_at) \
-                     SELECT id, ticket_id, user_id, created_at FROM gone",
-                )
-                .bind(order.0)
-                .execute(&mut *tx)
+            // Persisted: move it, and its unit goes back.
+            Some(_) => db::move_to_cancelled(&mut tx, ticket, order)
                 .await
-                .map_err(pg)?;
-                sqlx::query(
-                    "UPDATE tickets SET stock = stock + 1, version = version + 1 WHERE id = $1",
-                )
-                .bind(ticket.get())
-                .execute(&mut *tx)
-                .await
-                .map_err(pg)?;
-            }
+                .map_err(pg)?,
             None => {
-                let cancelled: Option<i64> = sqlx::query_scalar(
-                    "SELECT user_id FROM cancelled_orders WHERE id = $1 AND ticket_id = $2",
-                )
-                .bind(order.0)
-                .bind(ticket.get())
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(pg)?;
+                let cancelled = db::cancelled_order_owner(&mut *tx, ticket, order)
+                    .await
+                    .map_err(pg)?;
                 match cancelled {
                     // Cancelled before: the same answer, nothing restocked.
                     Some(owner) if owner == user.get() => {}
