@@ -67,6 +67,8 @@ enum Contender {
     Floor {
         conn: redis::aio::MultiplexedConnection,
         token: bool,
+        /// [`FLOOR_RELEASE`], hashed once.
+        release: redis::Script,
     },
 }
 
@@ -147,7 +149,11 @@ impl Contender {
                     }
                 }
             }
-            Contender::Floor { conn, token } => {
+            Contender::Floor {
+                conn,
+                token,
+                release,
+            } => {
                 let mut conn = conn.clone();
                 let key = format!("floor:{{{name}}}");
                 let value = format!("{:016x}", rand::random::<u64>());
@@ -176,7 +182,7 @@ impl Contender {
                 );
                 let waited = started.elapsed();
                 work(hold).await;
-                let released: i64 = redis::Script::new(FLOOR_RELEASE)
+                let released: i64 = release
                     .key(&key)
                     .arg(&value)
                     .invoke_async(&mut conn)
@@ -316,6 +322,7 @@ fn bench(c: &mut Criterion) {
         let floor = |token| Contender::Floor {
             conn: conn.clone(),
             token,
+            release: redis::Script::new(FLOOR_RELEASE),
         };
         let floors = [
             ("floor/set-nx", floor(false)),
