@@ -438,6 +438,11 @@ async fn fencing_tokens_only_grow_even_after_redis_forgets_everything() {
 /// The head of the line gives up (its request was cancelled) just as the
 /// lock is released: the wake-up it may have taken goes to the next waiter,
 /// who gets the lock at once instead of sleeping out the 10 s lease.
+///
+/// The first waiter is a future this test polls by hand, not a spawned task:
+/// once it waits in line it is never polled again, so it can be woken but can
+/// never act on the wake-up. (A spawned task could win the lock in the moment
+/// between the release and its cancellation, and then hold it.)
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cancelled_waiter_passes_its_wake_up_on() {
     let (a, b) = two_processes(Waiting::PubSub);
@@ -449,11 +454,14 @@ async fn a_cancelled_waiter_passes_its_wake_up_on() {
         )
         .await
         .unwrap();
-    let first = {
-        let lock = b.lock("baton");
-        tokio::spawn(async move { lock.try_lock(Duration::from_secs(8), Lease::Watchdog).await })
-    };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let first_lock = b.lock("baton");
+    let mut first = Box::pin(first_lock.try_lock(Duration::from_secs(8), Lease::Watchdog));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), &mut first)
+            .await
+            .is_err(),
+        "the first waiter waits in line"
+    );
     let second = {
         let lock = b.lock("baton");
         tokio::spawn(async move {
@@ -464,7 +472,10 @@ async fn a_cancelled_waiter_passes_its_wake_up_on() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let released_at = Instant::now();
     holder.release().await.unwrap();
-    first.abort();
+    // Let the release's message reach process b and wake its head, the
+    // first waiter, which is not polled to act on it; then cancel it.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    drop(first);
     let (acquired_at, guard) = second.await.unwrap();
     let guard = guard.expect("the second waiter gets the lock");
     assert!(
