@@ -13,13 +13,17 @@
 -- ARGV[3]  the channel waiters listen on
 -- ARGV[4]  the lease to re-arm when holds remain, in milliseconds
 -- ARGV[5]  how long the next process has to claim the lock, in milliseconds
+-- ARGV[6]  the abandoning process's instance id if it has other tasks
+--          waiting for this lock, else '' (as in release.lua: the attempt
+--          may have taken this process out of the line when it took the
+--          lock, and nobody else would wake those tasks)
 --
 -- Returns 1 when a hold was undone, 0 when the attempt had not created the
 -- hold that is there now (it found the lock taken, or the same owner has
 -- taken the lock afresh since): then nothing is touched.
 
 local lock, line = KEYS[1], KEYS[2]
-local owner, attempt, channel, lease, grant_ms = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local owner, attempt, channel, lease, grant_ms, requeue = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 
 local held = redis.call('HMGET', lock, owner, 'attempt')
 if not held[1] or held[2] ~= attempt then
@@ -33,11 +37,5 @@ if tonumber(held[1]) > 1 then
   return 1
 end
 -- Free again: hand it on exactly as release.lua does.
-redis.call('DEL', lock)
-local next = redis.call('LPOP', line)
-if next then
-  redis.call('HSET', lock, 'grant', next)
-  redis.call('PEXPIRE', lock, grant_ms)
-  redis.call('PUBLISH', channel, next)
-end
+hand_on(lock, line, channel, grant_ms, requeue)
 return 1

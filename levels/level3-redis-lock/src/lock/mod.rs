@@ -15,6 +15,7 @@
 //! | take the lock | `acquire.lua` | one script: free → mine (count 1, a fencing token, a lease); mine → count + 1; someone else's (or handed to another process) → "look again in N ms", and this process joins the line |
 //! | give it back | `release.lua` | one script: only the owner may, count − 1; on the last hold delete, hand the lock to the process first in line, and PUBLISH its name; a retried release gets the first answer again |
 //! | keep it | `renew.lua`, [`watchdog`](self#the-watchdog) | while the guard lives, push the lease back every lease/3; a failed renewal marks the guard lost |
+//! | hand it on | `hand_on.lua` | shared by the three scripts that free the lock (`release.lua`, `abandon.lua`, `pass.lua`): grant it to the process first in line and PUBLISH its name |
 //! | wait for it | `pubsub.rs`, `pass.lua` | one subscription per lock per process; a release wakes one task of the process it names, in arrival order; nobody sleeps longer than the lease (or grant) left |
 //! | wait for it, the usual way | `spin.rs` | try, sleep a growing random while, try again |
 //! | hang up safely | `abandon.lua` | an attempt whose caller went away is undone if it took the lock |
@@ -50,6 +51,14 @@
 //! so the lock frees itself within one lease, while a holder that is merely
 //! slow keeps it. See `watchdog.rs` for why a single failed renewal gives the
 //! lock up.
+
+/// The text of a script that may free the lock: `hand_on.lua`, which
+/// defines the one way a freed lock is handed on, in front of `$file`.
+macro_rules! handing_on {
+    ($file:literal) => {
+        concat!(include_str!("hand_on.lua"), include_str!($file))
+    };
+}
 
 mod pubsub;
 mod spin;
@@ -279,9 +288,9 @@ impl LockClient {
                 wakeups,
                 scripts: Scripts {
                     acquire: Script::new(include_str!("acquire.lua")),
-                    release: Script::new(include_str!("release.lua")),
+                    release: Script::new(handing_on!("release.lua")),
                     renew: Script::new(include_str!("renew.lua")),
-                    abandon: Script::new(include_str!("abandon.lua")),
+                    abandon: Script::new(handing_on!("abandon.lua")),
                 },
             }),
         })
@@ -696,7 +705,16 @@ impl Drop for AbandonOnDrop<'_> {
         let lock = self.lock.clone();
         let (owner, attempt) = (self.owner.to_owned(), self.attempt.to_owned());
         runtime.spawn(async move {
-            let scripts = &lock.client.inner.scripts;
+            let inner = &lock.client.inner;
+            // As in a release: if other tasks here wait for the lock, this
+            // process goes back in line. The attempt may have taken it out
+            // when it took the lock, and nobody else would wake them.
+            let requeue = if inner.wakeups.has_waiters(&lock.keys.channel) {
+                inner.instance.as_str()
+            } else {
+                ""
+            };
+            let scripts = &inner.scripts;
             let undone: Result<i64, LockError> = lock
                 .client
                 .invoke(
@@ -707,8 +725,9 @@ impl Drop for AbandonOnDrop<'_> {
                         .arg(&owner)
                         .arg(&attempt)
                         .arg(&lock.keys.channel)
-                        .arg(millis(lock.client.inner.options.watchdog_lease))
-                        .arg(millis(GRANT_TIME)),
+                        .arg(millis(inner.options.watchdog_lease))
+                        .arg(millis(GRANT_TIME))
+                        .arg(requeue),
                 )
                 .await;
             if let Err(err) = undone {

@@ -20,11 +20,6 @@ redis.call('LREM', line, 0, instance)
 if redis.call('HGET', lock, 'grant') ~= instance then
   return 0
 end
-redis.call('DEL', lock)
-local next = redis.call('LPOP', line)
-if next then
-  redis.call('HSET', lock, 'grant', next)
-  redis.call('PEXPIRE', lock, grant_ms)
-  redis.call('PUBLISH', channel, next)
-end
+-- Nobody here waits, so nobody of ours goes back in line.
+hand_on(lock, line, channel, grant_ms, '')
 return 1

@@ -626,7 +626,7 @@ async fn do_chores(
     instance: String,
     mut todo: mpsc::UnboundedReceiver<Chore>,
 ) {
-    let pass = Script::new(include_str!("pass.lua"));
+    let pass = Script::new(handing_on!("pass.lua"));
     while let Some(chore) = todo.recv().await {
         let mut connection = subscriber.clone();
         match chore {

@@ -50,17 +50,6 @@ if count > 1 then
 end
 
 -- The last hold: the lock is free. Hand it to the process that has waited
--- longest (our own waiters queue behind everyone else), for a short while,
--- and name it on the channel: that process wakes one of its waiters, the
--- others know to keep sleeping.
-redis.call('DEL', lock)
-if requeue ~= '' and not redis.call('LPOS', line, requeue) then
-  redis.call('RPUSH', line, requeue)
-end
-local next = redis.call('LPOP', line)
-if next then
-  redis.call('HSET', lock, 'grant', next)
-  redis.call('PEXPIRE', lock, grant_ms)
-  redis.call('PUBLISH', channel, next)
-end
+-- longest (our own waiters queue behind everyone else): see hand_on.lua.
+hand_on(lock, line, channel, grant_ms, requeue)
 return 1
