@@ -1,11 +1,15 @@
 //! Idempotency keys through HTTP, two servers, verified from the database:
 //! identical concurrent requests get one answer and at most one order; a key
 //! reused for another request is refused; an expired key is processed anew;
-//! and the broken check-then-insert design is shown failing.
+//! Level 4, which decides in Redis and records the answer afterwards, answers
+//! a key whose first answer was lost with the order it sold; and the broken
+//! check-then-insert design is shown failing.
 
 mod common;
 
-use common::{servers, stop};
+use std::time::Duration;
+
+use common::{redis_url, servers, stop};
 use futures::future::join_all;
 use load::servers::ServerSpec;
 use ticket_core::{db, RunningServer, TicketId};
@@ -230,5 +234,121 @@ async fn a_duplicate_waits_only_so_long_for_the_first_request() {
     );
     let truth = db::truth(&pool, TicketId::parse(4).unwrap()).await.unwrap();
     assert_eq!(truth.orders, 1);
+    stop(servers).await;
+}
+
+/// Level 4 decides a sale in Redis and can only record the key's answer in
+/// PostgreSQL afterwards. A server that dies in between leaves a sold order
+/// behind an unfinished claim. Once the claim's lease is over, the same key
+/// asking again is answered with that order: a 201 with the first answer's
+/// body, and no unit spent. (Without the key recorded in Redis with the sale,
+/// it got `409 already_purchased` for its own purchase.) Another key of the
+/// same buyer is another request: 409 `already_purchased`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn level4_answers_a_key_whose_answer_was_lost_with_the_order_it_sold() {
+    let (servers, database) = servers(&ServerSpec::new(4, "redis-lua"), 2).await;
+    let pool = reset(&database, 7, 10).await;
+
+    let first = duplicates(&servers[..1], 7, 1, "lost", 1).await.remove(0);
+    assert_eq!(first.status, 201, "{first:?}");
+    // What a server that died right after the sale leaves behind: the claim,
+    // unanswered, its lease over.
+    sqlx::query(
+        "UPDATE idempotency_keys SET status = NULL, body = NULL, location = NULL, \
+         completed_at = NULL, locked_until = now() - interval '1 second' WHERE key = 'lost'",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    let again = duplicates(&servers[1..], 7, 1, "lost", 1).await.remove(0);
+    assert_eq!(
+        (again.status, &again.body, again.replayed),
+        (201, &first.body, false),
+        "the same request, taken over, gets its own order back"
+    );
+    let replay = duplicates(&servers, 7, 1, "lost", 1).await.remove(0);
+    assert_eq!(
+        (replay.status, &replay.body, replay.replayed),
+        (201, &first.body, true)
+    );
+    let other = duplicates(&servers, 7, 1, "another", 1).await.remove(0);
+    assert_eq!(other.status, 409, "{other:?}");
+    assert!(other.body.contains("already_purchased"), "{other:?}");
+
+    level4::drain::wait_until_persisted(&database, &redis_url(), 7, Duration::from_secs(30))
+        .await
+        .expect("the sale reaches PostgreSQL");
+    let truth = db::truth(&pool, TicketId::parse(7).unwrap()).await.unwrap();
+    assert_eq!((truth.orders, truth.stock), (1, 9), "one unit spent, once");
+    stop(servers).await;
+}
+
+/// The everyday way a Level 4 answer gets lost: Redis is stalled (here by a
+/// script that keeps it busy for 1.5 s), the server stops waiting for the
+/// purchase script's reply after its 1 s response timeout and answers 503,
+/// which releases the claim, and then Redis runs the script anyway: the unit
+/// is sold to a buyer who was told "try again". Trying again with the same
+/// key gets that order (201), not `409 already_purchased`, and spends
+/// nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn level4_a_purchase_whose_redis_reply_timed_out_gets_its_order_on_retry() {
+    let (servers, database) = servers(&ServerSpec::new(4, "redis-lua"), 1).await;
+    let pool = reset(&database, 8, 10).await;
+    let redis = redis_url();
+    // Load the sale first, with another buyer, so that the stalled request
+    // is the purchase script itself.
+    let warm = duplicates(&servers, 8, 2, "warm-up", 1).await.remove(0);
+    assert_eq!(warm.status, 201, "{warm:?}");
+
+    let store = level4::store::SaleStore::connect(&database, &redis)
+        .await
+        .unwrap();
+    let stall = {
+        let url = redis.clone();
+        tokio::spawn(async move {
+            let mut conn = redis::Client::open(url)
+                .unwrap()
+                .get_multiplexed_async_connection_with_config(
+                    &redis::AsyncConnectionConfig::new().set_response_timeout(None),
+                )
+                .await
+                .unwrap();
+            let _: i64 = redis::Script::new(
+                "local t = redis.call('TIME')
+                 local start = t[1] * 1000000 + t[2]
+                 repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] - start > 1500000
+                 return 1",
+            )
+            .invoke_async(&mut conn)
+            .await
+            .unwrap();
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let first = duplicates(&servers, 8, 1, "stalled", 1).await.remove(0);
+    assert_eq!(first.status, 503, "{first:?}");
+    stall.await.unwrap();
+
+    // Redis ran the script after all: the buyer holds an order.
+    let ticket = TicketId::parse(8).unwrap();
+    let sold: Option<i64> = store
+        .redis()
+        .query(redis::cmd("HGET").arg(store.keys().buyers(ticket)).arg(1))
+        .await
+        .unwrap();
+    let sold = sold.expect("the stalled purchase script ran once Redis was free");
+
+    let again = duplicates(&servers, 8, 1, "stalled", 1).await.remove(0);
+    assert_eq!((again.status, again.replayed), (201, false), "{again:?}");
+    let body: serde_json::Value = serde_json::from_str(&again.body).unwrap();
+    assert_eq!(body["order_id"], sold, "{again:?}");
+
+    level4::drain::wait_until_persisted(&database, &redis, 8, Duration::from_secs(30))
+        .await
+        .expect("the sales reach PostgreSQL");
+    let truth = db::truth(&pool, ticket).await.unwrap();
+    assert_eq!((truth.orders, truth.stock), (2, 8), "two buyers, two units");
+    store.pool().close().await;
     stop(servers).await;
 }

@@ -107,6 +107,17 @@ impl Claim {
     }
 }
 
+/// The key of the claim the current request holds, if any.
+///
+/// For strategies that decide a sale outside PostgreSQL (Level 4 decides in
+/// Redis): they cannot record the answer in the order's transaction, so they
+/// record the key with the sale in their own store, atomically, and can tell
+/// a request whose earlier try sold (and whose answer was lost with its
+/// server) from a second purchase.
+pub fn current_key() -> Option<String> {
+    CURRENT.try_with(|claim| claim.key.clone()).ok()
+}
+
 /// The answer body and Location of a successful purchase, as recorded and
 /// replayed.
 pub fn created_body(order: &crate::domain::Order) -> (String, String) {

@@ -71,6 +71,12 @@ impl Keys {
         format!("{}:buyers:{ticket}", self.prefix)
     }
 
+    /// The idempotency keys of `ticket`'s sale: key → order id, written by
+    /// the purchase script with the sale it made under that key.
+    pub fn idempotency(&self, ticket: TicketId) -> String {
+        format!("{}:idempotency:{ticket}", self.prefix)
+    }
+
     /// The stream of sales waiting to be persisted.
     pub fn orders(&self) -> String {
         format!("{}:orders", self.prefix)
@@ -104,6 +110,7 @@ mod tests {
         assert_eq!(keys.buyers(ticket), "ticket-rush:l4:abc:buyers:7");
         assert_eq!(keys.orders(), "ticket-rush:l4:abc:orders");
         assert!(keys.dead_letters().starts_with(keys.prefix()));
+        assert!(keys.idempotency(ticket).starts_with(keys.prefix()));
         assert!(keys.order_id().starts_with(keys.prefix()));
     }
 }

@@ -88,11 +88,14 @@
 //! cargo run --release -p level4 -- reconcile
 //! ```
 //!
-//! **What comes next.** The later chapters are about what this level leaves
-//! to the buyer: an idempotency key so that a buyer whose 201 got lost in
-//! the network can ask again and get the same order, cancellation (stock
-//! going back up, in both stores), a waiting room in front of the rush, and
-//! seat holds that expire.
+//! **Keys and cancels.** An idempotency key is written with the sale, in
+//! the same script, so that a buyer whose 201 got lost (with its server, or
+//! in a Redis reply that timed out) asks again and gets the same order, not
+//! `already_purchased`. A cancel puts the unit back in both stores
+//! ([`cancel`]).
+//!
+//! **What comes next.** A waiting room in front of the rush, and seat holds
+//! that expire.
 
 pub mod cancel;
 pub mod drain;

@@ -112,6 +112,7 @@ impl SaleStore {
             .key(keys.sale(ticket))
             .key(keys.buyers(ticket))
             .key(keys.order_id())
+            .key(keys.idempotency(ticket))
             .arg(epoch)
             .arg(total)
             .arg(available)

@@ -168,14 +168,23 @@ impl SellTickets for RedisLua {
         // and decide again. A sale that vanishes again between the load and
         // the second decision (Redis restarted without its data, twice in a
         // row) is answered busy.
+        let key = ticket_core::idempotency::current_key();
         for _ in 0..3 {
-            match store.decide(ticket, user).await {
+            match store.decide_keyed(ticket, user, key.as_deref()).await {
                 Ok(Decision::Sold(id)) => {
                     return Ok(Order {
                         order_id: OrderId(id),
                         ticket_id: ticket,
                         user_id: user,
                     })
+                }
+                Ok(Decision::Resold(id)) => {
+                    self.ctx.metrics.event("idempotent_resold");
+                    return Ok(Order {
+                        order_id: OrderId(id),
+                        ticket_id: ticket,
+                        user_id: user,
+                    });
                 }
                 Ok(Decision::AlreadyPurchased(_)) => return Err(PurchaseError::AlreadyPurchased),
                 Ok(Decision::SoldOut) => return Err(PurchaseError::SoldOut),

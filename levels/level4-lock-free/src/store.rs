@@ -164,6 +164,9 @@ impl Scripts {
 pub enum Decision {
     /// Sold, with this order id; the order is queued for PostgreSQL.
     Sold(i64),
+    /// This request (its idempotency key) was sold this order id before,
+    /// and is asking again: its first answer was lost. Nothing was spent.
+    Resold(i64),
     /// The buyer already holds the ticket, under this order id.
     AlreadyPurchased(i64),
     /// No stock left.
@@ -300,6 +303,19 @@ impl SaleStore {
     /// Runs the purchase script: Redis decides, atomically, and queues the
     /// order when it sells. Does not touch PostgreSQL.
     pub async fn decide(&self, ticket: TicketId, user: UserId) -> Result<Decision, StoreError> {
+        self.decide_keyed(ticket, user, None).await
+    }
+
+    /// [`SaleStore::decide`] for a request with an idempotency key: a sale
+    /// records the key with it, in the same script, and the same key asking
+    /// again after that sale gets [`Decision::Resold`] (its first answer was
+    /// lost), not [`Decision::AlreadyPurchased`].
+    pub async fn decide_keyed(
+        &self,
+        ticket: TicketId,
+        user: UserId,
+        idempotency_key: Option<&str>,
+    ) -> Result<Decision, StoreError> {
         let keys = &self.keys;
         let (outcome, id): (String, i64) = self
             .redis
@@ -310,12 +326,15 @@ impl SaleStore {
                     .key(keys.buyers(ticket))
                     .key(keys.orders())
                     .key(keys.order_id())
+                    .key(keys.idempotency(ticket))
                     .arg(ticket.get())
-                    .arg(user.get()),
+                    .arg(user.get())
+                    .arg(idempotency_key.unwrap_or_default()),
             )
             .await?;
         Ok(match outcome.as_str() {
             "sold" => Decision::Sold(id),
+            "resold" => Decision::Resold(id),
             "already_purchased" => Decision::AlreadyPurchased(id),
             "sold_out" => Decision::SoldOut,
             "not_loaded" => Decision::NotLoaded,

@@ -10,6 +10,7 @@
 -- KEYS[1]  sale hash
 -- KEYS[2]  buyers hash
 -- KEYS[3]  order id counter
+-- KEYS[4]  idempotency hash (a new sale starts without the old one's keys)
 -- ARGV[1]  epoch
 -- ARGV[2]  total
 -- ARGV[3]  stock
@@ -23,7 +24,7 @@ if current >= tonumber(ARGV[1]) then
   return 0
 end
 
-redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[4])
 redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'total', ARGV[2], 'stock', ARGV[3])
 for i = 5, #ARGV, 2 do
   redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])

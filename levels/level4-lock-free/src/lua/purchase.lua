@@ -10,11 +10,16 @@
 -- KEYS[2]  buyers hash    user id -> order id
 -- KEYS[3]  orders stream  what the persistence worker writes to PostgreSQL
 -- KEYS[4]  the last order id handed out
+-- KEYS[5]  idempotency hash  idempotency key -> the order id sold under it
 -- ARGV[1]  ticket id
 -- ARGV[2]  user id
+-- ARGV[3]  the request's idempotency key, or '' for none
 --
 -- Returns {outcome, order id}:
 --   {'sold', id}               sold: the sale is decided, and queued
+--   {'resold', id}             this very request (same idempotency key) was
+--                              sold this order before, and its answer was
+--                              lost: answer it again, spending nothing
 --   {'already_purchased', id}  this buyer already holds the ticket (order id)
 --   {'sold_out', '0'}
 --   {'not_loaded', '0'}        Redis holds no sale for this ticket yet
@@ -32,6 +37,12 @@ end
 -- never spend a unit.
 local held = redis.call('HGET', KEYS[2], ARGV[2])
 if held then
+  -- The buyer's order may come from this very request: a first try that
+  -- sold, whose server died before the answer was recorded in PostgreSQL.
+  -- The key was written with that sale, so this is known, not guessed.
+  if ARGV[3] ~= '' and redis.call('HGET', KEYS[5], ARGV[3]) == held then
+    return {'resold', held}
+  end
   return {'already_purchased', held}
 end
 
@@ -59,6 +70,9 @@ local order = string.format('%d', id)
 
 redis.call('HINCRBY', KEYS[1], 'stock', -1)
 redis.call('HSET', KEYS[2], ARGV[2], order)
+if ARGV[3] ~= '' then
+  redis.call('HSET', KEYS[5], ARGV[3], order)
+end
 redis.call('XADD', KEYS[3], '*',
   'order', order,
   'ticket', ARGV[1],
