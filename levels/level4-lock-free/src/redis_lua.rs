@@ -171,15 +171,11 @@ impl SellTickets for RedisLua {
         let key = ticket_core::idempotency::current_key();
         for _ in 0..3 {
             match store.decide_keyed(ticket, user, key.as_deref()).await {
-                Ok(Decision::Sold(id)) => {
-                    return Ok(Order {
-                        order_id: OrderId(id),
-                        ticket_id: ticket,
-                        user_id: user,
-                    })
-                }
-                Ok(Decision::Resold(id)) => {
-                    self.ctx.metrics.event("idempotent_resold");
+                Ok(decision @ (Decision::Sold(id) | Decision::Resold(id))) => {
+                    if matches!(decision, Decision::Resold(_)) {
+                        // This request's own sale, whose answer was lost.
+                        self.ctx.metrics.event("idempotent_resold");
+                    }
                     return Ok(Order {
                         order_id: OrderId(id),
                         ticket_id: ticket,
