@@ -221,7 +221,6 @@ pub async fn start_processes(
 async fn wait_until_healthy(server: &mut ServerProcess) -> anyhow::Result<()> {
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(60);
-    let health = format!("{}/health", server.url);
     loop {
         if let Ok(Some(status)) = server.child.try_wait() {
             bail!(
@@ -230,15 +229,8 @@ async fn wait_until_healthy(server: &mut ServerProcess) -> anyhow::Result<()> {
                 server.log_tail()
             );
         }
-        if let Ok(response) = client
-            .get(&health)
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await
-        {
-            if response.status().is_success() {
-                return Ok(());
-            }
+        if is_healthy(&client, &server.url).await {
+            return Ok(());
         }
         if Instant::now() > deadline {
             bail!(
@@ -249,6 +241,31 @@ async fn wait_until_healthy(server: &mut ServerProcess) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Waits until the server at `url` answers `/health` with 200, at most
+/// `within`. A server is listening before it can sell: its `/health` says
+/// when it can (Level 4, for instance, must first read its Redis namespace
+/// from PostgreSQL).
+pub async fn wait_until_ready(url: &str, within: Duration) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + within;
+    while !is_healthy(&client, url).await {
+        if Instant::now() > deadline {
+            bail!("the server at {url} did not answer /health within {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+async fn is_healthy(client: &reqwest::Client, url: &str) -> bool {
+    client
+        .get(format!("{url}/health"))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .is_ok_and(|response| response.status().is_success())
 }
 
 /// Waits until standard input closes (the parent that started us is gone),

@@ -19,7 +19,7 @@ use level4::reconcile::{reconcile, DriftKind};
 use level4::store::SaleStore;
 use load::levels::SettleArgs;
 use load::rush::{rush, RushPlan, Settle};
-use load::servers::{start_in_process, start_processes, urls, ServerSpec};
+use load::servers::{start_in_process, start_processes, urls, wait_until_ready, ServerSpec};
 use ticket_core::metrics::Metrics;
 use ticket_core::services::{free_port, Postgres, Redis};
 use ticket_core::{db, TicketId};
@@ -266,6 +266,13 @@ async fn with_postgres_stopped_sales_go_on_and_every_order_lands_when_it_returns
     let servers = start_in_process(&spec, &database, Some(&redis), 2)
         .await
         .expect("servers start");
+    // Both servers must be able to sell before PostgreSQL goes: each reads
+    // its Redis namespace from it once, when it starts.
+    for url in urls(&servers) {
+        wait_until_ready(&url, Duration::from_secs(30))
+            .await
+            .expect("the server is ready");
+    }
     let store = store(&database, &redis).await;
     db::reset_ticket(store.pool(), ticket(), "Outage", 100)
         .await

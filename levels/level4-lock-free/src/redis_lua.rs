@@ -29,7 +29,7 @@
 //! latency, in parallel, to every buyer.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use async_trait::async_trait;
 use ticket_core::metrics::Metrics;
@@ -37,7 +37,7 @@ use ticket_core::strategy::StrategyContext;
 use ticket_core::{
     CancelError, Cancellation, Order, OrderId, PurchaseError, SellTickets, TicketId, UserId,
 };
-use tokio::sync::{watch, OnceCell};
+use tokio::sync::watch;
 
 use crate::persist::{Backoff, Worker};
 use crate::store::{Decision, RedisConn, SaleStore, StoreError, RESPONSE_TIMEOUT};
@@ -64,21 +64,28 @@ pub struct RedisLua {
 pub(crate) struct LazyStore {
     pool: sqlx::PgPool,
     redis: RedisConn,
-    cell: OnceCell<SaleStore>,
+    cell: OnceLock<SaleStore>,
 }
 
 impl LazyStore {
+    /// The store, opening it if nobody has yet.
+    ///
+    /// Callers that find it unopened each try on their own, at the same
+    /// time. Tokio's `OnceCell::get_or_try_init` would let one try at a time: with
+    /// PostgreSQL down, each try waits out the pool's acquire timeout, so the
+    /// thousandth buyer would wait a thousand timeouts for its 503.
     pub(crate) async fn get(&self) -> Result<&SaleStore, StoreError> {
-        self.cell
-            .get_or_try_init(|| async {
-                let keys = crate::keys::Keys::read(&self.pool).await?;
-                Ok(SaleStore::with_keys(
-                    self.pool.clone(),
-                    self.redis.clone(),
-                    keys,
-                ))
-            })
-            .await
+        if let Some(store) = self.cell.get() {
+            return Ok(store);
+        }
+        let keys = crate::keys::Keys::read(&self.pool).await?;
+        // Whoever opened it first wins; every try read the same namespace.
+        let _ = self.cell.set(SaleStore::with_keys(
+            self.pool.clone(),
+            self.redis.clone(),
+            keys,
+        ));
+        Ok(self.cell.get().expect("the store was just set"))
     }
 
     /// Waits for the store, retrying until `shutdown`.
@@ -111,7 +118,7 @@ pub fn build(
     let store = Arc::new(LazyStore {
         pool: context.pool.clone(),
         redis,
-        cell: OnceCell::new(),
+        cell: OnceLock::new(),
     });
     let (shutdown, stopped) = watch::channel(false);
 
@@ -213,7 +220,14 @@ impl SellTickets for RedisLua {
         Some(outcome)
     }
 
+    /// Healthy means able to sell: the sale store is open (its Redis
+    /// namespace was read from PostgreSQL, which a server that started
+    /// while PostgreSQL was away may not have done yet) and Redis answers.
     async fn check_health(&self) -> anyhow::Result<()> {
+        self.store
+            .get()
+            .await
+            .map_err(|err| anyhow::anyhow!("the sale store is not open yet: {err}"))?;
         self.store
             .redis
             .ping()
