@@ -30,7 +30,7 @@ use sqlx::PgPool;
 
 use crate::db;
 use crate::domain::{
-    CancelError, InvalidId, OrderId, PurchaseError, SellTickets, TicketId, UserId,
+    CancelError, InvalidId, OrderId, Purchase, PurchaseError, SellTickets, TicketId, UserId,
 };
 use crate::idempotency::{self, Begin, Recorded};
 use crate::metrics::Metrics;
@@ -314,7 +314,7 @@ async fn purchase(
     };
     let started = Instant::now();
     let answer = match key {
-        None => answer_of(state.strategy.purchase(ticket, user).await),
+        None => answer_of(state.strategy.purchase(Purchase::new(ticket, user)).await),
         Some(key) => match state.idempotency.mode {
             idempotency::Mode::Atomic => idempotent_purchase(&state, &key, ticket, user).await,
             idempotency::Mode::CheckThenInsert => {
@@ -465,15 +465,16 @@ async fn idempotent_purchase(
             .into_response(),
         },
         Begin::Owner(claim) => {
-            let outcome = claim
-                .clone()
-                .scope(state.strategy.purchase(ticket, user))
-                .await;
-            let recorded_with_order = outcome.is_ok() && claim.recorded();
-            let (answer, recorded) = answer_and_record(outcome);
+            let purchase = Purchase {
+                ticket,
+                user,
+                claim: Some(claim.clone()),
+            };
+            let (answer, recorded) = answer_and_record(state.strategy.purchase(purchase).await);
             let kept = match recorded {
-                // Recorded in the order's transaction already.
-                Some(_) if recorded_with_order => Ok(()),
+                // A 201 whose order went through `insert_order` is recorded
+                // already, in the order's transaction, and `finish` leaves it
+                // alone; one decided elsewhere (Level 4) is recorded now.
                 Some(recorded) => idempotency::finish(&state.pool, &claim, &recorded).await,
                 None => idempotency::release(&state.pool, &claim).await,
             };
@@ -515,7 +516,8 @@ async fn check_then_insert_purchase(
         Ok(None) => {}
         Err(err) => return answer_of(Err(err)),
     }
-    let (answer, recorded) = answer_and_record(state.strategy.purchase(ticket, user).await);
+    let (answer, recorded) =
+        answer_and_record(state.strategy.purchase(Purchase::new(ticket, user)).await);
     if let Some(recorded) = recorded {
         if let Err(err) = idempotency::insert_after(
             &state.pool,

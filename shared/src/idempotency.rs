@@ -6,11 +6,11 @@
 //!
 //! 1. **Claim.** `INSERT ... ON CONFLICT DO NOTHING` on the key's row. Exactly
 //!    one request wins, on whichever server; it does the work.
-//! 2. **Work, and record atomically.** The winner runs the purchase inside a
-//!    task-local [`Claim`]. When the strategy inserts the order
-//!    ([`crate::db::insert_order`]), the key's row is completed *in the same
-//!    transaction*, so the order and the record of its answer commit together
-//!    or not at all. A failure (sold out, already purchased) has no order to
+//! 2. **Work, and record atomically.** The winner runs the purchase with its
+//!    [`Claim`] inside the [`crate::Purchase`] it hands the strategy. When
+//!    the strategy inserts the order ([`crate::db::insert_order`] takes that
+//!    purchase), the key's row is completed *in the same transaction*, so the
+//!    order and the record of its answer commit together or not at all. A failure (sold out, already purchased) has no order to
 //!    be atomic with; its answer is recorded after. A retryable failure (503)
 //!    is not recorded: the claim is released, so a retry does the work again.
 //! 3. **Everyone else waits and replays.** Any other request with the key
@@ -32,8 +32,6 @@
 //! or three identical requests at once all find nothing, all do the work,
 //! and all but one fail to insert the key: a duplicate-key error, a 500.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sqlx::{PgConnection, PgPool, Row as _};
@@ -80,43 +78,7 @@ pub fn parse_key(raw: &[u8]) -> Option<String> {
     ok.then(|| String::from_utf8_lossy(raw).into_owned())
 }
 
-/// The claim the current request holds, visible to
-/// [`crate::db::insert_order`] through a task-local.
-#[derive(Debug, Clone)]
-pub struct Claim {
-    /// The key.
-    pub key: String,
-    /// This claim's owner token.
-    pub owner: i64,
-    recorded: Arc<AtomicBool>,
-}
-
-tokio::task_local! {
-    static CURRENT: Claim;
-}
-
-impl Claim {
-    /// Runs `work` with this claim visible to `insert_order`.
-    pub async fn scope<F: std::future::Future>(self, work: F) -> F::Output {
-        CURRENT.scope(self, work).await
-    }
-
-    /// Whether the order's transaction recorded the answer.
-    pub fn recorded(&self) -> bool {
-        self.recorded.load(Ordering::SeqCst)
-    }
-}
-
-/// The key of the claim the current request holds, if any.
-///
-/// For strategies that decide a sale outside PostgreSQL (Level 4 decides in
-/// Redis): they cannot record the answer in the order's transaction, so they
-/// record the key with the sale in their own store, atomically, and can tell
-/// a request whose earlier try sold (and whose answer was lost with its
-/// server) from a second purchase.
-pub fn current_key() -> Option<String> {
-    CURRENT.try_with(|claim| claim.key.clone()).ok()
-}
+pub use crate::domain::Claim;
 
 /// The answer body and Location of a successful purchase, as recorded and
 /// replayed.
@@ -126,15 +88,13 @@ pub fn created_body(order: &crate::domain::Order) -> (String, String) {
     (body, location)
 }
 
-/// Called by [`crate::db::insert_order`] inside the order's transaction: if
-/// the current request holds a claim, completes it there with the 201 answer.
+/// Called by [`crate::db::insert_order`] inside the order's transaction:
+/// completes `claim` there with the 201 answer.
 pub(crate) async fn record_in_transaction(
     conn: &mut PgConnection,
+    claim: &Claim,
     order: &crate::domain::Order,
 ) -> Result<(), PurchaseError> {
-    let Ok(claim) = CURRENT.try_with(Claim::clone) else {
-        return Ok(());
-    };
     let (body, location) = created_body(order);
     let updated = sqlx::query(
         "UPDATE idempotency_keys SET status = 201, body = $3, location = $4, completed_at = now() \
@@ -154,7 +114,6 @@ pub(crate) async fn record_in_transaction(
             "this request's idempotency key was taken over",
         ));
     }
-    claim.recorded.store(true, Ordering::SeqCst);
     Ok(())
 }
 
@@ -265,12 +224,13 @@ fn new_claim(key: &str, owner: i64) -> Claim {
     Claim {
         key: key.to_owned(),
         owner,
-        recorded: Arc::new(AtomicBool::new(false)),
     }
 }
 
 /// Records a final answer for a claim (failures, and successes of strategies
-/// that do not write the order through `insert_order`).
+/// that do not write the order through `insert_order`). A claim that
+/// `insert_order` already completed is left as it is (`status IS NULL`
+/// matches no row), so calling this after any success is safe.
 pub async fn finish(pool: &PgPool, claim: &Claim, answer: &Recorded) -> Result<(), PurchaseError> {
     sqlx::query(
         "UPDATE idempotency_keys SET status = $3, body = $4, location = $5, completed_at = now() \

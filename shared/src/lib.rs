@@ -29,8 +29,8 @@ pub mod strategy;
 pub mod verify;
 
 pub use domain::{
-    CancelError, Cancellation, InvalidId, Order, OrderId, PurchaseError, SellTickets, Ticket,
-    TicketId, UserId,
+    CancelError, Cancellation, Claim, InvalidId, Order, OrderId, Purchase, PurchaseError,
+    SellTickets, Ticket, TicketId, UserId,
 };
 pub use server::{RunningServer, ServerArgs};
 pub use strategy::{Expected, StrategyContext, StrategyEntry};

@@ -156,10 +156,9 @@ pub async fn finish<T>(
 /// round trip on that rare path only.
 pub async fn insert_order_retryable(
     conn: &mut PgConnection,
-    ticket: ticket_core::TicketId,
-    user: ticket_core::UserId,
+    purchase: &ticket_core::Purchase,
 ) -> Result<ticket_core::Order, Failure> {
-    match ticket_core::db::insert_order(conn, ticket, user).await {
+    match ticket_core::db::insert_order(conn, purchase).await {
         Ok(order) => Ok(order),
         Err(busy @ PurchaseError::Busy { .. }) => {
             let probe = sqlx::query("SELECT 1").execute(&mut *conn).await;
