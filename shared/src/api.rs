@@ -451,7 +451,7 @@ async fn idempotent_purchase(
             response: Problem::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "idempotency_key_mismatch",
-                "this Idempotency-Key was used for another ticket or user",
+                "this Idempotency-Key was used for another ticket",
             )
             .into_response(),
         },
@@ -495,8 +495,8 @@ async fn check_then_insert_purchase(
     ticket: TicketId,
     user: UserId,
 ) -> Answer {
-    match idempotency::lookup(&state.pool, key).await {
-        Ok(Some((t, u, recorded))) if t == ticket.get() && u == user.get() => {
+    match idempotency::lookup(&state.pool, key, user).await {
+        Ok(Some((t, recorded))) if t == ticket.get() => {
             return Answer {
                 outcome: outcome_of(recorded.status, &recorded.body),
                 response: replay_response(&recorded, true),
@@ -508,7 +508,7 @@ async fn check_then_insert_purchase(
                 response: Problem::new(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     "idempotency_key_mismatch",
-                    "this Idempotency-Key was used for another ticket or user",
+                    "this Idempotency-Key was used for another ticket",
                 )
                 .into_response(),
             }

@@ -206,6 +206,8 @@ pub enum CancelError {
 pub struct Claim {
     /// The key, as the client sent it.
     pub key: String,
+    /// The buyer the key belongs to: keys are scoped per buyer.
+    pub user: UserId,
     /// This claim's owner token: a takeover by another request changes it,
     /// and then this claim can no longer complete the key.
     pub owner: i64,
@@ -231,11 +233,6 @@ impl Purchase {
             user,
             claim: None,
         }
-    }
-
-    /// The idempotency key this purchase carries, if any.
-    pub fn key(&self) -> Option<&str> {
-        self.claim.as_ref().map(|claim| claim.key.as_str())
     }
 }
 

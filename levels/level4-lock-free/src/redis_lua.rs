@@ -177,9 +177,10 @@ impl SellTickets for RedisLua {
         // and decide again. A sale that vanishes again between the load and
         // the second decision (Redis restarted without its data, twice in a
         // row) is answered busy.
-        let key = purchase.key();
+        // Keys are scoped per buyer: two buyers' equal keys are two keys.
+        let key = (purchase.claim.as_ref()).map(|claim| format!("{}:{}", claim.user, claim.key));
         for _ in 0..3 {
-            match store.decide_keyed(ticket, user, key).await {
+            match store.decide_keyed(ticket, user, key.as_deref()).await {
                 Ok(decision @ (Decision::Sold(id) | Decision::Resold(id))) => {
                     if matches!(decision, Decision::Resold(_)) {
                         // This request's own sale, whose answer was lost.
