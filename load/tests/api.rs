@@ -213,6 +213,50 @@ async fn bad_input_is_a_clear_4xx_and_changes_nothing() {
     }
 }
 
+/// A cancel's body is read by the same extractor as a purchase's, with the
+/// same limits: every bad purchase body of the table (too large: 413, not
+/// JSON: 415, malformed: 400, invalid user: 422) is the same problem on a
+/// cancel, and nothing changes. (An oversized cancel used to be 400.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_body_gets_the_same_checks_and_limits_as_a_purchase_body() {
+    let (servers, database) = servers(&ServerSpec::new(2, "atomic"), 1).await;
+    let base = servers[0].url();
+    let pool = load::rush::open_database(&database).await.unwrap();
+    let ticket = TicketId::parse(1).unwrap();
+    db::reset_ticket(&pool, ticket, "Rush concert", 100)
+        .await
+        .unwrap();
+    let client = reqwest::Client::new();
+    let bought = client
+        .post(format!("{base}/tickets/1/orders"))
+        .json(&serde_json::json!({ "user_id": 1 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bought.status(), StatusCode::CREATED);
+    let order: Value = bought.json().await.unwrap();
+    let cancel_path = format!("/tickets/1/orders/{}", order["order_id"]);
+
+    let body_cases = bad_inputs()
+        .into_iter()
+        .filter(|case| case.path == "/tickets/1/orders");
+    for case in body_cases {
+        let mut request = client
+            .delete(format!("{base}{cancel_path}"))
+            .body(case.body.clone());
+        if let Some(content_type) = case.content_type {
+            request = request.header("content-type", content_type);
+        }
+        let response = request.send().await.expect("an answer");
+        let what = format!("cancel: {}", case.what);
+        expect_problem(response, case.status, case.code, &what).await;
+    }
+
+    let truth = db::truth(&pool, ticket).await.unwrap();
+    assert_eq!((truth.orders, truth.stock), (1, 99), "nothing cancelled");
+    stop(servers).await;
+}
+
 /// A ticket that does not exist is 404 not_found, for reads and purchases.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_ticket_is_404() {
