@@ -76,18 +76,15 @@ pub struct ServerArgs {
 }
 
 impl Default for ServerArgs {
+    /// The `default_value_t`s above, written once: what an empty command
+    /// line parses to, with the environment ignored (`DATABASE_URL` set in
+    /// the shell does not leak into a default).
     fn default() -> Self {
-        Self {
-            port: 8080,
-            host: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            database_url: None,
-            think_time_ms: 0,
-            max_connections: 10,
-            acquire_timeout_ms: 10_000,
-            idempotency: idempotency::Mode::Atomic,
-            idempotency_ttl_secs: 86_400,
-            idempotency_wait_ms: 10_000,
-        }
+        use clap::{Args as _, FromArgMatches as _};
+        let command = ServerArgs::augment_args(clap::Command::new("server"))
+            .mut_arg("database_url", |arg| arg.env(None::<&str>));
+        let matches = command.get_matches_from(["server"]);
+        ServerArgs::from_arg_matches(&matches).expect("the defaults parse")
     }
 }
 
@@ -266,4 +263,22 @@ pub fn init_tracing_with_default(default: &str) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_server_args_are_the_flags_defaults() {
+        let args = ServerArgs::default();
+        assert_eq!(args.port, 8080);
+        assert_eq!(args.host, IpAddr::V4(Ipv4Addr::LOCALHOST));
+        assert_eq!(args.database_url, None);
+        assert_eq!(args.max_connections, 10);
+        assert_eq!(args.acquire_timeout_ms, 10_000);
+        assert_eq!(args.idempotency, idempotency::Mode::Atomic);
+        assert_eq!(args.idempotency_ttl_secs, 86_400);
+        assert_eq!(args.idempotency_wait_ms, 10_000);
+    }
 }
