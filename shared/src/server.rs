@@ -88,6 +88,29 @@ impl Default for ServerArgs {
     }
 }
 
+/// The Redis a Level 3 or 4 server uses: `url` when one was given
+/// (`--redis-url` or `REDIS_URL`), otherwise a private throwaway Redis
+/// started from the local `redis-server`, returned with its URL. Keep the
+/// returned handle as long as the server runs: dropping it stops that Redis.
+///
+/// A throwaway Redis is fine for trying one server and useless for two
+/// (they would not share it), and the warning says so.
+pub async fn redis_or_throwaway(
+    url: Option<String>,
+) -> anyhow::Result<(String, Option<std::sync::Arc<crate::services::Redis>>)> {
+    if let Some(url) = url {
+        return Ok((url, None));
+    }
+    tracing::warn!(
+        "no --redis-url or REDIS_URL: starting a private throwaway Redis; \
+         a second server would not share it"
+    );
+    let redis = tokio::task::spawn_blocking(crate::services::Redis::throwaway)
+        .await
+        .context("starting a throwaway Redis")??;
+    Ok((redis.url().to_owned(), Some(std::sync::Arc::new(redis))))
+}
+
 /// A clap value parser that accepts exactly the names in a strategy table,
 /// with each strategy's one-liner shown by `--help`.
 pub fn strategy_parser<C>(table: &'static [StrategyEntry<C>]) -> PossibleValuesParser {
