@@ -88,6 +88,32 @@ impl Default for ServerArgs {
     }
 }
 
+impl ServerArgs {
+    /// How this server handles `Idempotency-Key`.
+    pub fn idempotency_settings(&self) -> idempotency::Settings {
+        idempotency::Settings {
+            mode: self.idempotency,
+            ttl: Duration::from_secs(self.idempotency_ttl_secs),
+            wait: Duration::from_millis(self.idempotency_wait_ms),
+            ..idempotency::Settings::default()
+        }
+    }
+}
+
+/// The PostgreSQL a server uses: `url` when one was given, otherwise a
+/// private throwaway one (kept alive by the returned handle).
+async fn postgres_or_throwaway(url: Option<String>) -> anyhow::Result<(String, Option<Postgres>)> {
+    if let Some(url) = url {
+        return Ok((url, None));
+    }
+    tracing::warn!(
+        "no --database-url or DATABASE_URL: starting a private throwaway PostgreSQL; \
+         a second server would not share it"
+    );
+    let pg = tokio::task::spawn_blocking(Postgres::throwaway).await??;
+    Ok((pg.url().to_owned(), Some(pg)))
+}
+
 /// The Redis a Level 3 or 4 server uses: `url` when one was given
 /// (`--redis-url` or `REDIS_URL`), otherwise a private throwaway Redis
 /// started from the local `redis-server`, returned with its URL. Keep the
@@ -186,18 +212,7 @@ pub async fn start<C: Send + Sync + 'static>(
         })?;
     let addr = listener.local_addr()?;
 
-    let (postgres, url) = match args.database_url {
-        Some(url) => (None, url),
-        None => {
-            tracing::warn!(
-                "no --database-url or DATABASE_URL: starting a private throwaway PostgreSQL; \
-                 a second server would not share it"
-            );
-            let pg = tokio::task::spawn_blocking(Postgres::throwaway).await??;
-            let url = pg.url().to_owned();
-            (Some(pg), url)
-        }
-    };
+    let (url, postgres) = postgres_or_throwaway(args.database_url.clone()).await?;
     let pool = db::connect(
         &url,
         args.max_connections,
@@ -219,12 +234,7 @@ pub async fn start<C: Send + Sync + 'static>(
         strategy: sell,
         pool,
         metrics,
-        idempotency: idempotency::Settings {
-            mode: args.idempotency,
-            ttl: Duration::from_secs(args.idempotency_ttl_secs),
-            wait: Duration::from_millis(args.idempotency_wait_ms),
-            ..idempotency::Settings::default()
-        },
+        idempotency: args.idempotency_settings(),
     });
 
     let (shutdown, stopped) = oneshot::channel::<()>();
