@@ -134,7 +134,7 @@ async fn identical_concurrent_requests_get_one_answer_and_at_most_one_order() {
     }
 }
 
-/// The same key for another user is 422 and writes nothing; once the key
+/// The same key for another ticket is 422 and writes nothing; once the key
 /// has expired, the same request is processed anew.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reused_keys_are_refused_and_expired_keys_are_processed_anew() {
@@ -156,11 +156,15 @@ async fn reused_keys_are_refused_and_expired_keys_are_processed_anew() {
         (409, &first.body, true)
     );
 
-    // Another user with the same key: 422, nothing written.
-    let mismatch = duplicates(&servers, 5, 2, "k1", 1).await.remove(0);
+    // The same user with the same key for another ticket: 422, nothing
+    // written.
+    let other_ticket = reset(&database, 6, 10).await;
+    let mismatch = duplicates(&servers, 6, 1, "k1", 1).await.remove(0);
     assert_eq!(mismatch.status, 422, "{mismatch:?}");
     assert!(mismatch.body.contains("idempotency_key_mismatch"));
-    let truth = db::truth(&pool, TicketId::parse(5).unwrap()).await.unwrap();
+    let truth = db::truth(&other_ticket, TicketId::parse(6).unwrap())
+        .await
+        .unwrap();
     assert_eq!((truth.orders, truth.stock), (0, 10));
 
     // After the key expires, the same request is new work: now it sells.
@@ -168,6 +172,129 @@ async fn reused_keys_are_refused_and_expired_keys_are_processed_anew() {
     let anew = duplicates(&servers, 5, 1, "k1", 1).await.remove(0);
     assert_eq!((anew.status, anew.replayed), (201, false), "{anew:?}");
     let truth = db::truth(&pool, TicketId::parse(5).unwrap()).await.unwrap();
+    assert_eq!((truth.orders, truth.stock), (1, 9));
+    stop(servers).await;
+}
+
+/// Keys are scoped per buyer: two buyers who happen to send the same key (two
+/// clients that both count their requests from 1, say) are two requests,
+/// each answered on its own. The same buyer reusing the key for another
+/// ticket is still refused with 422, nothing written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_scoped_per_buyer_and_a_reused_key_is_still_422() {
+    let (servers, database) = servers(&ServerSpec::new(2, "atomic"), 2).await;
+    let pool = reset(&database, 12, 10).await;
+    let other_ticket = reset(&database, 13, 10).await;
+
+    let one = duplicates(&servers[..1], 12, 1, "request-1", 1)
+        .await
+        .remove(0);
+    let two = duplicates(&servers[1..], 12, 2, "request-1", 1)
+        .await
+        .remove(0);
+    let reused = duplicates(&servers, 13, 1, "request-1", 1).await.remove(0);
+
+    assert_eq!((one.status, one.replayed), (201, false), "{one:?}");
+    assert_eq!((two.status, two.replayed), (201, false), "{two:?}");
+    assert_ne!(one.body, two.body, "two buyers, two orders");
+    assert_eq!(reused.status, 422, "{reused:?}");
+    assert!(
+        reused.body.contains("idempotency_key_mismatch"),
+        "{reused:?}"
+    );
+    let truth = db::truth(&pool, TicketId::parse(12).unwrap())
+        .await
+        .unwrap();
+    assert_eq!((truth.orders, truth.stock), (2, 8));
+    let truth = db::truth(&other_ticket, TicketId::parse(13).unwrap())
+        .await
+        .unwrap();
+    assert_eq!((truth.orders, truth.stock), (0, 10));
+    stop(servers).await;
+}
+
+/// Polls `condition` (an SQL boolean) until it holds: tests wait for the
+/// event, not for a clock.
+async fn wait_until(pool: &sqlx::PgPool, condition: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let holds: bool = sqlx::query_scalar(condition).fetch_one(pool).await.unwrap();
+        if holds {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "never: {condition}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A slow purchase (3 s of think time) under a key that lives 2 s.
+fn slower_than_its_key() -> ServerSpec {
+    ServerSpec::new(2, "atomic")
+        .think_time_ms(3000)
+        .args(["--idempotency-ttl-secs", "2"])
+}
+
+/// A key whose time to live runs out while its first request is still at
+/// work is not taken from that request: a duplicate that arrives then waits
+/// for it and replays its 201, and the first request keeps its 201. (The
+/// expiry cleanup used to delete the unfinished claim; the duplicate then
+/// did the work again, and the first request, its claim gone, was answered
+/// 503.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_that_expires_while_its_request_is_at_work_is_not_taken_from_it() {
+    let (servers, database) = servers(&slower_than_its_key(), 2).await;
+    let pool = reset(&database, 14, 10).await;
+
+    let first = duplicates(&servers[..1], 14, 3, "at-work", 1);
+    let second = async {
+        wait_until(
+            &pool,
+            "SELECT EXISTS (SELECT 1 FROM idempotency_keys WHERE key = 'at-work' \
+             AND status IS NULL AND expires_at < now())",
+        )
+        .await;
+        duplicates(&servers[1..], 14, 3, "at-work", 1).await
+    };
+    let (first, second) = tokio::join!(first, second);
+
+    assert_eq!(first[0].status, 201, "{first:?}");
+    assert_eq!(
+        (second[0].status, &second[0].body, second[0].replayed),
+        (201, &first[0].body, true),
+        "{second:?}"
+    );
+    let truth = db::truth(&pool, TicketId::parse(14).unwrap())
+        .await
+        .unwrap();
+    assert_eq!((truth.orders, truth.stock), (1, 9));
+    stop(servers).await;
+}
+
+/// A key is remembered for its time to live *after its answer*: a purchase
+/// that took longer than the time to live still has its 201 replayed to a
+/// duplicate that arrives right after it, never turned into 409
+/// already_purchased by the duplicate doing the work again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_right_after_a_slow_201_gets_the_201_not_a_409() {
+    let (servers, database) = servers(&slower_than_its_key(), 2).await;
+    let pool = reset(&database, 15, 10).await;
+
+    let first = duplicates(&servers[..1], 15, 4, "answered", 1)
+        .await
+        .remove(0);
+    assert_eq!(first.status, 201, "{first:?}");
+    let second = duplicates(&servers[1..], 15, 4, "answered", 1)
+        .await
+        .remove(0);
+
+    assert_eq!(
+        (second.status, &second.body, second.replayed),
+        (201, &first.body, true),
+        "{second:?}"
+    );
+    let truth = db::truth(&pool, TicketId::parse(15).unwrap())
+        .await
+        .unwrap();
     assert_eq!((truth.orders, truth.stock), (1, 9));
     stop(servers).await;
 }

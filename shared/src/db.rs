@@ -13,7 +13,7 @@ use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
 use sqlx::Row as _;
 
 use crate::domain::{
-    CancelError, Cancellation, Order, OrderId, PurchaseError, Ticket, TicketId, UserId,
+    CancelError, Cancellation, Order, OrderId, Purchase, PurchaseError, Ticket, TicketId, UserId,
 };
 
 /// The schema, embedded in every binary. Applied with [`migrate`].
@@ -122,29 +122,33 @@ impl From<sqlx::Error> for PurchaseError {
     }
 }
 
-/// Inserts the order row. A second order by the same buyer fails on
-/// UNIQUE (ticket_id, user_id) and comes back as
-/// [`PurchaseError::AlreadyPurchased`], whatever lock the caller holds.
+/// Inserts the order row for `purchase`, and, when the purchase holds an
+/// idempotency claim, completes the claim with the 201 answer *in the same
+/// transaction*: the order and the record of its answer commit together, or
+/// neither does.
+///
+/// A second order by the same buyer fails on UNIQUE (ticket_id, user_id) and
+/// comes back as [`PurchaseError::AlreadyPurchased`], whatever lock the
+/// caller holds.
 pub async fn insert_order(
     conn: &mut PgConnection,
-    ticket: TicketId,
-    user: UserId,
+    purchase: &Purchase,
 ) -> Result<Order, PurchaseError> {
     let id: i64 = sqlx::query_scalar(
         "INSERT INTO ticket_orders (ticket_id, user_id) VALUES ($1, $2) RETURNING id",
     )
-    .bind(ticket.get())
-    .bind(user.get())
+    .bind(purchase.ticket.get())
+    .bind(purchase.user.get())
     .fetch_one(&mut *conn)
     .await?;
     let order = Order {
         order_id: OrderId(id),
-        ticket_id: ticket,
-        user_id: user,
+        ticket_id: purchase.ticket,
+        user_id: purchase.user,
     };
-    // When the request carries an idempotency key, its answer is recorded
-    // here, in the order's own transaction: both commit, or neither.
-    crate::idempotency::record_in_transaction(conn, &order).await?;
+    if let Some(claim) = &purchase.claim {
+        crate::idempotency::record_in_transaction(conn, claim, &order).await?;
+    }
     Ok(order)
 }
 

@@ -193,6 +193,49 @@ pub enum CancelError {
     Purchase(#[from] PurchaseError),
 }
 
+/// The claim a request holds on its `Idempotency-Key` (see
+/// [`crate::idempotency`]): which key, and the owner token that proves this
+/// request still holds it.
+///
+/// It travels inside [`Purchase`], as a value, so that whoever writes the
+/// order can record the request's answer in the order's own transaction
+/// ([`crate::db::insert_order`] does). A strategy that spawns a task or
+/// writes its own INSERT must carry it along: the compiler, not a comment,
+/// reminds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    /// The key, as the client sent it.
+    pub key: String,
+    /// The buyer the key belongs to: keys are scoped per buyer.
+    pub user: UserId,
+    /// This claim's owner token: a takeover by another request changes it,
+    /// and then this claim can no longer complete the key.
+    pub owner: i64,
+}
+
+/// One purchase request: who buys which ticket, and the idempotency claim the
+/// request holds, if it carries a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Purchase {
+    /// The ticket to buy.
+    pub ticket: TicketId,
+    /// The buyer.
+    pub user: UserId,
+    /// The request's claim on its `Idempotency-Key`; `None` without a key.
+    pub claim: Option<Claim>,
+}
+
+impl Purchase {
+    /// A purchase without an idempotency key.
+    pub fn new(ticket: TicketId, user: UserId) -> Self {
+        Self {
+            ticket,
+            user,
+            claim: None,
+        }
+    }
+}
+
 /// One way of selling a ticket safely (or, in the early levels, unsafely).
 ///
 /// Every strategy of every level implements this trait, and the HTTP API only
@@ -204,8 +247,11 @@ pub trait SellTickets: Send + Sync + 'static {
     /// The strategy's name as the contract spells it (`naive`, `mutex`, ...).
     fn name(&self) -> &'static str;
 
-    /// Sells one unit of `ticket` to `user`, or says why not.
-    async fn purchase(&self, ticket: TicketId, user: UserId) -> Result<Order, PurchaseError>;
+    /// Sells one unit of `purchase.ticket` to `purchase.user`, or says why
+    /// not. An order written to PostgreSQL goes through
+    /// [`crate::db::insert_order`] with this very `purchase`, so that its
+    /// idempotency claim is completed in the order's transaction.
+    async fn purchase(&self, purchase: Purchase) -> Result<Order, PurchaseError>;
 
     /// Checks the services this strategy needs beyond the database (Redis,
     /// for instance). `/health` calls it; the default needs nothing more.

@@ -6,11 +6,11 @@
 //!
 //! 1. **Claim.** `INSERT ... ON CONFLICT DO NOTHING` on the key's row. Exactly
 //!    one request wins, on whichever server; it does the work.
-//! 2. **Work, and record atomically.** The winner runs the purchase inside a
-//!    task-local [`Claim`]. When the strategy inserts the order
-//!    ([`crate::db::insert_order`]), the key's row is completed *in the same
-//!    transaction*, so the order and the record of its answer commit together
-//!    or not at all. A failure (sold out, already purchased) has no order to
+//! 2. **Work, and record atomically.** The winner runs the purchase with its
+//!    [`Claim`] inside the [`crate::Purchase`] it hands the strategy. When
+//!    the strategy inserts the order ([`crate::db::insert_order`] takes that
+//!    purchase), the key's row is completed *in the same transaction*, so the
+//!    order and the record of its answer commit together or not at all. A failure (sold out, already purchased) has no order to
 //!    be atomic with; its answer is recorded after. A retryable failure (503)
 //!    is not recorded: the claim is released, so a retry does the work again.
 //! 3. **Everyone else waits and replays.** Any other request with the key
@@ -24,16 +24,22 @@
 //! owner token, so a straggler whose claim was taken over cannot complete it
 //! (its transaction rolls back instead).
 //!
-//! The key is bound to its request: the same key with another ticket or user
-//! is refused (422), nothing written. Keys expire after a configurable time.
+//! Keys are scoped per buyer, as the IETF draft advises: `(user, key)` names
+//! a key, so two buyers whose clients pick the same key never collide. The
+//! key is bound to its request: the same buyer's key with another ticket is
+//! refused (422), nothing written.
+//!
+//! Keys expire a configurable time (`--idempotency-ttl-secs`) after their
+//! answer; the same key after that is a new request. A key still in
+//! progress never expires: only a lease that ran out lets another request
+//! take it over (above), so a duplicate can never do the work a second time
+//! while the first request may still commit it.
 //!
 //! [`Mode::CheckThenInsert`] keeps the broken design one of the original
 //! projects shipped: look the key up, do the work, then insert the key. Two
 //! or three identical requests at once all find nothing, all do the work,
 //! and all but one fail to insert the key: a duplicate-key error, a 500.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sqlx::{PgConnection, PgPool, Row as _};
@@ -80,43 +86,7 @@ pub fn parse_key(raw: &[u8]) -> Option<String> {
     ok.then(|| String::from_utf8_lossy(raw).into_owned())
 }
 
-/// The claim the current request holds, visible to
-/// [`crate::db::insert_order`] through a task-local.
-#[derive(Debug, Clone)]
-pub struct Claim {
-    /// The key.
-    pub key: String,
-    /// This claim's owner token.
-    pub owner: i64,
-    recorded: Arc<AtomicBool>,
-}
-
-tokio::task_local! {
-    static CURRENT: Claim;
-}
-
-impl Claim {
-    /// Runs `work` with this claim visible to `insert_order`.
-    pub async fn scope<F: std::future::Future>(self, work: F) -> F::Output {
-        CURRENT.scope(self, work).await
-    }
-
-    /// Whether the order's transaction recorded the answer.
-    pub fn recorded(&self) -> bool {
-        self.recorded.load(Ordering::SeqCst)
-    }
-}
-
-/// The key of the claim the current request holds, if any.
-///
-/// For strategies that decide a sale outside PostgreSQL (Level 4 decides in
-/// Redis): they cannot record the answer in the order's transaction, so they
-/// record the key with the sale in their own store, atomically, and can tell
-/// a request whose earlier try sold (and whose answer was lost with its
-/// server) from a second purchase.
-pub fn current_key() -> Option<String> {
-    CURRENT.try_with(|claim| claim.key.clone()).ok()
-}
+pub use crate::domain::Claim;
 
 /// The answer body and Location of a successful purchase, as recorded and
 /// replayed.
@@ -126,36 +96,58 @@ pub fn created_body(order: &crate::domain::Order) -> (String, String) {
     (body, location)
 }
 
-/// Called by [`crate::db::insert_order`] inside the order's transaction: if
-/// the current request holds a claim, completes it there with the 201 answer.
+/// Called by [`crate::db::insert_order`] inside the order's transaction:
+/// completes `claim` there with the 201 answer.
 pub(crate) async fn record_in_transaction(
     conn: &mut PgConnection,
+    claim: &Claim,
     order: &crate::domain::Order,
 ) -> Result<(), PurchaseError> {
-    let Ok(claim) = CURRENT.try_with(Claim::clone) else {
-        return Ok(());
-    };
     let (body, location) = created_body(order);
-    let updated = sqlx::query(
-        "UPDATE idempotency_keys SET status = 201, body = $3, location = $4, completed_at = now() \
-         WHERE key = $1 AND owner = $2 AND status IS NULL",
-    )
-    .bind(&claim.key)
-    .bind(claim.owner)
-    .bind(&body)
-    .bind(&location)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    if updated != 1 {
+    let answer = Recorded {
+        status: 201,
+        body,
+        location: Some(location),
+    };
+    if !complete(&mut *conn, claim, &answer).await? {
         // Our lease ran out and another request took the key over: this
         // transaction must not commit a second order for it.
         return Err(PurchaseError::busy(
             "this request's idempotency key was taken over",
         ));
     }
-    claim.recorded.store(true, Ordering::SeqCst);
     Ok(())
+}
+
+/// Completes `claim` with `answer`, if the claim is still ours and still
+/// unanswered; says whether it did.
+///
+/// The key's time to live starts again from the answer (`expires_at -
+/// created_at` is the TTL it was claimed with; `clock_timestamp()`, because
+/// `now()` is when the order's transaction began): a purchase slower than the
+/// TTL is still remembered for a whole TTL after it answered, so a duplicate
+/// that follows it is replayed the 201 instead of doing the work again and
+/// being told 409 `already_purchased`.
+async fn complete<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    claim: &Claim,
+    answer: &Recorded,
+) -> Result<bool, sqlx::Error> {
+    let updated = sqlx::query(
+        "UPDATE idempotency_keys SET status = $4, body = $5, location = $6, completed_at = now(), \
+                expires_at = clock_timestamp() + (expires_at - created_at) \
+         WHERE user_id = $1 AND key = $2 AND owner = $3 AND status IS NULL",
+    )
+    .bind(claim.user.get())
+    .bind(&claim.key)
+    .bind(claim.owner)
+    .bind(answer.status as i16)
+    .bind(&answer.body)
+    .bind(&answer.location)
+    .execute(executor)
+    .await?
+    .rows_affected();
+    Ok(updated == 1)
 }
 
 /// A recorded answer.
@@ -172,17 +164,21 @@ pub struct Recorded {
 /// What trying to claim a key found.
 #[derive(Debug)]
 pub enum Begin {
-    /// This request owns the key: do the work inside the claim.
+    /// This request owns the key: do the work, passing the claim along in
+    /// the [`crate::Purchase`].
     Owner(Claim),
     /// The key was answered before: replay this.
     Replay(Recorded),
-    /// The key belongs to another ticket or user.
+    /// This buyer used the key for another ticket.
     Mismatch,
     /// Another request holds it and did not finish within the wait bound.
     InProgress,
 }
 
-/// Claims `key` for (ticket, user), or waits for whoever holds it.
+/// Claims `user`'s `key` for `ticket`, or waits for whoever holds it.
+///
+/// Keys are scoped per buyer: `(user, key)` names a row, so two buyers who
+/// pick the same key never see each other's.
 pub async fn begin(
     pool: &PgPool,
     settings: &Settings,
@@ -192,65 +188,29 @@ pub async fn begin(
 ) -> Result<Begin, PurchaseError> {
     let deadline = Instant::now() + settings.wait;
     loop {
-        sqlx::query("DELETE FROM idempotency_keys WHERE key = $1 AND expires_at < now()")
-            .bind(key)
-            .execute(pool)
-            .await?;
-        let owner: i64 = rand::random::<i64>() & i64::MAX;
-        let claimed = sqlx::query(
-            "INSERT INTO idempotency_keys (key, ticket_id, user_id, owner, locked_until, expires_at) \
-             VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5), now() + make_interval(secs => $6)) \
-             ON CONFLICT (key) DO NOTHING",
-        )
-        .bind(key)
-        .bind(ticket.get())
-        .bind(user.get())
-        .bind(owner)
-        .bind(settings.lease.as_secs_f64())
-        .bind(settings.ttl.as_secs_f64())
-        .execute(pool)
-        .await?
-        .rows_affected();
-        if claimed == 1 {
-            return Ok(Begin::Owner(new_claim(key, owner)));
+        forget_if_expired(pool, key, user).await?;
+        let claim = Claim {
+            key: key.to_owned(),
+            user,
+            owner: rand::random::<i64>() & i64::MAX,
+        };
+        if try_claim(pool, settings, &claim, ticket).await? {
+            return Ok(Begin::Owner(claim));
         }
-        let row = sqlx::query(
-            "SELECT ticket_id, user_id, status, body, location, locked_until < now() AS stale \
-             FROM idempotency_keys WHERE key = $1",
-        )
-        .bind(key)
-        .fetch_optional(pool)
-        .await?;
-        let Some(row) = row else {
+        let Some(row) = read(pool, key, user).await? else {
             continue; // released or expired in between: try to claim again
         };
-        if row.get::<i64, _>("ticket_id") != ticket.get()
-            || row.get::<i64, _>("user_id") != user.get()
-        {
+        if row.ticket != ticket.get() {
             return Ok(Begin::Mismatch);
         }
-        if let Some(status) = row.get::<Option<i16>, _>("status") {
-            return Ok(Begin::Replay(Recorded {
-                status: status as u16,
-                body: row.get("body"),
-                location: row.get("location"),
-            }));
+        if let Some(answer) = row.answer {
+            return Ok(Begin::Replay(answer));
         }
-        if row.get::<bool, _>("stale") {
+        if row.stale {
             // The holder's lease ran out (its server died, most likely). No
             // order stands behind an unfinished claim, so take it over.
-            let taken = sqlx::query(
-                "UPDATE idempotency_keys SET owner = $2, locked_until = now() + make_interval(secs => $3) \
-                 WHERE key = $1 AND status IS NULL AND locked_until < now()",
-            )
-            .bind(key)
-            .bind(owner)
-            .bind(settings.lease.as_secs_f64())
-            .execute(pool)
-            .await?
-            .rows_affected();
-            if taken == 1 {
-                return Ok(Begin::Owner(new_claim(key, owner)));
+            if take_over(pool, settings, &claim).await? {
+                return Ok(Begin::Owner(claim));
             }
             continue;
         }
@@ -261,58 +221,136 @@ pub async fn begin(
     }
 }
 
-fn new_claim(key: &str, owner: i64) -> Claim {
-    Claim {
-        key: key.to_owned(),
-        owner,
-        recorded: Arc::new(AtomicBool::new(false)),
-    }
+/// Deletes the key if it was answered and its time to live is over: the
+/// same key is then a new request.
+///
+/// Never a key still in progress (`status IS NULL`): its request may be
+/// about to commit an order with it. An unfinished claim whose server died
+/// is taken over when its lease runs out ([`take_over`]), not forgotten.
+async fn forget_if_expired(pool: &PgPool, key: &str, user: UserId) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "DELETE FROM idempotency_keys \
+         WHERE user_id = $1 AND key = $2 AND status IS NOT NULL AND expires_at < now()",
+    )
+    .bind(user.get())
+    .bind(key)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Step 1: `INSERT ... ON CONFLICT DO NOTHING`; whoever inserts the row
+/// owns the key.
+async fn try_claim(
+    pool: &PgPool,
+    settings: &Settings,
+    claim: &Claim,
+    ticket: TicketId,
+) -> Result<bool, sqlx::Error> {
+    let claimed = sqlx::query(
+        "INSERT INTO idempotency_keys (key, ticket_id, user_id, owner, locked_until, expires_at) \
+         VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5), now() + make_interval(secs => $6)) \
+         ON CONFLICT (user_id, key) DO NOTHING",
+    )
+    .bind(&claim.key)
+    .bind(ticket.get())
+    .bind(claim.user.get())
+    .bind(claim.owner)
+    .bind(settings.lease.as_secs_f64())
+    .bind(settings.ttl.as_secs_f64())
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(claimed == 1)
+}
+
+/// A key's row, as a request that did not claim it reads it.
+struct KeyRow {
+    ticket: i64,
+    answer: Option<Recorded>,
+    /// The holder's lease ran out.
+    stale: bool,
+}
+
+async fn read(pool: &PgPool, key: &str, user: UserId) -> Result<Option<KeyRow>, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT ticket_id, status, body, location, locked_until < now() AS stale \
+         FROM idempotency_keys WHERE user_id = $1 AND key = $2",
+    )
+    .bind(user.get())
+    .bind(key)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|row| KeyRow {
+        ticket: row.get("ticket_id"),
+        answer: row.get::<Option<i16>, _>("status").map(|status| Recorded {
+            status: status as u16,
+            body: row.get("body"),
+            location: row.get("location"),
+        }),
+        stale: row.get("stale"),
+    }))
+}
+
+/// Takes over an unfinished claim whose lease ran out, under a new owner
+/// token; says whether this request won it.
+async fn take_over(pool: &PgPool, settings: &Settings, claim: &Claim) -> Result<bool, sqlx::Error> {
+    let taken = sqlx::query(
+        "UPDATE idempotency_keys SET owner = $3, locked_until = now() + make_interval(secs => $4) \
+         WHERE user_id = $1 AND key = $2 AND status IS NULL AND locked_until < now()",
+    )
+    .bind(claim.user.get())
+    .bind(&claim.key)
+    .bind(claim.owner)
+    .bind(settings.lease.as_secs_f64())
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(taken == 1)
 }
 
 /// Records a final answer for a claim (failures, and successes of strategies
-/// that do not write the order through `insert_order`).
+/// that do not write the order through `insert_order`). A claim that
+/// `insert_order` already completed is left as it is, so calling this after
+/// any success is safe.
 pub async fn finish(pool: &PgPool, claim: &Claim, answer: &Recorded) -> Result<(), PurchaseError> {
-    sqlx::query(
-        "UPDATE idempotency_keys SET status = $3, body = $4, location = $5, completed_at = now() \
-         WHERE key = $1 AND owner = $2 AND status IS NULL",
-    )
-    .bind(&claim.key)
-    .bind(claim.owner)
-    .bind(answer.status as i16)
-    .bind(&answer.body)
-    .bind(&answer.location)
-    .execute(pool)
-    .await?;
+    complete(pool, claim, answer).await?;
     Ok(())
 }
 
 /// Gives a claim up without an answer (after a retryable failure), so that
 /// a retry with the same key does the work again.
 pub async fn release(pool: &PgPool, claim: &Claim) -> Result<(), PurchaseError> {
-    sqlx::query("DELETE FROM idempotency_keys WHERE key = $1 AND owner = $2 AND status IS NULL")
-        .bind(&claim.key)
-        .bind(claim.owner)
-        .execute(pool)
-        .await?;
+    sqlx::query(
+        "DELETE FROM idempotency_keys \
+         WHERE user_id = $1 AND key = $2 AND owner = $3 AND status IS NULL",
+    )
+    .bind(claim.user.get())
+    .bind(&claim.key)
+    .bind(claim.owner)
+    .execute(pool)
+    .await?;
     Ok(())
 }
 
-/// The broken design, step 1: is the key known? (Nothing is claimed.)
+/// The broken design, step 1: is `user`'s key known? Returns the ticket it
+/// was used for and its answer. (Nothing is claimed.)
 pub async fn lookup(
     pool: &PgPool,
     key: &str,
-) -> Result<Option<(i64, i64, Recorded)>, PurchaseError> {
+    user: UserId,
+) -> Result<Option<(i64, Recorded)>, PurchaseError> {
     let row = sqlx::query(
-        "SELECT ticket_id, user_id, status, body, location FROM idempotency_keys \
-         WHERE key = $1 AND expires_at >= now() AND status IS NOT NULL",
+        "SELECT ticket_id, status, body, location FROM idempotency_keys \
+         WHERE user_id = $1 AND key = $2 AND expires_at >= now() AND status IS NOT NULL",
     )
+    .bind(user.get())
     .bind(key)
     .fetch_optional(pool)
     .await?;
     Ok(row.map(|row| {
         (
             row.get("ticket_id"),
-            row.get("user_id"),
             Recorded {
                 status: row.get::<i16, _>("status") as u16,
                 body: row.get("body"),

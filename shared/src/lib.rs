@@ -11,6 +11,7 @@
 //! | [`domain`] | tickets, orders, purchase outcomes, and the [`SellTickets`] trait every strategy implements; knows nothing of HTTP, SQL or Redis |
 //! | [`db`] | the PostgreSQL adapter: pool, migrations, shared queries, error translation |
 //! | [`api`] | the axum HTTP API and its RFC 9457 problem+json errors |
+//! | [`backoff`] | bounded exponential backoff with jitter, for everything that retries |
 //! | [`idempotency`] | `Idempotency-Key`: claim, record with the order, replay |
 //! | [`strategy`] | a level's table of strategies, and what each may use |
 //! | [`server`] | the start-up every level binary shares: bind, migrate, serve, shut down |
@@ -19,6 +20,7 @@
 //! | [`metrics`] | per-server Prometheus counters (`GET /metrics`) |
 
 pub mod api;
+pub mod backoff;
 pub mod db;
 pub mod domain;
 pub mod idempotency;
@@ -29,8 +31,8 @@ pub mod strategy;
 pub mod verify;
 
 pub use domain::{
-    CancelError, Cancellation, InvalidId, Order, OrderId, PurchaseError, SellTickets, Ticket,
-    TicketId, UserId,
+    CancelError, Cancellation, Claim, InvalidId, Order, OrderId, Purchase, PurchaseError,
+    SellTickets, Ticket, TicketId, UserId,
 };
 pub use server::{RunningServer, ServerArgs};
 pub use strategy::{Expected, StrategyContext, StrategyEntry};

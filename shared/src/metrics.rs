@@ -139,23 +139,55 @@ impl Metrics {
     }
 }
 
-/// Reads one counter out of Prometheus text: the sum of every sample of
-/// `name` whose labels contain `label` (for instance `event="retry"`).
-/// The load tool uses this to add servers' counters to its report.
-pub fn sum_samples(text: &str, name: &str, label: Option<&str>) -> f64 {
+/// One sample line of Prometheus text: `name{labels} value`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sample<'a> {
+    /// The metric's name (`ticket_rush_purchases_total`).
+    pub name: &'a str,
+    /// The labels as written between the braces (`outcome="created"`), or "".
+    pub labels: &'a str,
+    /// The value.
+    pub value: f64,
+}
+
+impl<'a> Sample<'a> {
+    /// The value of label `key`, if the sample has it.
+    pub fn label(&self, key: &str) -> Option<&'a str> {
+        self.labels.split(',').find_map(|pair| {
+            let (k, v) = pair.split_once('=')?;
+            (k.trim() == key).then(|| v.trim().trim_matches('"'))
+        })
+    }
+}
+
+/// The one parser of Prometheus text in the workspace: every sample line
+/// (comments and lines that do not parse are skipped). Label values with
+/// commas or escaped quotes are not needed here and not supported.
+pub fn samples(text: &str) -> impl Iterator<Item = Sample<'_>> {
     text.lines()
         .filter(|line| !line.starts_with('#'))
         .filter_map(|line| {
             let (series, value) = line.rsplit_once(' ')?;
-            let (metric, labels) = match series.split_once('{') {
-                Some((metric, labels)) => (metric, labels),
+            let (name, labels) = match series.split_once('{') {
+                Some((name, labels)) => (name, labels.strip_suffix('}').unwrap_or(labels)),
                 None => (series, ""),
             };
-            if metric != name || label.is_some_and(|l| !labels.contains(l)) {
-                return None;
-            }
-            value.parse::<f64>().ok()
+            Some(Sample {
+                name,
+                labels,
+                value: value.parse().ok()?,
+            })
         })
+}
+
+/// Reads one counter out of Prometheus text: the sum of every sample of
+/// `name` whose labels contain `label` (for instance `event="retry"`).
+/// The load tool uses this to add servers' counters to its report.
+pub fn sum_samples(text: &str, name: &str, label: Option<&str>) -> f64 {
+    samples(text)
+        .filter(|sample| sample.name == name)
+        .filter(|sample| label.is_none_or(|l| sample.labels.contains(l)))
+        .map(|sample| sample.value)
         .sum()
 }
 
@@ -193,5 +225,23 @@ mod tests {
             10.0
         );
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn samples_are_read_with_their_labels() {
+        let text = "# HELP x\n\
+            ticket_rush_purchases_total{outcome=\"created\",level=\"2\"} 100\n\
+            ticket_rush_pool_size 10\n\
+            garbage\n";
+        let all: Vec<Sample> = samples(text).collect();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[0].name, "ticket_rush_purchases_total");
+        assert_eq!(all[0].label("outcome"), Some("created"));
+        assert_eq!(all[0].label("level"), Some("2"));
+        assert_eq!(all[0].label("event"), None);
+        assert_eq!(
+            (all[1].name, all[1].labels, all[1].value),
+            ("ticket_rush_pool_size", "", 10.0)
+        );
     }
 }

@@ -76,19 +76,65 @@ pub struct ServerArgs {
 }
 
 impl Default for ServerArgs {
+    /// The `default_value_t`s above, written once: what an empty command
+    /// line parses to, with the environment ignored (`DATABASE_URL` set in
+    /// the shell does not leak into a default).
     fn default() -> Self {
-        Self {
-            port: 8080,
-            host: IpAddr::V4(Ipv4Addr::LOCALHOST),
-            database_url: None,
-            think_time_ms: 0,
-            max_connections: 10,
-            acquire_timeout_ms: 10_000,
-            idempotency: idempotency::Mode::Atomic,
-            idempotency_ttl_secs: 86_400,
-            idempotency_wait_ms: 10_000,
+        use clap::{Args as _, FromArgMatches as _};
+        let command = ServerArgs::augment_args(clap::Command::new("server"))
+            .mut_arg("database_url", |arg| arg.env(None::<&str>));
+        let matches = command.get_matches_from(["server"]);
+        ServerArgs::from_arg_matches(&matches).expect("the defaults parse")
+    }
+}
+
+impl ServerArgs {
+    /// How this server handles `Idempotency-Key`.
+    pub fn idempotency_settings(&self) -> idempotency::Settings {
+        idempotency::Settings {
+            mode: self.idempotency,
+            ttl: Duration::from_secs(self.idempotency_ttl_secs),
+            wait: Duration::from_millis(self.idempotency_wait_ms),
+            ..idempotency::Settings::default()
         }
     }
+}
+
+/// The PostgreSQL a server uses: `url` when one was given, otherwise a
+/// private throwaway one (kept alive by the returned handle).
+async fn postgres_or_throwaway(url: Option<String>) -> anyhow::Result<(String, Option<Postgres>)> {
+    if let Some(url) = url {
+        return Ok((url, None));
+    }
+    tracing::warn!(
+        "no --database-url or DATABASE_URL: starting a private throwaway PostgreSQL; \
+         a second server would not share it"
+    );
+    let pg = tokio::task::spawn_blocking(Postgres::throwaway).await??;
+    Ok((pg.url().to_owned(), Some(pg)))
+}
+
+/// The Redis a Level 3 or 4 server uses: `url` when one was given
+/// (`--redis-url` or `REDIS_URL`), otherwise a private throwaway Redis
+/// started from the local `redis-server`, returned with its URL. Keep the
+/// returned handle as long as the server runs: dropping it stops that Redis.
+///
+/// A throwaway Redis is fine for trying one server and useless for two
+/// (they would not share it), and the warning says so.
+pub async fn redis_or_throwaway(
+    url: Option<String>,
+) -> anyhow::Result<(String, Option<std::sync::Arc<crate::services::Redis>>)> {
+    if let Some(url) = url {
+        return Ok((url, None));
+    }
+    tracing::warn!(
+        "no --redis-url or REDIS_URL: starting a private throwaway Redis; \
+         a second server would not share it"
+    );
+    let redis = tokio::task::spawn_blocking(crate::services::Redis::throwaway)
+        .await
+        .context("starting a throwaway Redis")??;
+    Ok((redis.url().to_owned(), Some(std::sync::Arc::new(redis))))
 }
 
 /// A clap value parser that accepts exactly the names in a strategy table,
@@ -166,18 +212,7 @@ pub async fn start<C: Send + Sync + 'static>(
         })?;
     let addr = listener.local_addr()?;
 
-    let (postgres, url) = match args.database_url {
-        Some(url) => (None, url),
-        None => {
-            tracing::warn!(
-                "no --database-url or DATABASE_URL: starting a private throwaway PostgreSQL; \
-                 a second server would not share it"
-            );
-            let pg = tokio::task::spawn_blocking(Postgres::throwaway).await??;
-            let url = pg.url().to_owned();
-            (Some(pg), url)
-        }
-    };
+    let (url, postgres) = postgres_or_throwaway(args.database_url.clone()).await?;
     let pool = db::connect(
         &url,
         args.max_connections,
@@ -199,12 +234,7 @@ pub async fn start<C: Send + Sync + 'static>(
         strategy: sell,
         pool,
         metrics,
-        idempotency: idempotency::Settings {
-            mode: args.idempotency,
-            ttl: Duration::from_secs(args.idempotency_ttl_secs),
-            wait: Duration::from_millis(args.idempotency_wait_ms),
-            ..idempotency::Settings::default()
-        },
+        idempotency: args.idempotency_settings(),
     });
 
     let (shutdown, stopped) = oneshot::channel::<()>();
@@ -266,4 +296,22 @@ pub fn init_tracing_with_default(default: &str) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_server_args_are_the_flags_defaults() {
+        let args = ServerArgs::default();
+        assert_eq!(args.port, 8080);
+        assert_eq!(args.host, IpAddr::V4(Ipv4Addr::LOCALHOST));
+        assert_eq!(args.database_url, None);
+        assert_eq!(args.max_connections, 10);
+        assert_eq!(args.acquire_timeout_ms, 10_000);
+        assert_eq!(args.idempotency, idempotency::Mode::Atomic);
+        assert_eq!(args.idempotency_ttl_secs, 86_400);
+        assert_eq!(args.idempotency_wait_ms, 10_000);
+    }
 }

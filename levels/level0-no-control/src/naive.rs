@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sqlx::PgPool;
 use ticket_core::strategy::{think, StrategyContext};
-use ticket_core::{db, Order, PurchaseError, SellTickets, TicketId, UserId};
+use ticket_core::{db, Order, Purchase, PurchaseError, SellTickets};
 
 /// Sells with no concurrency control at all.
 pub struct Naive {
@@ -29,8 +29,8 @@ impl SellTickets for Naive {
         "naive"
     }
 
-    async fn purchase(&self, ticket: TicketId, user: UserId) -> Result<Order, PurchaseError> {
-        read_check_write(&self.pool, self.think_time, ticket, user).await
+    async fn purchase(&self, purchase: Purchase) -> Result<Order, PurchaseError> {
+        read_check_write(&self.pool, self.think_time, &purchase).await
     }
 }
 
@@ -39,9 +39,9 @@ impl SellTickets for Naive {
 pub async fn read_check_write(
     pool: &PgPool,
     think_time: Duration,
-    ticket: TicketId,
-    user: UserId,
+    purchase: &Purchase,
 ) -> Result<Order, PurchaseError> {
+    let ticket = purchase.ticket;
     // 1. Read. This statement runs on its own and returns its connection to
     //    the pool: nothing is held while we think.
     let stock: i32 = sqlx::query_scalar("SELECT stock FROM tickets WHERE id = $1")
@@ -63,7 +63,7 @@ pub async fn read_check_write(
     //    first so that a buyer who already holds the ticket fails on UNIQUE
     //    before touching stock; both statements commit together.
     let mut tx = pool.begin().await?;
-    let order = db::insert_order(&mut tx, ticket, user).await?;
+    let order = db::insert_order(&mut tx, purchase).await?;
     sqlx::query("UPDATE tickets SET stock = $2, version = version + 1 WHERE id = $1")
         .bind(ticket.get())
         .bind(stock - 1)

@@ -8,7 +8,8 @@ use sqlx::PgPool;
 use ticket_core::metrics::Metrics;
 use ticket_core::strategy::StrategyContext;
 use ticket_core::{
-    db, CancelError, Cancellation, Order, OrderId, PurchaseError, SellTickets, TicketId, UserId,
+    db, CancelError, Cancellation, Order, OrderId, Purchase, PurchaseError, SellTickets, TicketId,
+    UserId,
 };
 
 /// Sells under one server-wide `tokio::sync::Mutex`.
@@ -39,7 +40,7 @@ impl SellTickets for MutexStrategy {
         "mutex"
     }
 
-    async fn purchase(&self, ticket: TicketId, user: UserId) -> Result<Order, PurchaseError> {
+    async fn purchase(&self, purchase: Purchase) -> Result<Order, PurchaseError> {
         let waiting = Instant::now();
         let _guard = self.lock.lock().await;
         self.metrics.lock_wait(waiting.elapsed());
@@ -47,7 +48,7 @@ impl SellTickets for MutexStrategy {
         // after COMMIT inside `read_check_write`. Dropping it earlier (say,
         // after the UPDATE but before the commit) would let the next buyer
         // read the stock we have not committed yet: the race again.
-        level0::naive::read_check_write(&self.pool, self.think_time, ticket, user).await
+        level0::naive::read_check_write(&self.pool, self.think_time, &purchase).await
     }
 
     async fn cancel(

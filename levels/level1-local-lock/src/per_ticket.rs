@@ -9,7 +9,8 @@ use sqlx::PgPool;
 use ticket_core::metrics::Metrics;
 use ticket_core::strategy::StrategyContext;
 use ticket_core::{
-    db, CancelError, Cancellation, Order, OrderId, PurchaseError, SellTickets, TicketId, UserId,
+    db, CancelError, Cancellation, Order, OrderId, Purchase, PurchaseError, SellTickets, TicketId,
+    UserId,
 };
 
 /// Sells under a `tokio::sync::Mutex` per ticket.
@@ -56,13 +57,13 @@ impl SellTickets for PerTicketStrategy {
         "per-ticket"
     }
 
-    async fn purchase(&self, ticket: TicketId, user: UserId) -> Result<Order, PurchaseError> {
-        let lock = self.lock_for(ticket);
+    async fn purchase(&self, purchase: Purchase) -> Result<Order, PurchaseError> {
+        let lock = self.lock_for(purchase.ticket);
         let waiting = Instant::now();
         let _guard = lock.lock().await;
         self.metrics.lock_wait(waiting.elapsed());
         // As with `mutex`: the guard lives past the COMMIT.
-        level0::naive::read_check_write(&self.pool, self.think_time, ticket, user).await
+        level0::naive::read_check_write(&self.pool, self.think_time, &purchase).await
     }
 
     async fn cancel(

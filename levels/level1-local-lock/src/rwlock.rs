@@ -8,7 +8,8 @@ use sqlx::PgPool;
 use ticket_core::metrics::Metrics;
 use ticket_core::strategy::StrategyContext;
 use ticket_core::{
-    db, CancelError, Cancellation, Order, OrderId, PurchaseError, SellTickets, TicketId, UserId,
+    db, CancelError, Cancellation, Order, OrderId, Purchase, PurchaseError, SellTickets, TicketId,
+    UserId,
 };
 
 /// Sells under a server-wide `tokio::sync::RwLock`.
@@ -39,13 +40,13 @@ impl SellTickets for RwLockStrategy {
         "rwlock"
     }
 
-    async fn purchase(&self, ticket: TicketId, user: UserId) -> Result<Order, PurchaseError> {
+    async fn purchase(&self, purchase: Purchase) -> Result<Order, PurchaseError> {
         // Step 1, shared: a quick look. Once the ticket is sold out, every
         // late buyer gets their answer here, all at the same time.
         {
             let _shared = self.lock.read().await;
             let stock: i32 = sqlx::query_scalar("SELECT stock FROM tickets WHERE id = $1")
-                .bind(ticket.get())
+                .bind(purchase.ticket.get())
                 .fetch_optional(&self.pool)
                 .await?
                 .ok_or(PurchaseError::NotFound)?;
@@ -59,7 +60,7 @@ impl SellTickets for RwLockStrategy {
         let waiting = Instant::now();
         let _exclusive = self.lock.write().await;
         self.metrics.lock_wait(waiting.elapsed());
-        level0::naive::read_check_write(&self.pool, self.think_time, ticket, user).await
+        level0::naive::read_check_write(&self.pool, self.think_time, &purchase).await
     }
 
     async fn cancel(

@@ -37,7 +37,7 @@ use std::time::Instant;
 use async_trait::async_trait;
 use sqlx::PgConnection;
 use ticket_core::strategy::StrategyContext;
-use ticket_core::{db, Order, PurchaseError, SellTickets, TicketId, UserId};
+use ticket_core::{db, Order, Purchase, PurchaseError, SellTickets};
 
 use crate::retry::{finish, settle, Failure};
 use crate::Level2Config;
@@ -60,10 +60,10 @@ impl SellTickets for Atomic {
         "atomic"
     }
 
-    async fn purchase(&self, ticket: TicketId, user: UserId) -> Result<Order, PurchaseError> {
+    async fn purchase(&self, purchase: Purchase) -> Result<Order, PurchaseError> {
         let attempt = async {
             let mut tx = self.ctx.pool.begin().await?;
-            let sale = self.sell(&mut tx, ticket, user).await;
+            let sale = self.sell(&mut tx, &purchase).await;
             finish(tx, sale).await
         }
         .await;
@@ -72,12 +72,8 @@ impl SellTickets for Atomic {
 }
 
 impl Atomic {
-    async fn sell(
-        &self,
-        tx: &mut PgConnection,
-        ticket: TicketId,
-        user: UserId,
-    ) -> Result<Order, Failure> {
+    async fn sell(&self, tx: &mut PgConnection, purchase: &Purchase) -> Result<Order, Failure> {
+        let (ticket, user) = (purchase.ticket, purchase.user);
         // A buyer's second click should not queue for the row lock just to
         // be rolled back. This look takes no lock and may race with the same
         // buyer's other click; UNIQUE (ticket_id, user_id) settles that race.
@@ -117,7 +113,7 @@ impl Atomic {
         // this ticket is waiting on our row lock right now.
         self.ctx.think().await;
 
-        Ok(db::insert_order(tx, ticket, user).await?)
+        Ok(db::insert_order(tx, purchase).await?)
         // `finish` commits: the decrement, the order and the lock's release
         // happen together.
     }

@@ -146,10 +146,10 @@ impl Level2Config {
     pub fn retry_policy(&self) -> RetryPolicy {
         RetryPolicy {
             max_retries: self.max_retries,
-            backoff: Backoff {
-                base: Duration::from_millis(self.backoff_base_ms),
-                max: Duration::from_millis(self.backoff_max_ms),
-            },
+            backoff: Backoff::full_jitter(
+                Duration::from_millis(self.backoff_base_ms),
+                Duration::from_millis(self.backoff_max_ms),
+            ),
         }
     }
 }

@@ -22,7 +22,7 @@ use std::time::Instant;
 use async_trait::async_trait;
 use sqlx::PgConnection;
 use ticket_core::strategy::StrategyContext;
-use ticket_core::{db, Order, PurchaseError, SellTickets, TicketId, UserId};
+use ticket_core::{db, Order, Purchase, PurchaseError, SellTickets};
 
 use crate::pessimistic::{look_before_locking, sell_locked_row};
 use crate::retry::{finish, settle, Failure};
@@ -47,10 +47,10 @@ impl SellTickets for NoWait {
         "nowait"
     }
 
-    async fn purchase(&self, ticket: TicketId, user: UserId) -> Result<Order, PurchaseError> {
+    async fn purchase(&self, purchase: Purchase) -> Result<Order, PurchaseError> {
         let attempt = async {
             let mut tx = self.ctx.pool.begin().await?;
-            let sale = self.sell(&mut tx, ticket, user).await;
+            let sale = self.sell(&mut tx, &purchase).await;
             finish(tx, sale).await
         }
         .await;
@@ -59,12 +59,8 @@ impl SellTickets for NoWait {
 }
 
 impl NoWait {
-    async fn sell(
-        &self,
-        tx: &mut PgConnection,
-        ticket: TicketId,
-        user: UserId,
-    ) -> Result<Order, Failure> {
+    async fn sell(&self, tx: &mut PgConnection, purchase: &Purchase) -> Result<Order, Failure> {
+        let ticket = purchase.ticket;
         // 0. A look before the lock (see `look_before_locking`): once the
         //    ticket is sold out, late buyers are told so instead of being
         //    refused by each other's locks.
@@ -91,6 +87,6 @@ impl NoWait {
         //      (`sell_locked_row`); `finish` commits and releases the row.
         //      Every buyer who arrives during the race window is refused at
         //      once instead of queueing.
-        sell_locked_row(&self.ctx, tx, ticket, user, stock).await
+        sell_locked_row(&self.ctx, tx, purchase, stock).await
     }
 }

@@ -47,7 +47,7 @@ use std::time::Instant;
 use async_trait::async_trait;
 use sqlx::PgConnection;
 use ticket_core::strategy::StrategyContext;
-use ticket_core::{db, Order, PurchaseError, SellTickets, TicketId, UserId};
+use ticket_core::{db, Order, Purchase, PurchaseError, SellTickets};
 
 use crate::retry::{finish, with_retries, Failure, RetryPolicy};
 use crate::Level2Config;
@@ -75,26 +75,22 @@ impl SellTickets for Optimistic {
         "optimistic"
     }
 
-    async fn purchase(&self, ticket: TicketId, user: UserId) -> Result<Order, PurchaseError> {
-        with_retries(self.retry, &self.ctx.metrics, || self.attempt(ticket, user)).await
+    async fn purchase(&self, purchase: Purchase) -> Result<Order, PurchaseError> {
+        with_retries(self.retry, &self.ctx.metrics, || self.attempt(&purchase)).await
     }
 }
 
 impl Optimistic {
     /// One try, in a fresh transaction: read, check, think, then write only
     /// if the version is still the one we read.
-    async fn attempt(&self, ticket: TicketId, user: UserId) -> Result<Order, Failure> {
+    async fn attempt(&self, purchase: &Purchase) -> Result<Order, Failure> {
         let mut tx = self.ctx.pool.begin().await?;
-        let sale = self.sell(&mut tx, ticket, user).await;
+        let sale = self.sell(&mut tx, purchase).await;
         finish(tx, sale).await
     }
 
-    async fn sell(
-        &self,
-        tx: &mut PgConnection,
-        ticket: TicketId,
-        user: UserId,
-    ) -> Result<Order, Failure> {
+    async fn sell(&self, tx: &mut PgConnection, purchase: &Purchase) -> Result<Order, Failure> {
+        let (ticket, user) = (purchase.ticket, purchase.user);
         // 1. Read stock *and version*. No lock.
         let (stock, version): (i32, i64) =
             sqlx::query_as("SELECT stock, version FROM tickets WHERE id = $1")
@@ -142,6 +138,6 @@ impl Optimistic {
         //    click got here first, UNIQUE (ticket_id, user_id) refuses it,
         //    the transaction rolls back, and the stock we just took is given
         //    back with it.
-        Ok(db::insert_order(tx, ticket, user).await?)
+        Ok(db::insert_order(tx, purchase).await?)
     }
 }

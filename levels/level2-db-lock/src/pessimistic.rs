@@ -58,7 +58,7 @@ use std::time::Instant;
 use async_trait::async_trait;
 use sqlx::PgConnection;
 use ticket_core::strategy::StrategyContext;
-use ticket_core::{db, Order, PurchaseError, SellTickets, TicketId, UserId};
+use ticket_core::{db, Order, Purchase, PurchaseError, SellTickets, TicketId};
 
 use crate::retry::{finish, settle, Failure};
 use crate::Level2Config;
@@ -88,10 +88,10 @@ impl SellTickets for Pessimistic {
         "pessimistic"
     }
 
-    async fn purchase(&self, ticket: TicketId, user: UserId) -> Result<Order, PurchaseError> {
+    async fn purchase(&self, purchase: Purchase) -> Result<Order, PurchaseError> {
         let attempt = async {
             let mut tx = self.ctx.pool.begin().await?;
-            let sale = self.sell(&mut tx, ticket, user).await;
+            let sale = self.sell(&mut tx, &purchase).await;
             finish(tx, sale).await
         }
         .await;
@@ -100,12 +100,8 @@ impl SellTickets for Pessimistic {
 }
 
 impl Pessimistic {
-    async fn sell(
-        &self,
-        tx: &mut PgConnection,
-        ticket: TicketId,
-        user: UserId,
-    ) -> Result<Order, Failure> {
+    async fn sell(&self, tx: &mut PgConnection, purchase: &Purchase) -> Result<Order, Failure> {
+        let ticket = purchase.ticket;
         // `SET LOCAL lock_timeout = '...'` and the same for
         // statement_timeout (see the module comment for why both), in
         // function form because SET takes no bind parameters. `true` makes
@@ -144,7 +140,7 @@ impl Pessimistic {
 
         // 2-4. Check, think, write: see `sell_locked_row`. Every other buyer
         //      of this ticket waits for the whole of it in the row's queue.
-        sell_locked_row(&self.ctx, tx, ticket, user, stock).await
+        sell_locked_row(&self.ctx, tx, purchase, stock).await
         // 5. `finish` commits, and the lock is released with the commit.
     }
 }
@@ -185,10 +181,10 @@ pub async fn look_before_locking(tx: &mut PgConnection, ticket: TicketId) -> Res
 pub(crate) async fn sell_locked_row(
     ctx: &StrategyContext,
     tx: &mut PgConnection,
-    ticket: TicketId,
-    user: UserId,
+    purchase: &Purchase,
     stock: i32,
 ) -> Result<Order, Failure> {
+    let (ticket, user) = (purchase.ticket, purchase.user);
     if db::has_order(tx, ticket, user).await? {
         return Err(PurchaseError::AlreadyPurchased.into());
     }
@@ -201,5 +197,5 @@ pub(crate) async fn sell_locked_row(
         .bind(stock - 1)
         .execute(&mut *tx)
         .await?;
-    Ok(db::insert_order(tx, ticket, user).await?)
+    Ok(db::insert_order(tx, purchase).await?)
 }

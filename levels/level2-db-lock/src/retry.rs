@@ -23,7 +23,6 @@
 //! the start.
 
 use std::future::Future;
-use std::time::Duration;
 
 use sqlx::{PgConnection, Postgres, Transaction};
 use ticket_core::db::{classify, sqlstate};
@@ -156,10 +155,9 @@ pub async fn finish<T>(
 /// round trip on that rare path only.
 pub async fn insert_order_retryable(
     conn: &mut PgConnection,
-    ticket: ticket_core::TicketId,
-    user: ticket_core::UserId,
+    purchase: &ticket_core::Purchase,
 ) -> Result<ticket_core::Order, Failure> {
-    match ticket_core::db::insert_order(conn, ticket, user).await {
+    match ticket_core::db::insert_order(conn, purchase).await {
         Ok(order) => Ok(order),
         Err(busy @ PurchaseError::Busy { .. }) => {
             let probe = sqlx::query("SELECT 1").execute(&mut *conn).await;
@@ -174,35 +172,9 @@ pub async fn insert_order_retryable(
     }
 }
 
-/// Bounded exponential backoff with full jitter.
-///
-/// Retry `n` (counting from 1) sleeps a random time between zero and
-/// `min(max, base * 2^(n-1))`. Exponential, so that a crowd of losers backs
-/// off further each time it collides; random, so that the crowd spreads out
-/// instead of colliding again in lockstep; capped, so that a buyer never
-/// sleeps longer than `max` at once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Backoff {
-    /// The ceiling of the first retry's pause.
-    pub base: Duration,
-    /// The largest pause ever taken.
-    pub max: Duration,
-}
-
-impl Backoff {
-    /// The longest pause retry number `retry` (1, 2, 3...) may take.
-    pub fn ceiling(&self, retry: u32) -> Duration {
-        let doublings = retry.saturating_sub(1).min(31);
-        self.base.saturating_mul(1 << doublings).min(self.max)
-    }
-
-    /// A random pause for retry number `retry`: uniform in `0..=ceiling`.
-    pub fn delay(&self, retry: u32) -> Duration {
-        let ceiling = self.ceiling(retry).as_micros();
-        let ceiling = u64::try_from(ceiling).unwrap_or(u64::MAX);
-        Duration::from_micros(rand::random_range(0..=ceiling))
-    }
-}
+/// Bounded exponential backoff, shared with the other levels; Level 2 uses
+/// full jitter (see [`ticket_core::backoff`]).
+pub use ticket_core::backoff::Backoff;
 
 /// How often, and how patiently, a strategy retries a lost race.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -253,12 +225,11 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
     use ticket_core::metrics::sum_samples;
 
-    const BACKOFF: Backoff = Backoff {
-        base: Duration::from_millis(2),
-        max: Duration::from_millis(50),
-    };
+    const BACKOFF: Backoff =
+        Backoff::full_jitter(Duration::from_millis(2), Duration::from_millis(50));
 
     fn events(metrics: &Metrics, event: &str) -> f64 {
         sum_samples(
@@ -268,32 +239,12 @@ mod tests {
         )
     }
 
-    #[test]
-    fn backoff_ceilings_double_and_then_stay_at_the_cap() {
-        let ceilings: Vec<u64> = (1..=7)
-            .map(|retry| BACKOFF.ceiling(retry).as_millis() as u64)
-            .collect();
-        assert_eq!(ceilings, [2, 4, 8, 16, 32, 50, 50]);
-        assert_eq!(BACKOFF.ceiling(u32::MAX), BACKOFF.max);
-    }
-
-    #[test]
-    fn backoff_delays_are_random_but_never_above_the_ceiling() {
-        let delays: Vec<Duration> = (0..200).map(|_| BACKOFF.delay(4)).collect();
-        assert!(delays.iter().all(|d| *d <= BACKOFF.ceiling(4)));
-        let distinct: std::collections::HashSet<_> = delays.iter().collect();
-        assert!(distinct.len() > 10, "jitter should spread the pauses");
-    }
-
     #[tokio::test]
     async fn a_lost_race_is_retried_until_it_wins() {
         let metrics = Metrics::new();
         let policy = RetryPolicy {
             max_retries: 5,
-            backoff: Backoff {
-                base: Duration::ZERO,
-                max: Duration::ZERO,
-            },
+            backoff: Backoff::full_jitter(Duration::ZERO, Duration::ZERO),
         };
         let mut calls = 0;
         let result = with_retries(policy, &metrics, || {

@@ -35,7 +35,7 @@ use std::time::Instant;
 use async_trait::async_trait;
 use sqlx::PgConnection;
 use ticket_core::strategy::StrategyContext;
-use ticket_core::{db, Order, PurchaseError, SellTickets, TicketId, UserId};
+use ticket_core::{db, Order, Purchase, PurchaseError, SellTickets};
 
 use crate::retry::{finish, insert_order_retryable, with_retries, Failure, RetryPolicy};
 use crate::Level2Config;
@@ -63,32 +63,28 @@ impl SellTickets for Serializable {
         "serializable"
     }
 
-    async fn purchase(&self, ticket: TicketId, user: UserId) -> Result<Order, PurchaseError> {
-        with_retries(self.retry, &self.ctx.metrics, || self.attempt(ticket, user)).await
+    async fn purchase(&self, purchase: Purchase) -> Result<Order, PurchaseError> {
+        with_retries(self.retry, &self.ctx.metrics, || self.attempt(&purchase)).await
     }
 }
 
 impl Serializable {
     /// One try, in its own transaction: a retry never reuses an aborted one.
-    async fn attempt(&self, ticket: TicketId, user: UserId) -> Result<Order, Failure> {
+    async fn attempt(&self, purchase: &Purchase) -> Result<Order, Failure> {
         let mut tx = self
             .ctx
             .pool
             .begin_with("BEGIN ISOLATION LEVEL SERIALIZABLE")
             .await?;
-        let sale = self.sell(&mut tx, ticket, user).await;
+        let sale = self.sell(&mut tx, purchase).await;
         // The COMMIT may be where PostgreSQL notices the conflict; `finish`
         // sorts a 40001 there like anywhere else.
         finish(tx, sale).await
     }
 
     /// Level 0's sale, unchanged but for the isolation level it runs in.
-    async fn sell(
-        &self,
-        tx: &mut PgConnection,
-        ticket: TicketId,
-        user: UserId,
-    ) -> Result<Order, Failure> {
+    async fn sell(&self, tx: &mut PgConnection, purchase: &Purchase) -> Result<Order, Failure> {
+        let (ticket, user) = (purchase.ticket, purchase.user);
         // 1. Read. The snapshot is taken here, at the first statement.
         let stock: i32 = sqlx::query_scalar("SELECT stock FROM tickets WHERE id = $1")
             .bind(ticket.get())
@@ -118,6 +114,6 @@ impl Serializable {
             .execute(&mut *tx)
             .await?;
         self.ctx.metrics.lock_wait(waiting.elapsed());
-        insert_order_retryable(tx, ticket, user).await
+        insert_order_retryable(tx, purchase).await
     }
 }

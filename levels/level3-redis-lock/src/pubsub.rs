@@ -15,7 +15,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use ticket_core::strategy::StrategyContext;
 use ticket_core::{
-    CancelError, Cancellation, Order, OrderId, PurchaseError, SellTickets, TicketId, UserId,
+    CancelError, Cancellation, Order, OrderId, Purchase, PurchaseError, SellTickets, TicketId,
+    UserId,
 };
 
 use crate::lock::Waiting;
@@ -43,8 +44,8 @@ impl SellTickets for PubSub {
         "pubsub"
     }
 
-    async fn purchase(&self, ticket: TicketId, user: UserId) -> Result<Order, PurchaseError> {
-        self.sale.purchase(ticket, user).await
+    async fn purchase(&self, purchase: Purchase) -> Result<Order, PurchaseError> {
+        self.sale.purchase(&purchase).await
     }
 
     async fn check_health(&self) -> anyhow::Result<()> {

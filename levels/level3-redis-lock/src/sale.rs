@@ -28,7 +28,9 @@ use anyhow::Context as _;
 use sqlx::PgConnection;
 use ticket_core::services::Redis;
 use ticket_core::strategy::StrategyContext;
-use ticket_core::{db, CancelError, Cancellation, Order, OrderId, PurchaseError, TicketId, UserId};
+use ticket_core::{
+    db, CancelError, Cancellation, Order, OrderId, Purchase, PurchaseError, TicketId, UserId,
+};
 
 use crate::lock::{Lease, LockClient, LockError, LockGuard, LockOptions, Waiting};
 use crate::{Fencing, Level3Config};
@@ -74,8 +76,9 @@ impl LockedSale {
         })
     }
 
-    /// Sells one unit of `ticket` to `user`.
-    pub async fn purchase(&self, ticket: TicketId, user: UserId) -> Result<Order, PurchaseError> {
+    /// Sells one unit of `purchase.ticket` to `purchase.user`.
+    pub async fn purchase(&self, purchase: &Purchase) -> Result<Order, PurchaseError> {
+        let ticket = purchase.ticket;
         // 0. A look without the lock. It can only ever say "no": stock never
         //    grows during a sale, so 0 now is 0 for good, and the late crowd
         //    is answered without queueing for the lock. "Some left" proves
@@ -100,7 +103,7 @@ impl LockedSale {
         self.ctx.metrics.lock_wait(waiting.elapsed());
 
         // 2-4. BEGIN, read-check-write, COMMIT; then 5. release.
-        let sold = self.sell(&guard, ticket, user).await;
+        let sold = self.sell(&guard, purchase).await;
         match sold {
             Ok(Sold { order, tx }) if self.release_before_commit => {
                 // THE BROKEN ORDER, on purpose. The lock is gone while our
@@ -181,12 +184,8 @@ impl LockedSale {
 
     /// BEGIN and read-check-write, under the lock. Returns the transaction
     /// uncommitted: the caller decides when to commit relative to releasing.
-    async fn sell(
-        &self,
-        guard: &LockGuard,
-        ticket: TicketId,
-        user: UserId,
-    ) -> Result<Sold, PurchaseError> {
+    async fn sell(&self, guard: &LockGuard, purchase: &Purchase) -> Result<Sold, PurchaseError> {
+        let (ticket, user) = (purchase.ticket, purchase.user);
         let mut tx = self.ctx.pool.begin().await?;
 
         // Read and check. Under the lock nobody else is between these lines
@@ -219,7 +218,7 @@ impl LockedSale {
 
         // Write. The order first, so that a duplicate fails on UNIQUE before
         // the stock is touched; both land together at COMMIT.
-        let order = db::insert_order(&mut tx, ticket, user).await?;
+        let order = db::insert_order(&mut tx, purchase).await?;
         self.write_stock(&mut tx, ticket, stock - 1, fence, token)
             .await?;
         Ok(Sold { order, tx })

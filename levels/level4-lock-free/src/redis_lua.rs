@@ -35,7 +35,8 @@ use async_trait::async_trait;
 use ticket_core::metrics::Metrics;
 use ticket_core::strategy::StrategyContext;
 use ticket_core::{
-    CancelError, Cancellation, Order, OrderId, PurchaseError, SellTickets, TicketId, UserId,
+    CancelError, Cancellation, Order, OrderId, Purchase, PurchaseError, SellTickets, TicketId,
+    UserId,
 };
 use tokio::sync::watch;
 
@@ -168,14 +169,16 @@ impl SellTickets for RedisLua {
         "redis-lua"
     }
 
-    async fn purchase(&self, ticket: TicketId, user: UserId) -> Result<Order, PurchaseError> {
+    async fn purchase(&self, purchase: Purchase) -> Result<Order, PurchaseError> {
+        let (ticket, user) = (purchase.ticket, purchase.user);
         let store = self.store.get().await.map_err(|e| self.failed(e))?;
         self.ctx.think().await;
         // At most three rounds: decide; if the sale is not in Redis, load it
         // and decide again. A sale that vanishes again between the load and
         // the second decision (Redis restarted without its data, twice in a
         // row) is answered busy.
-        let key = ticket_core::idempotency::current_key();
+        // Keys are scoped per buyer: two buyers' equal keys are two keys.
+        let key = (purchase.claim.as_ref()).map(|claim| format!("{}:{}", claim.user, claim.key));
         for _ in 0..3 {
             match store.decide_keyed(ticket, user, key.as_deref()).await {
                 Ok(decision @ (Decision::Sold(id) | Decision::Resold(id))) => {

@@ -1,0 +1,218 @@
+//! `POST /tickets/{ticket_id}/orders`: the purchase, with or without an
+//! `Idempotency-Key` (see [`crate::idempotency`] for the design, and
+//! docs/api.md for the contract).
+
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use super::input::{BuyerBody, IdempotencyKey, TicketPath};
+use super::problem::Problem;
+use super::AppState;
+use crate::domain::{Order, Purchase, PurchaseError, TicketId, UserId};
+use crate::idempotency::{self, Begin, Recorded};
+
+/// Marks an answer that was recorded earlier and is being replayed.
+const REPLAYED: &str = "idempotent-replayed";
+
+/// The purchase handler. Its input was checked by the extractors; every
+/// answer it gives, replays included, is counted in the metrics by outcome.
+pub(super) async fn purchase(
+    State(state): State<AppState>,
+    TicketPath(ticket): TicketPath,
+    IdempotencyKey(key): IdempotencyKey,
+    BuyerBody(user): BuyerBody,
+) -> Response {
+    let started = Instant::now();
+    let answer = match key {
+        None => {
+            let outcome = state.strategy.purchase(Purchase::new(ticket, user)).await;
+            answer_and_record(outcome).0
+        }
+        Some(key) => match state.idempotency.mode {
+            idempotency::Mode::Atomic => idempotent_purchase(&state, &key, ticket, user).await,
+            idempotency::Mode::CheckThenInsert => {
+                check_then_insert_purchase(&state, &key, ticket, user).await
+            }
+        },
+    };
+    state.metrics.purchase(answer.outcome, started.elapsed());
+    answer.response
+}
+
+/// A purchase's answer, with the outcome label the metrics count.
+struct Answer {
+    outcome: &'static str,
+    response: Response,
+}
+
+impl From<Problem> for Answer {
+    fn from(problem: Problem) -> Self {
+        Self {
+            outcome: problem.code,
+            response: problem.into_response(),
+        }
+    }
+}
+
+/// The answer to a purchase, and what to record of it for its key (`None`
+/// for retryable failures, which are not recorded).
+fn answer_and_record(outcome: Result<Order, PurchaseError>) -> (Answer, Option<Recorded>) {
+    match outcome {
+        Ok(order) => {
+            let (body, location) = idempotency::created_body(&order);
+            let recorded = Recorded {
+                status: 201,
+                body,
+                location: Some(location),
+            };
+            let answer = Answer {
+                outcome: "created",
+                response: replay_response(&recorded, false),
+            };
+            (answer, Some(recorded))
+        }
+        Err(err) => {
+            let retryable = matches!(
+                err,
+                PurchaseError::Busy { .. }
+                    | PurchaseError::Unavailable(_)
+                    | PurchaseError::Unexpected(_)
+            );
+            let problem = Problem::from(err);
+            let recorded = (!retryable).then(|| Recorded {
+                status: problem.status.as_u16(),
+                body: problem.body(),
+                location: None,
+            });
+            (Answer::from(problem), recorded)
+        }
+    }
+}
+
+/// Builds the response for a recorded answer, byte for byte.
+fn replay_response(recorded: &Recorded, replayed: bool) -> Response {
+    let status = StatusCode::from_u16(recorded.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let content_type = if status.is_success() {
+        "application/json"
+    } else {
+        "application/problem+json"
+    };
+    let mut response = (status, recorded.body.clone()).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if let Some(location) = recorded
+        .location
+        .as_deref()
+        .and_then(|l| HeaderValue::from_str(l).ok())
+    {
+        headers.insert(header::LOCATION, location);
+    }
+    if replayed {
+        headers.insert(REPLAYED, HeaderValue::from_static("true"));
+    }
+    response
+}
+
+/// A recorded answer, replayed, counted under the outcome it had.
+fn replay(recorded: &Recorded) -> Answer {
+    Answer {
+        outcome: outcome_of(recorded.status, &recorded.body),
+        response: replay_response(recorded, true),
+    }
+}
+
+fn outcome_of(status: u16, body: &str) -> &'static str {
+    if status == 201 {
+        return "created";
+    }
+    let code = serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("code")?.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    match code.as_str() {
+        "sold_out" => "sold_out",
+        "already_purchased" => "already_purchased",
+        "not_found" => "not_found",
+        _ => "other",
+    }
+}
+
+fn key_mismatch() -> Problem {
+    Problem::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "idempotency_key_mismatch",
+        "this Idempotency-Key was used for another ticket",
+    )
+}
+
+/// The correct design: claim the key, do the work with the claim (the
+/// order's transaction records the answer), or wait and replay.
+async fn idempotent_purchase(
+    state: &AppState,
+    key: &str,
+    ticket: TicketId,
+    user: UserId,
+) -> Answer {
+    let begun = idempotency::begin(&state.pool, &state.idempotency, key, ticket, user).await;
+    let claim =
+        match begun {
+            Err(err) => return answer_and_record(Err(err)).0,
+            Ok(Begin::Replay(recorded)) => return replay(&recorded),
+            Ok(Begin::Mismatch) => return key_mismatch().into(),
+            Ok(Begin::InProgress) => return Problem::new(
+                StatusCode::CONFLICT,
+                "request_in_progress",
+                "a request with this Idempotency-Key is still being processed; try again shortly",
+            )
+            .into(),
+            Ok(Begin::Owner(claim)) => claim,
+        };
+    let purchase = Purchase {
+        ticket,
+        user,
+        claim: Some(claim.clone()),
+    };
+    let (answer, recorded) = answer_and_record(state.strategy.purchase(purchase).await);
+    let kept = match recorded {
+        // A 201 whose order went through `insert_order` is recorded already,
+        // in the order's transaction, and `finish` leaves it alone; one
+        // decided elsewhere (Level 4) is recorded now.
+        Some(recorded) => idempotency::finish(&state.pool, &claim, &recorded).await,
+        None => idempotency::release(&state.pool, &claim).await,
+    };
+    if let Err(err) = kept {
+        tracing::warn!(error = %err, "could not record an idempotency key's answer");
+    }
+    answer
+}
+
+/// The broken design, kept on purpose: look the key up, do the work, then
+/// insert the key. Concurrent duplicates all miss the lookup and all do the
+/// work; all but one then fail to insert the key.
+async fn check_then_insert_purchase(
+    state: &AppState,
+    key: &str,
+    ticket: TicketId,
+    user: UserId,
+) -> Answer {
+    match idempotency::lookup(&state.pool, key, user).await {
+        Ok(Some((t, recorded))) if t == ticket.get() => return replay(&recorded),
+        Ok(Some(_)) => return key_mismatch().into(),
+        Ok(None) => {}
+        Err(err) => return answer_and_record(Err(err)).0,
+    }
+    let outcome = state.strategy.purchase(Purchase::new(ticket, user)).await;
+    let (answer, recorded) = answer_and_record(outcome);
+    if let Some(recorded) = recorded {
+        let settings = &state.idempotency;
+        let saved =
+            idempotency::insert_after(&state.pool, settings, key, ticket, user, &recorded).await;
+        if let Err(err) = saved {
+            return answer_and_record(Err(err)).0;
+        }
+    }
+    answer
+}
