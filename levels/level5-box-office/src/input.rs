@@ -46,6 +46,8 @@ fn invalid_field(field: &'static str, detail: String) -> BoxError {
         "title" => "invalid_title",
         "starts_at" => "invalid_starts_at",
         "grades" => "invalid_grades",
+        "grade" => "invalid_grade",
+        "price" => "invalid_price",
         _ => "invalid_request",
     };
     BoxError::invalid(code, detail)

@@ -44,6 +44,11 @@ impl Office {
     /// Starts `servers` servers with `args` (plus `--queue off`, port 0 and
     /// the admin token) on a fresh database.
     pub async fn start(servers: usize, args: &[&str]) -> anyhow::Result<Office> {
+        Self::start_with(servers, args, true).await
+    }
+
+    /// Like [`Office::start`], with or without an admin token.
+    pub async fn start_with(servers: usize, args: &[&str], admin: bool) -> anyhow::Result<Office> {
         let url = Postgres::shared()?.fresh_database().await?;
         let mut running = Vec::new();
         for _ in 0..servers {
@@ -55,10 +60,14 @@ impl Office {
                 &url,
                 "--queue",
                 "off",
-                "--admin-token",
-                ADMIN_TOKEN,
             ]
             .into_iter()
+            .chain(
+                admin
+                    .then_some(["--admin-token", ADMIN_TOKEN])
+                    .into_iter()
+                    .flatten(),
+            )
             .chain(args.iter().copied());
             running.push(level5::Cli::try_parse_from(argv)?.start().await?);
         }
