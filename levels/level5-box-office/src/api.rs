@@ -135,7 +135,9 @@ async fn release(
 ) -> Result<Json<settle::Released>, BoxError> {
     let hold_id = input::path_id(&raw, "hold_id")?;
     let user = input::user(&input::json_object(&headers, body)?)?;
-    Ok(Json(settle::release(&state.pool, hold_id, user).await?))
+    Ok(Json(
+        settle::release(&state.pool, state.holds.as_ref(), hold_id, user).await?,
+    ))
 }
 
 async fn charge(
@@ -173,9 +175,21 @@ async fn pay(
     let hold_id = input::path_id(&raw, "hold_id")?;
     let user = input::user(&input::json_object(&headers, body)?)?;
     let key = input::idempotency_key(&headers)?;
-    let (pool, settings) = (state.pool.clone(), state.settings.clone());
+    let (pool, settings, holds) = (
+        state.pool.clone(),
+        state.settings.clone(),
+        state.holds.clone(),
+    );
     let work = |claim: Option<KeyClaim>| async move {
-        let payment = settle::pay(&pool, &settings, hold_id, user, claim.as_ref()).await?;
+        let payment = settle::pay(
+            &pool,
+            holds.as_ref(),
+            &settings,
+            hold_id,
+            user,
+            claim.as_ref(),
+        )
+        .await?;
         Ok((StatusCode::CREATED, payment.body()))
     };
     Ok(with_key(&state, key, "payment", hold_id, user, work).await)

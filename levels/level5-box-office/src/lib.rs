@@ -138,6 +138,8 @@ pub struct Settings {
     pub sweep_interval: Duration,
     /// The largest single charge.
     pub max_charge: i64,
+    /// Redis, for `redis-lua`.
+    pub redis_url: Option<String>,
 }
 
 /// `level5`'s command line.
@@ -151,12 +153,13 @@ pub struct Cli {
     #[command(flatten)]
     pub server: ServerArgs,
 
-    /// How seats are held: `pessimistic` (row locks in one global order) or
-    /// `optimistic` (version check at write time).
+    /// How seats are held: `pessimistic` (row locks in one global order),
+    /// `optimistic` (version check at write time) or `redis-lua` (one Lua
+    /// script in Redis decides, PostgreSQL records; needs --redis-url).
     #[arg(long, default_value = "pessimistic", value_parser = clap::builder::PossibleValuesParser::new(holds::STRATEGIES))]
     pub strategy: String,
 
-    /// Redis, for the waiting room and `redis-lua` (next issue).
+    /// Redis, for `redis-lua` (and the waiting room, next issue).
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
 
@@ -236,6 +239,7 @@ impl Cli {
             sweeper: self.sweeper,
             sweep_interval: Duration::from_millis(self.sweep_interval_ms.max(1)),
             max_charge: self.max_charge.max(1),
+            redis_url: self.redis_url.clone(),
         }
     }
 

@@ -83,7 +83,12 @@ pub async fn start(cli: Cli) -> anyhow::Result<BoxOffice> {
     db::migrate(&pool).await?;
     let strategy = holds::build(&cli.strategy, &pool, &settings)?;
     let (stop, stopped) = watch::channel(false);
-    let sweeping = sweeper::spawn(pool.clone(), settings.clone(), stopped.clone());
+    let sweeping = sweeper::spawn(
+        pool.clone(),
+        strategy.clone(),
+        settings.clone(),
+        stopped.clone(),
+    );
     let router = app(AppState {
         holds: strategy,
         pool,

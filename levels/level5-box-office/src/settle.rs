@@ -26,6 +26,7 @@ use ticket_core::strategy::think;
 use ticket_core::UserId;
 
 use crate::error::BoxError;
+use crate::holds::{FreedSeat, HoldSeats};
 use crate::keys::{self, KeyClaim};
 use crate::{PaymentCheck, Settings};
 
@@ -78,9 +79,11 @@ async fn read_hold(conn: &mut PgConnection, hold_id: i64, lock: bool) -> Result<
     })
 }
 
-/// Marks the holds expired and puts their seats back on sale. The caller
-/// holds the holds' row locks (or, in the broken sweeper, does not).
-pub async fn expire(conn: &mut PgConnection, hold_ids: &[i64]) -> Result<(), BoxError> {
+/// Marks the holds expired and puts their seats back on sale; returns the
+/// seats freed. The caller holds the holds' row locks (or, in the broken
+/// sweeper, does not), and tells the strategy ([`HoldSeats::freed`]) after
+/// the commit.
+pub async fn expire(conn: &mut PgConnection, hold_ids: &[i64]) -> Result<Vec<FreedSeat>, BoxError> {
     sqlx::query("UPDATE holds SET status = 'expired', settled_at = now() WHERE id = ANY($1)")
         .bind(hold_ids)
         .execute(&mut *conn)
@@ -88,17 +91,40 @@ pub async fn expire(conn: &mut PgConnection, hold_ids: &[i64]) -> Result<(), Box
     free_seats(conn, hold_ids).await
 }
 
+/// Tells the strategy which seats went back on sale (Redis mirrors them).
+/// A failure here leaves a seat looking taken where it is free: it is
+/// logged, never turned into the request's answer, and never oversells.
+pub async fn tell_freed(holds: &dyn HoldSeats, freed: &[FreedSeat]) {
+    if freed.is_empty() {
+        return;
+    }
+    if let Err(err) = holds.freed(freed).await {
+        tracing::warn!(
+            error = format!("{err:#}"),
+            "could not free seats in the hold store"
+        );
+    }
+}
+
 /// Gives the seats of `hold_ids` back: only seats these holds still own.
-async fn free_seats(conn: &mut PgConnection, hold_ids: &[i64]) -> Result<(), BoxError> {
-    sqlx::query(
+async fn free_seats(conn: &mut PgConnection, hold_ids: &[i64]) -> Result<Vec<FreedSeat>, BoxError> {
+    let freed: Vec<(i64, i32, i64)> = sqlx::query_as(
         "UPDATE seats s SET hold_id = NULL, version = s.version + 1 FROM hold_seats hs \
          WHERE hs.hold_id = ANY($1) AND s.show_id = hs.show_id AND s.seat_no = hs.seat_no \
-           AND s.hold_id = hs.hold_id",
+           AND s.hold_id = hs.hold_id \
+         RETURNING hs.show_id, hs.seat_no, hs.hold_id",
     )
     .bind(hold_ids)
-    .execute(&mut *conn)
+    .fetch_all(&mut *conn)
     .await?;
-    Ok(())
+    Ok(freed
+        .into_iter()
+        .map(|(show_id, seat_no, hold_id)| FreedSeat {
+            show_id,
+            seat_no,
+            hold_id,
+        })
+        .collect())
 }
 
 /// What a hold that is no longer `held` answers to a payment or release.
@@ -113,6 +139,7 @@ fn settled(status: &str) -> BoxError {
 /// Pays `hold_id` for `user` from their wallet, or says why not.
 pub async fn pay(
     pool: &PgPool,
+    holds: &dyn HoldSeats,
     settings: &Settings,
     hold_id: i64,
     user: UserId,
@@ -131,8 +158,9 @@ pub async fn pay(
     }
     if hold.due {
         // Past its time and not swept yet: expire it now, under our lock.
-        expire(&mut tx, &[hold_id]).await?;
+        let freed = expire(&mut tx, &[hold_id]).await?;
         tx.commit().await?;
+        tell_freed(holds, &freed).await;
         return Err(BoxError::HoldExpired);
     }
     think(settings.think_time).await;
@@ -243,7 +271,12 @@ pub struct Released {
 
 /// Releases `hold_id` for its holder: its seats go back on sale. Releasing
 /// twice answers the same; a paid hold cannot be released.
-pub async fn release(pool: &PgPool, hold_id: i64, user: UserId) -> Result<Released, BoxError> {
+pub async fn release(
+    pool: &PgPool,
+    holds: &dyn HoldSeats,
+    hold_id: i64,
+    user: UserId,
+) -> Result<Released, BoxError> {
     let mut tx = pool.begin().await?;
     let hold = read_hold(&mut tx, hold_id, true).await?;
     if hold.user_id != user.get() {
@@ -256,8 +289,9 @@ pub async fn release(pool: &PgPool, hold_id: i64, user: UserId) -> Result<Releas
     match hold.status.as_str() {
         "released" => return Ok(released),
         "held" if hold.due => {
-            expire(&mut tx, &[hold_id]).await?;
+            let freed = expire(&mut tx, &[hold_id]).await?;
             tx.commit().await?;
+            tell_freed(holds, &freed).await;
             return Err(BoxError::HoldExpired);
         }
         "held" => {}
@@ -267,7 +301,8 @@ pub async fn release(pool: &PgPool, hold_id: i64, user: UserId) -> Result<Releas
         .bind(hold_id)
         .execute(&mut *tx)
         .await?;
-    free_seats(&mut tx, &[hold_id]).await?;
+    let freed = free_seats(&mut tx, &[hold_id]).await?;
     tx.commit().await?;
+    tell_freed(holds, &freed).await;
     Ok(released)
 }

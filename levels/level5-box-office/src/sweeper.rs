@@ -24,6 +24,7 @@
 //! payment that had locked the hold and commits in between is overwritten:
 //! the user paid, the hold says expired, its seats are sold again.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::PgPool;
@@ -32,21 +33,27 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::error::BoxError;
-use crate::settle::expire;
+use crate::holds::HoldSeats;
+use crate::settle::{expire, tell_freed};
 use crate::{Settings, SweeperMode};
 
 /// Most holds one sweep expires; the next sweep takes the rest.
 const BATCH: i64 = 500;
 
 /// Starts this server's sweeper; it stops when `stop` changes.
-pub fn spawn(pool: PgPool, settings: Settings, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
+pub fn spawn(
+    pool: PgPool,
+    holds: Arc<dyn HoldSeats>,
+    settings: Settings,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             tokio::select! {
                 _ = stop.changed() => return,
                 () = tokio::time::sleep(settings.sweep_interval) => {}
             }
-            match sweep(&pool, &settings).await {
+            match sweep(&pool, holds.as_ref(), &settings).await {
                 Ok(0) => {}
                 Ok(n) => tracing::debug!(expired = n, "swept expired holds"),
                 Err(err) => {
@@ -60,9 +67,13 @@ pub fn spawn(pool: PgPool, settings: Settings, mut stop: watch::Receiver<bool>) 
 
 /// One sweep: expires the due holds no one else is working on. Returns how
 /// many it expired.
-pub async fn sweep(pool: &PgPool, settings: &Settings) -> Result<usize, BoxError> {
+pub async fn sweep(
+    pool: &PgPool,
+    holds: &dyn HoldSeats,
+    settings: &Settings,
+) -> Result<usize, BoxError> {
     if settings.sweeper == SweeperMode::Unlocked {
-        return sweep_unlocked(pool, settings).await;
+        return sweep_unlocked(pool, holds, settings).await;
     }
     let mut tx = pool.begin().await?;
     let due: Vec<i64> = sqlx::query_scalar(
@@ -76,13 +87,18 @@ pub async fn sweep(pool: &PgPool, settings: &Settings) -> Result<usize, BoxError
         return Ok(0);
     }
     think(settings.think_time).await;
-    expire(&mut tx, &due).await?;
+    let freed = expire(&mut tx, &due).await?;
     tx.commit().await?;
+    tell_freed(holds, &freed).await;
     Ok(due.len())
 }
 
 /// BROKEN on purpose: looks without locking, writes without re-checking.
-async fn sweep_unlocked(pool: &PgPool, settings: &Settings) -> Result<usize, BoxError> {
+async fn sweep_unlocked(
+    pool: &PgPool,
+    holds: &dyn HoldSeats,
+    settings: &Settings,
+) -> Result<usize, BoxError> {
     let due: Vec<i64> = sqlx::query_scalar(
         "SELECT id FROM holds WHERE status = 'held' AND expires_at <= clock_timestamp() \
          ORDER BY expires_at LIMIT $1",
@@ -95,7 +111,8 @@ async fn sweep_unlocked(pool: &PgPool, settings: &Settings) -> Result<usize, Box
     }
     think(settings.think_time).await;
     let mut tx = pool.begin().await?;
-    expire(&mut tx, &due).await?;
+    let freed = expire(&mut tx, &due).await?;
     tx.commit().await?;
+    tell_freed(holds, &freed).await;
     Ok(due.len())
 }

@@ -14,7 +14,22 @@ use futures::stream::{self, StreamExt as _};
 #[tokio::test]
 async fn an_unpaid_hold_is_expired_by_the_sweeper_and_its_seats_bought_by_someone_else(
 ) -> anyhow::Result<()> {
-    let office = Office::start(2, &["--hold-ttl-ms", "300", "--sweep-interval-ms", "20"]).await?;
+    for strategy in ["pessimistic", "optimistic", "redis-lua"] {
+        expired_seats_are_bought_by_someone_else(strategy).await?;
+    }
+    Ok(())
+}
+
+async fn expired_seats_are_bought_by_someone_else(strategy: &str) -> anyhow::Result<()> {
+    let args = [
+        "--strategy",
+        strategy,
+        "--hold-ttl-ms",
+        "300",
+        "--sweep-interval-ms",
+        "20",
+    ];
+    let office = Office::start(2, &args).await?;
     let show = office.create_show(&[("vip", 1_000, 4)]).await?;
     let hold = office.hold(0, show, 1, &[1, 2]).await?.body["hold_id"]
         .as_i64()
@@ -30,7 +45,7 @@ async fn an_unpaid_hold_is_expired_by_the_sweeper_and_its_seats_bought_by_someon
     assert_eq!(freed, 4, "the sweeper put both seats back");
 
     let next = office.hold(1, show, 2, &[2, 1]).await?;
-    assert_eq!(next.status, 201, "{next:?}");
+    assert_eq!(next.status, 201, "{strategy}: {next:?}");
     office.charge(1, 2, 2_000, None).await?;
     assert_eq!(
         office

@@ -108,12 +108,19 @@ async fn optimistic_failing_fast_five_hundred_buyers_for_ten_front_seats_never_d
     rush_for_front_seats(&["--strategy", "optimistic", "--max-retries", "0"]).await
 }
 
+/// The guarantee, redis-lua: one script in Redis decides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_lua_five_hundred_buyers_for_ten_front_seats_never_double_sell() -> anyhow::Result<()>
+{
+    rush_for_front_seats(&["--strategy", "redis-lua"]).await
+}
+
 /// All or nothing, with the taken seats named, the per-user limit, and a
 /// release that puts seats back on sale; on both strategies.
 #[tokio::test]
 async fn a_hold_is_all_or_nothing_limited_per_user_and_released_seats_go_back_on_sale(
 ) -> anyhow::Result<()> {
-    for strategy in ["pessimistic", "optimistic"] {
+    for strategy in ["pessimistic", "optimistic", "redis-lua"] {
         let office = Office::start(1, &["--strategy", strategy, "--max-seats", "4"]).await?;
         let show = office.create_show(&[("vip", 100, 10)]).await?;
         let first = office.hold(0, show, 1, &[3, 2]).await?;

@@ -18,6 +18,7 @@
 
 pub mod optimistic;
 pub mod pessimistic;
+pub mod redis_lua;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -70,10 +71,28 @@ pub trait HoldSeats: Send + Sync + 'static {
 
     /// Holds all of `request.seats` for `request.user`, or none.
     async fn hold(&self, request: &HoldRequest) -> Result<Hold, BoxError>;
+
+    /// Called after a release or an expiry committed: these seats are back
+    /// on sale. Strategies that keep seats outside PostgreSQL (Redis) let go
+    /// of them here; the default has nothing to do.
+    async fn freed(&self, _seats: &[FreedSeat]) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+/// A seat that went back on sale, and the hold that had it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FreedSeat {
+    /// The show.
+    pub show_id: i64,
+    /// The seat.
+    pub seat_no: i32,
+    /// The hold that no longer has it.
+    pub hold_id: i64,
 }
 
 /// The strategy names, as `--strategy` accepts them.
-pub const STRATEGIES: &[&str] = &["pessimistic", "optimistic"];
+pub const STRATEGIES: &[&str] = &["pessimistic", "optimistic", "redis-lua"];
 
 /// Builds the strategy called `name`.
 pub fn build(name: &str, pool: &PgPool, settings: &Settings) -> anyhow::Result<Arc<dyn HoldSeats>> {
@@ -81,6 +100,7 @@ pub fn build(name: &str, pool: &PgPool, settings: &Settings) -> anyhow::Result<A
     match name {
         "pessimistic" => Ok(Arc::new(pessimistic::Pessimistic { pool, settings })),
         "optimistic" => Ok(Arc::new(optimistic::Optimistic { pool, settings })),
+        "redis-lua" => Ok(Arc::new(redis_lua::RedisLua::new(pool, settings)?)),
         other => anyhow::bail!(
             "unknown strategy {other:?}; Level 5 has: {}",
             STRATEGIES.join(", ")
@@ -193,24 +213,30 @@ pub fn taken(rows: &[SeatRow]) -> Result<(), BoxError> {
 /// Inserts the hold and its `hold_seats`, priced from `rows`, expiring
 /// `ttl` from now (the clock *now*, not the transaction's start: think time
 /// must not eat into the buyer's minutes). Does not touch `seats`.
+///
+/// `id` is the hold's id when the caller drew it already (`redis-lua`
+/// claims seats in Redis under it before the row exists); `None` draws one.
 pub async fn insert_hold(
     tx: &mut PgConnection,
     request: &HoldRequest,
     rows: &[SeatRow],
     ttl: Duration,
+    id: Option<i64>,
 ) -> Result<Hold, BoxError> {
     let amount: i64 = rows.iter().map(|s| s.price).sum();
     let mut seats: Vec<i32> = rows.iter().map(|s| s.seat_no).collect();
     seats.sort_unstable();
     let row = sqlx::query(
-        "INSERT INTO holds (show_id, user_id, amount, status, expires_at) \
-         VALUES ($1, $2, $3, 'held', clock_timestamp() + make_interval(secs => $4)) \
+        "INSERT INTO holds (id, show_id, user_id, amount, status, expires_at) \
+         VALUES (coalesce($5, nextval('holds_id_seq')), $1, $2, $3, 'held', \
+                 clock_timestamp() + make_interval(secs => $4)) \
          RETURNING id, to_char(expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') AS expires",
     )
     .bind(request.show_id)
     .bind(request.user.get())
     .bind(amount)
     .bind(ttl.as_secs_f64())
+    .bind(id)
     .fetch_one(&mut *tx)
     .await?;
     let hold_id: i64 = row.get("id");

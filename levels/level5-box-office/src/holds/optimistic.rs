@@ -83,7 +83,7 @@ impl Optimistic {
         let rows = read_seats(&mut tx, request).await?;
         taken(&rows)?;
         pause(&self.settings).await;
-        let hold = insert_hold(&mut tx, request, &rows, self.settings.hold_ttl).await?;
+        let hold = insert_hold(&mut tx, request, &rows, self.settings.hold_ttl, None).await?;
         for seat in &rows {
             let written = sqlx::query(
                 "UPDATE seats SET hold_id = $1, version = version + 1 \

@@ -66,7 +66,7 @@ impl HoldSeats for Pessimistic {
             pause(&self.settings).await;
             tx = self.pool.begin().await?;
         }
-        let hold = insert_hold(&mut tx, request, &rows, self.settings.hold_ttl).await?;
+        let hold = insert_hold(&mut tx, request, &rows, self.settings.hold_ttl, None).await?;
         take_seats(&mut tx, &hold).await?;
         tx.commit().await?;
         Ok(hold)

@@ -13,7 +13,7 @@ use clap::Parser as _;
 use serde_json::{json, Value};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Row as _};
-use ticket_core::services::Postgres;
+use ticket_core::services::{Postgres, Redis};
 
 /// The admin token the test servers are started with.
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
@@ -50,6 +50,13 @@ impl Office {
     /// Like [`Office::start`], with or without an admin token.
     pub async fn start_with(servers: usize, args: &[&str], admin: bool) -> anyhow::Result<Office> {
         let url = Postgres::shared()?.fresh_database().await?;
+        // redis-lua needs Redis: one throwaway per test binary, shared.
+        let redis = if args.contains(&"redis-lua") {
+            Some(Redis::shared()?.url().to_owned())
+        } else {
+            None
+        };
+        let redis_args = redis.iter().flat_map(|url| ["--redis-url", url.as_str()]);
         let mut running = Vec::new();
         for _ in 0..servers {
             let argv = [
@@ -68,6 +75,7 @@ impl Office {
                     .into_iter()
                     .flatten(),
             )
+            .chain(redis_args.clone())
             .chain(args.iter().copied());
             running.push(level5::Cli::try_parse_from(argv)?.start().await?);
         }
