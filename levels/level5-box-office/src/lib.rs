@@ -15,6 +15,7 @@
 //! | --- | --- | --- |
 //! | hold (`pessimistic`) | `FOR UPDATE` on each seat, in ascending seat order | [`holds::pessimistic`] |
 //! | hold (`optimistic`) | write each seat `WHERE version = $read`; fail fast or retry | [`holds::optimistic`] |
+//! | hold (`redis-lua`) | one Lua script checks and takes every seat in Redis; PostgreSQL records the hold | [`holds::redis_lua`] |
 //! | one user's limit | a per-user advisory lock, always taken first | [`holds::lock_user`] |
 //! | charge | one relative upsert, `balance = balance + $amount` | [`wallet`] |
 //! | pay | lock the hold, check, deduct, record, mark paid: one transaction | [`settle`] |
@@ -46,8 +47,14 @@
 //! cargo run --release -p level5 -- --port 8081 --queue off --strategy pessimistic --admin-token secret
 //! ```
 //!
-//! The waiting room (`--queue on`), the cached show list and `load booking`
-//! come next (issue 15); today the server refuses `--queue on`.
+//! The lesson, with the measured comparison of the three strategies (hot
+//! front rows versus spread-out seats), is `docs/06-box-office.md`;
+//! `cargo bench -p level5 --bench holds` measures it.
+//!
+//! **What the next level fixes.** 10,000 users for 1,000 seats should not
+//! all reach the seat map at once: the waiting room (`--queue on`), the
+//! cached show list and `load booking` come next (issue 15). Today the
+//! server refuses `--queue on`.
 
 pub mod api;
 pub mod error;

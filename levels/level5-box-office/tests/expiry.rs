@@ -102,39 +102,7 @@ async fn payment_racing_expiry_a_thousand_times_never_ends_both_paid_and_expired
     .execute(&office.pool)
     .await?;
 
-    let started = Instant::now();
-    let bound = Duration::from_secs(60);
-    let outcomes: Vec<anyhow::Result<Option<(i64, u16)>>> = stream::iter(1..=1000i64)
-        .map(|user| {
-            let office = &office;
-            async move {
-                if started.elapsed() > bound {
-                    return Ok(None);
-                }
-                let server = user as usize;
-                let hold = office.hold(server, show, user, &[user as i32]).await?;
-                anyhow::ensure!(hold.status == 201, "{hold:?}");
-                let expires = chrono::DateTime::parse_from_rfc3339(
-                    hold.body["expires_at"].as_str().unwrap_or_default(),
-                )?;
-                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
-                let target = expires.timestamp_millis() + rand::random_range(-150..30);
-                let wait = u64::try_from(target - now.as_millis() as i64).unwrap_or(0);
-                tokio::time::sleep(Duration::from_millis(wait)).await;
-                let hold = hold.body["hold_id"].as_i64().unwrap();
-                let paid = office.pay(server + 1, hold, user).await?;
-                anyhow::Ok(Some((hold, paid.status)))
-            }
-        })
-        .buffer_unordered(100)
-        .collect()
-        .await;
-    let outcomes: Vec<(i64, u16)> = outcomes
-        .into_iter()
-        .collect::<anyhow::Result<Vec<_>>>()?
-        .into_iter()
-        .flatten()
-        .collect();
+    let outcomes = race_payments_against_expiry(&office, show, 1000).await?;
     assert!(
         outcomes.len() >= 200,
         "only {} races ran within the bound",
@@ -190,4 +158,45 @@ async fn payment_racing_expiry_a_thousand_times_never_ends_both_paid_and_expired
     );
     assert!(office.money_not_conserved().await?.is_empty());
     office.stop().await
+}
+
+/// For each of `users` users: hold one seat, wait until near its expiry,
+/// pay. 100 at a time; races not started within a minute are skipped.
+/// Returns each hold and the payment's status.
+async fn race_payments_against_expiry(
+    office: &Office,
+    show: i64,
+    users: i64,
+) -> anyhow::Result<Vec<(i64, u16)>> {
+    let started = Instant::now();
+    let bound = Duration::from_secs(60);
+    let outcomes: Vec<anyhow::Result<Option<(i64, u16)>>> = stream::iter(1..=users)
+        .map(|user| async move {
+            if started.elapsed() > bound {
+                return Ok(None);
+            }
+            let server = user as usize;
+            let hold = office.hold(server, show, user, &[user as i32]).await?;
+            anyhow::ensure!(hold.status == 201, "{hold:?}");
+            let expires = chrono::DateTime::parse_from_rfc3339(
+                hold.body["expires_at"].as_str().unwrap_or_default(),
+            )?;
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+            let target = expires.timestamp_millis() + rand::random_range(-150..30);
+            let wait = u64::try_from(target - now.as_millis() as i64).unwrap_or(0);
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+            let hold = hold.body["hold_id"].as_i64().unwrap();
+            let paid = office.pay(server + 1, hold, user).await?;
+            anyhow::Ok(Some((hold, paid.status)))
+        })
+        .buffer_unordered(100)
+        .collect()
+        .await;
+    let outcomes: Vec<(i64, u16)> = outcomes
+        .into_iter()
+        .collect::<anyhow::Result<Vec<_>>>()?
+        .into_iter()
+        .flatten()
+        .collect();
+    Ok(outcomes)
 }
