@@ -1,9 +1,9 @@
 //! `nowait`: lock the ticket's row if it is free; if it is not, say so at
 //! once.
 //!
-//! Same lock as [`crate::pessimistic`] (the row's `FOR UPDATE` lock, held
-//! until COMMIT, protecting read-check-write-commit), with one word more:
-//! `FOR UPDATE NOWAIT`. Where `pessimistic` queues behind the holder,
+//! Same lock as [`crate::pessimistic`] (the row's `FOR NO KEY UPDATE` lock,
+//! held until COMMIT, protecting read-check-write-commit), with one word
+//! more: `FOR NO KEY UPDATE NOWAIT`. Where `pessimistic` queues behind the holder,
 //! `NOWAIT` makes PostgreSQL refuse at once with SQLSTATE 55P03
 //! (`lock_not_available`). The buyer is answered 503 busy with `Retry-After`
 //! and picks again, like a shop assistant saying "someone is buying that
@@ -28,7 +28,7 @@ use crate::pessimistic::{look_before_locking, sell_locked_row};
 use crate::retry::{finish, settle, Failure};
 use crate::Level2Config;
 
-/// Sells under `SELECT ... FOR UPDATE NOWAIT`: a held row is an immediate
+/// Sells under `SELECT ... FOR NO KEY UPDATE NOWAIT`: a held row is an immediate
 /// busy.
 pub struct NoWait {
     ctx: StrategyContext,
@@ -73,7 +73,7 @@ impl NoWait {
         // 1. Lock, or be refused at once, then read.
         let waiting = Instant::now();
         let stock: Option<i32> =
-            sqlx::query_scalar("SELECT stock FROM tickets WHERE id = $1 FOR UPDATE NOWAIT")
+            sqlx::query_scalar("SELECT stock FROM tickets WHERE id = $1 FOR NO KEY UPDATE NOWAIT")
                 .bind(ticket.get())
                 .fetch_optional(&mut *tx)
                 .await
