@@ -25,19 +25,26 @@ use ticket_core::strategy::StrategyContext;
 use ticket_core::{db, Order, PurchaseError, SellTickets, TicketId, UserId};
 
 use crate::pessimistic::{look_before_locking, sell_locked_row};
-use crate::retry::{finish, settle, Failure};
+use crate::retry::{settle, Failure};
+use crate::transaction::{in_transaction, Opening};
 use crate::Level2Config;
 
 /// Sells under `SELECT ... FOR NO KEY UPDATE NOWAIT`: a held row is an immediate
 /// busy.
 pub struct NoWait {
     ctx: StrategyContext,
+    /// How its transaction begins.
+    opening: Opening,
 }
 
 /// Builds [`NoWait`].
-pub fn build(context: &StrategyContext, _: &Level2Config) -> anyhow::Result<Arc<dyn SellTickets>> {
+pub fn build(
+    context: &StrategyContext,
+    config: &Level2Config,
+) -> anyhow::Result<Arc<dyn SellTickets>> {
     Ok(Arc::new(NoWait {
         ctx: context.clone(),
+        opening: Opening::read_committed(context, config)?,
     }))
 }
 
@@ -48,13 +55,10 @@ impl SellTickets for NoWait {
     }
 
     async fn purchase(&self, ticket: TicketId, user: UserId) -> Result<Order, PurchaseError> {
-        let attempt = async {
-            let mut tx = self.ctx.pool.begin().await?;
-            let sale = self.sell(&mut tx, ticket, user).await;
-            finish(tx, sale).await
-        }
-        .await;
-        settle(&self.ctx.metrics, attempt)
+        let sale = in_transaction(&self.ctx, &self.opening, async |tx| {
+            self.sell(tx, ticket, user).await
+        });
+        settle(&self.ctx.metrics, sale.await)
     }
 }
 

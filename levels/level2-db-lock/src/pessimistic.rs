@@ -72,13 +72,16 @@ use sqlx::PgConnection;
 use ticket_core::strategy::StrategyContext;
 use ticket_core::{db, Order, PurchaseError, SellTickets, TicketId, UserId};
 
-use crate::retry::{finish, settle, Failure};
+use crate::retry::{settle, Failure};
+use crate::transaction::{in_transaction, Opening};
 use crate::Level2Config;
 
 /// Sells under `SELECT ... FOR NO KEY UPDATE`, waiting at most
 /// `lock_timeout`.
 pub struct Pessimistic {
     ctx: StrategyContext,
+    /// How its transaction begins.
+    opening: Opening,
     /// PostgreSQL's spelling of the timeout, for example `"1000ms"`; `"0ms"`
     /// waits forever.
     lock_timeout: String,
@@ -91,6 +94,7 @@ pub fn build(
 ) -> anyhow::Result<Arc<dyn SellTickets>> {
     Ok(Arc::new(Pessimistic {
         ctx: context.clone(),
+        opening: Opening::read_committed(context, config)?,
         lock_timeout: format!("{}ms", config.lock_timeout_ms),
     }))
 }
@@ -102,13 +106,10 @@ impl SellTickets for Pessimistic {
     }
 
     async fn purchase(&self, ticket: TicketId, user: UserId) -> Result<Order, PurchaseError> {
-        let attempt = async {
-            let mut tx = self.ctx.pool.begin().await?;
-            let sale = self.sell(&mut tx, ticket, user).await;
-            finish(tx, sale).await
-        }
-        .await;
-        settle(&self.ctx.metrics, attempt)
+        let sale = in_transaction(&self.ctx, &self.opening, async |tx| {
+            self.sell(tx, ticket, user).await
+        });
+        settle(&self.ctx.metrics, sale.await)
     }
 }
 

@@ -62,12 +62,15 @@ use sqlx::PgConnection;
 use ticket_core::strategy::StrategyContext;
 use ticket_core::{db, Order, PurchaseError, SellTickets, TicketId, UserId};
 
-use crate::retry::{finish, insert_order_retryable, with_retries, Failure, RetryPolicy};
+use crate::retry::{insert_order_retryable, with_retries, Failure, RetryPolicy};
+use crate::transaction::{in_transaction, Opening};
 use crate::Level2Config;
 
 /// Sells with read-check-write under SERIALIZABLE, retrying SQLSTATE 40001.
 pub struct Serializable {
     ctx: StrategyContext,
+    /// How each attempt's transaction begins.
+    opening: Opening,
     retry: RetryPolicy,
 }
 
@@ -78,6 +81,7 @@ pub fn build(
 ) -> anyhow::Result<Arc<dyn SellTickets>> {
     Ok(Arc::new(Serializable {
         ctx: context.clone(),
+        opening: Opening::serializable(context, config)?,
         retry: config.retry_policy(),
     }))
 }
@@ -96,15 +100,12 @@ impl SellTickets for Serializable {
 impl Serializable {
     /// One try, in its own transaction: a retry never reuses an aborted one.
     async fn attempt(&self, ticket: TicketId, user: UserId) -> Result<Order, Failure> {
-        let mut tx = self
-            .ctx
-            .pool
-            .begin_with("BEGIN ISOLATION LEVEL SERIALIZABLE")
-            .await?;
-        let sale = self.sell(&mut tx, ticket, user).await;
         // The COMMIT may be where PostgreSQL notices the conflict; `finish`
         // sorts a 40001 there like anywhere else.
-        finish(tx, sale).await
+        in_transaction(&self.ctx, &self.opening, async |tx| {
+            self.sell(tx, ticket, user).await
+        })
+        .await
     }
 
     /// Level 0's read-check-write, in one transaction at the isolation level

@@ -31,12 +31,18 @@ impl Sale {
     /// Starts `servers` Level 2 servers with `args` on a fresh database and
     /// puts `stock` units of [`TICKET`] on sale.
     pub async fn start(servers: usize, args: &[&str], stock: i32) -> anyhow::Result<Sale> {
+        Sale::start_each(&vec![args; servers], stock).await
+    }
+
+    /// Starts one Level 2 server per entry of `args`, each with its own
+    /// arguments, on one fresh database, and puts `stock` units on sale.
+    pub async fn start_each(args: &[&[&str]], stock: i32) -> anyhow::Result<Sale> {
         let url = Postgres::shared()?.fresh_database().await?;
         let mut running = Vec::new();
-        for _ in 0..servers {
+        for server_args in args {
             let argv = ["level2", "--port", "0", "--database-url", &url]
                 .into_iter()
-                .chain(args.iter().copied());
+                .chain(server_args.iter().copied());
             running.push(level2::Cli::try_parse_from(argv)?.start().await?);
         }
         let pool = PgPoolOptions::new()
