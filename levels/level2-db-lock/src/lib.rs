@@ -25,6 +25,13 @@
 //! because it holds none. Each strategy's file explains its locks where they
 //! are taken: what kind, what they protect, and why that scope.
 //!
+//! **Module map.** One file per strategy (the table above); every one runs
+//! its attempt through [`transaction::in_transaction`] (open the
+//! transaction, sell, commit or roll back; the opening also bounds a
+//! stalled holder with `idle_in_transaction_session_timeout`), and sorts
+//! what went wrong with [`retry`] (busy, lost race, final answer; bounded
+//! jittered retries for `optimistic` and `serializable`).
+//!
 //! Every strategy keeps the sale and the order in **one transaction**: a
 //! refused order (UNIQUE (ticket_id, user_id): this buyer already has one)
 //! rolls the decrement back, and a crash between the two cannot lose stock.
