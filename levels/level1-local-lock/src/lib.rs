@@ -21,11 +21,45 @@
 //!
 //! 1. **The lock must cover the commit.** Release it after writing but before
 //!    `COMMIT` and the next buyer reads the old stock: the race is back.
-//! 2. **No `std::sync::Mutex` across `.await`.** A std guard held while the
-//!    task waits for PostgreSQL blocks the runtime thread; with few threads,
-//!    the task that would release the lock may never run again (deadlock).
-//!    The workspace denies `clippy::await_holding_lock`. Tokio's locks are
-//!    built to be held across `.await`: waiting for them yields the thread.
+//! 2. **No `std::sync::Mutex` across `.await`.** Holding a std guard across
+//!    `.await` does not block the holder's own thread: the holder yields at
+//!    its `.await` like any task. The harm lands on the *other* tasks: each
+//!    one that calls `lock()` meanwhile blocks the runtime thread it runs on,
+//!    and once every worker thread is blocked that way (two here), no thread
+//!    is left to resume the holder, which would release the guard: deadlock.
+//!    Before it comes to that, the compiler usually refuses: a
+//!    `std::sync::MutexGuard` is `!Send`, and `tokio::spawn` and axum
+//!    handlers need `Send` futures, so most such code does not compile
+//!    (shown below). Where it does (a future that need not be `Send`, or a
+//!    `parking_lot` guard with its `send_guard` feature), the workspace's
+//!    `clippy::await_holding_lock = "deny"` catches it. Tokio's locks are
+//!    built to be held across `.await`: waiting for one parks the task and
+//!    frees the thread.
+//!
+//! The `!Send` guard at work: this does not compile, because the spawned
+//! future holds a `std::sync::MutexGuard` across an `.await`.
+//!
+//! ```compile_fail
+//! let stock = std::sync::Arc::new(std::sync::Mutex::new(100));
+//! tokio::spawn(async move {
+//!     let mut guard = stock.lock().unwrap();
+//!     tokio::task::yield_now().await; // the guard is held across this await
+//!     *guard -= 1;
+//! });
+//! ```
+//!
+//! The same sale with Tokio's mutex compiles and is fine:
+//!
+//! ```no_run
+//! # async fn sell() {
+//! let stock = std::sync::Arc::new(tokio::sync::Mutex::new(100));
+//! tokio::spawn(async move {
+//!     let mut guard = stock.lock().await;
+//!     tokio::task::yield_now().await;
+//!     *guard -= 1;
+//! });
+//! # }
+//! ```
 //!
 //! **What it guarantees.** On one server: exactly `tickets` orders, stock 0,
 //! no lost update, however wide the race window (`--think-time-ms`).

@@ -39,18 +39,25 @@ use sqlx::PgConnection;
 use ticket_core::strategy::StrategyContext;
 use ticket_core::{db, Order, Purchase, PurchaseError, SellTickets};
 
-use crate::retry::{finish, settle, Failure};
+use crate::retry::{settle, Failure};
+use crate::transaction::{in_transaction, Opening};
 use crate::Level2Config;
 
 /// Sells with one conditional `UPDATE ... WHERE stock > 0`.
 pub struct Atomic {
     ctx: StrategyContext,
+    /// How its transaction begins.
+    opening: Opening,
 }
 
 /// Builds [`Atomic`].
-pub fn build(context: &StrategyContext, _: &Level2Config) -> anyhow::Result<Arc<dyn SellTickets>> {
+pub fn build(
+    context: &StrategyContext,
+    config: &Level2Config,
+) -> anyhow::Result<Arc<dyn SellTickets>> {
     Ok(Arc::new(Atomic {
         ctx: context.clone(),
+        opening: Opening::read_committed(context, config)?,
     }))
 }
 
@@ -61,13 +68,10 @@ impl SellTickets for Atomic {
     }
 
     async fn purchase(&self, purchase: Purchase) -> Result<Order, PurchaseError> {
-        let attempt = async {
-            let mut tx = self.ctx.pool.begin().await?;
-            let sale = self.sell(&mut tx, &purchase).await;
-            finish(tx, sale).await
-        }
-        .await;
-        settle(&self.ctx.metrics, attempt)
+        let sale = in_transaction(&self.ctx, &self.opening, async |tx| {
+            self.sell(tx, &purchase).await
+        });
+        settle(&self.ctx.metrics, sale.await)
     }
 }
 

@@ -6,16 +6,17 @@
 //! PostgreSQL, so that is where the control has to go. Which kind of
 //! control, why, and is a lock needed at all?
 //!
-//! **The mechanism.** Five answers, one file each, all correct on any
+//! **The mechanism.** Six answers, one file each, all correct on any
 //! number of servers:
 //!
 //! | strategy | how | a second buyer of the same ticket... | failure answer |
 //! | --- | --- | --- | --- |
 //! | [`optimistic`] | read `stock, version`; write `WHERE version = $v`; retry on 0 rows | never waits while we think; finds the version changed and retries | retries exhausted: 503 |
-//! | [`pessimistic`] | `SELECT ... FOR UPDATE`, then read-check-write, in one transaction | waits in PostgreSQL's queue, at most `--lock-timeout-ms` | lock timeout: 503 |
-//! | [`nowait`] | `SELECT ... FOR UPDATE NOWAIT` | is refused at once | row held: 503 at once |
+//! | [`pessimistic`] | `SELECT ... FOR NO KEY UPDATE`, then read-check-write, in one transaction | waits in PostgreSQL's queue, at most `--lock-timeout-ms` | lock timeout: 503 |
+//! | [`nowait`] | `SELECT ... FOR NO KEY UPDATE NOWAIT` | is refused at once | row held: 503 at once |
 //! | [`atomic`] | `UPDATE ... SET stock = stock - 1 WHERE id = $1 AND stock > 0` + the order insert | waits only from our UPDATE to our COMMIT | none (sold out or sold) |
-//! | [`serializable`] | Level 0's naive code under SERIALIZABLE; retry on SQLSTATE 40001 | is rolled back by PostgreSQL and retries | retries exhausted: 503 |
+//! | [`serializable`] | Level 0's read-check-write under SERIALIZABLE; retry on SQLSTATE 40001 | is rolled back by PostgreSQL and retries | retries exhausted: 503 |
+//! | [`advisory`] | `pg_advisory_xact_lock(ticket id)`, then read-check-write | waits for the ticket's named lock, at most `--lock-timeout-ms` | lock timeout: 503 |
 //!
 //! Is a lock needed at all? Not one you take yourself: `atomic` asks the
 //! database to check and decrement in one statement, and that is enough. But
@@ -23,6 +24,13 @@
 //! COMMIT; `atomic` is fast because it holds it for the shortest time, not
 //! because it holds none. Each strategy's file explains its locks where they
 //! are taken: what kind, what they protect, and why that scope.
+//!
+//! **Module map.** One file per strategy (the table above); every one runs
+//! its attempt through [`transaction::in_transaction`] (open the
+//! transaction, sell, commit or roll back; the opening also bounds a
+//! stalled holder with `idle_in_transaction_session_timeout`), and sorts
+//! what went wrong with [`retry`] (busy, lost race, final answer; bounded
+//! jittered retries for `optimistic` and `serializable`).
 //!
 //! Every strategy keeps the sale and the order in **one transaction**: a
 //! refused order (UNIQUE (ticket_id, user_id): this buyer already has one)
@@ -88,12 +96,14 @@
 //! connection until it is their turn, at the price of a second service and a
 //! lock that can expire under a slow holder.
 
+pub mod advisory;
 pub mod atomic;
 pub mod nowait;
 pub mod optimistic;
 pub mod pessimistic;
 pub mod retry;
 pub mod serializable;
+pub mod transaction;
 
 use std::time::Duration;
 
@@ -113,12 +123,18 @@ pub struct Level2Config {
     pub max_retries: u32,
     /// `pessimistic`: the longest wait for the ticket's row lock, in
     /// milliseconds, set as PostgreSQL's `lock_timeout` and
-    /// `statement_timeout`. Zero waits forever.
+    /// `statement_timeout`; `advisory`: the same for its named lock, as
+    /// `lock_timeout`. Zero waits forever.
     pub lock_timeout_ms: u64,
     /// The ceiling of the first retry's random pause, in milliseconds.
     pub backoff_base_ms: u64,
     /// The longest pause between two retries, in milliseconds.
     pub backoff_max_ms: u64,
+    /// Every strategy: how long a transaction may sit idle between two
+    /// statements before PostgreSQL ends it and frees its locks
+    /// (`idle_in_transaction_session_timeout`), in milliseconds. Zero is
+    /// no limit.
+    pub idle_in_transaction_timeout_ms: u64,
 }
 
 /// Default for `--max-retries`.
@@ -129,6 +145,9 @@ pub const DEFAULT_LOCK_TIMEOUT_MS: u64 = 1_000;
 pub const DEFAULT_BACKOFF_BASE_MS: u64 = 2;
 /// Default for `--backoff-max-ms`.
 pub const DEFAULT_BACKOFF_MAX_MS: u64 = 50;
+/// Default for `--idle-in-transaction-timeout-ms`: far above any pause a
+/// sale makes on purpose (the lessons' think times are 20 ms to 3 s).
+pub const DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT_MS: u64 = 5_000;
 
 impl Default for Level2Config {
     fn default() -> Self {
@@ -137,6 +156,7 @@ impl Default for Level2Config {
             lock_timeout_ms: DEFAULT_LOCK_TIMEOUT_MS,
             backoff_base_ms: DEFAULT_BACKOFF_BASE_MS,
             backoff_max_ms: DEFAULT_BACKOFF_MAX_MS,
+            idle_in_transaction_timeout_ms: DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT_MS,
         }
     }
 }
@@ -164,13 +184,13 @@ pub const STRATEGIES: &[StrategyEntry<Level2Config>] = &[
     },
     StrategyEntry {
         name: "pessimistic",
-        about: "SELECT ... FOR UPDATE: lock the ticket row, then read-check-write; wait at most --lock-timeout-ms",
+        about: "SELECT ... FOR NO KEY UPDATE: lock the ticket row, then read-check-write; wait at most --lock-timeout-ms",
         expected: Expected::CORRECT,
         build: pessimistic::build,
     },
     StrategyEntry {
         name: "nowait",
-        about: "SELECT ... FOR UPDATE NOWAIT: lock the row if free, else 503 busy at once",
+        about: "SELECT ... FOR NO KEY UPDATE NOWAIT: lock the row if free, else 503 busy at once",
         expected: Expected::CORRECT,
         build: nowait::build,
     },
@@ -185,6 +205,12 @@ pub const STRATEGIES: &[StrategyEntry<Level2Config>] = &[
         about: "the naive read-check-write under SERIALIZABLE isolation, retried on SQLSTATE 40001",
         expected: Expected::CORRECT,
         build: serializable::build,
+    },
+    StrategyEntry {
+        name: "advisory",
+        about: "pg_advisory_xact_lock(ticket id): a named lock (MySQL's GET_LOCK) held until COMMIT",
+        expected: Expected::CORRECT,
+        build: advisory::build,
     },
 ];
 
@@ -202,7 +228,7 @@ pub const RACE_THINK_TIME_MS: u64 = 20;
     long_about = "Level 2 of ticket-rush: sells tickets with the concurrency control inside PostgreSQL, \
         the one thing every server shares.\n\n\
         Pick a strategy: an optimistic version check, a row lock that waits (pessimistic) or \
-        refuses at once (nowait), one conditional UPDATE (atomic), or SERIALIZABLE isolation. \
+        refuses at once (nowait), one conditional UPDATE (atomic), SERIALIZABLE isolation, or a named advisory lock. \
         Run two servers on one database: still exactly 100 tickets sold."
 )]
 pub struct Cli {
@@ -221,11 +247,11 @@ pub struct Cli {
     #[arg(long, default_value_t = DEFAULT_MAX_RETRIES, value_name = "N")]
     pub max_retries: u32,
 
-    /// pessimistic: how long a buyer waits in PostgreSQL's queue for the
-    /// ticket's row lock before being answered 503 busy (set as
-    /// PostgreSQL's lock_timeout, and as statement_timeout, which also
-    /// bounds a wait that re-queues each time the row changes). 0 waits
-    /// forever.
+    /// pessimistic and advisory: how long a buyer waits in PostgreSQL's
+    /// queue for the ticket's lock before being answered 503 busy (set as
+    /// PostgreSQL's lock_timeout; pessimistic also sets statement_timeout,
+    /// which bounds a wait that re-queues each time the row changes). 0
+    /// waits forever.
     #[arg(long, default_value_t = DEFAULT_LOCK_TIMEOUT_MS, value_name = "MS")]
     pub lock_timeout_ms: u64,
 
@@ -238,6 +264,14 @@ pub struct Cli {
     /// however many there were.
     #[arg(long, default_value_t = DEFAULT_BACKOFF_MAX_MS, value_name = "MS")]
     pub backoff_max_ms: u64,
+
+    /// Every strategy: how long a sale's transaction may sit idle between
+    /// two statements, holding its locks, before PostgreSQL ends it and the
+    /// next buyer gets the lock (idle_in_transaction_session_timeout). A
+    /// stalled holder is bounded by nothing else. Must be longer than
+    /// --think-time-ms. 0 is no limit.
+    #[arg(long, default_value_t = DEFAULT_IDLE_IN_TRANSACTION_TIMEOUT_MS, value_name = "MS")]
+    pub idle_in_transaction_timeout_ms: u64,
 }
 
 impl Cli {
@@ -248,6 +282,7 @@ impl Cli {
             lock_timeout_ms: self.lock_timeout_ms,
             backoff_base_ms: self.backoff_base_ms,
             backoff_max_ms: self.backoff_max_ms,
+            idle_in_transaction_timeout_ms: self.idle_in_transaction_timeout_ms,
         }
     }
 

@@ -1,9 +1,9 @@
 //! `nowait`: lock the ticket's row if it is free; if it is not, say so at
 //! once.
 //!
-//! Same lock as [`crate::pessimistic`] (the row's `FOR UPDATE` lock, held
-//! until COMMIT, protecting read-check-write-commit), with one word more:
-//! `FOR UPDATE NOWAIT`. Where `pessimistic` queues behind the holder,
+//! Same lock as [`crate::pessimistic`] (the row's `FOR NO KEY UPDATE` lock,
+//! held until COMMIT, protecting read-check-write-commit), with one word
+//! more: `FOR NO KEY UPDATE NOWAIT`. Where `pessimistic` queues behind the holder,
 //! `NOWAIT` makes PostgreSQL refuse at once with SQLSTATE 55P03
 //! (`lock_not_available`). The buyer is answered 503 busy with `Retry-After`
 //! and picks again, like a shop assistant saying "someone is buying that
@@ -25,19 +25,26 @@ use ticket_core::strategy::StrategyContext;
 use ticket_core::{db, Order, Purchase, PurchaseError, SellTickets};
 
 use crate::pessimistic::{look_before_locking, sell_locked_row};
-use crate::retry::{finish, settle, Failure};
+use crate::retry::{settle, Failure};
+use crate::transaction::{in_transaction, Opening};
 use crate::Level2Config;
 
-/// Sells under `SELECT ... FOR UPDATE NOWAIT`: a held row is an immediate
+/// Sells under `SELECT ... FOR NO KEY UPDATE NOWAIT`: a held row is an immediate
 /// busy.
 pub struct NoWait {
     ctx: StrategyContext,
+    /// How its transaction begins.
+    opening: Opening,
 }
 
 /// Builds [`NoWait`].
-pub fn build(context: &StrategyContext, _: &Level2Config) -> anyhow::Result<Arc<dyn SellTickets>> {
+pub fn build(
+    context: &StrategyContext,
+    config: &Level2Config,
+) -> anyhow::Result<Arc<dyn SellTickets>> {
     Ok(Arc::new(NoWait {
         ctx: context.clone(),
+        opening: Opening::read_committed(context, config)?,
     }))
 }
 
@@ -48,13 +55,10 @@ impl SellTickets for NoWait {
     }
 
     async fn purchase(&self, purchase: Purchase) -> Result<Order, PurchaseError> {
-        let attempt = async {
-            let mut tx = self.ctx.pool.begin().await?;
-            let sale = self.sell(&mut tx, &purchase).await;
-            finish(tx, sale).await
-        }
-        .await;
-        settle(&self.ctx.metrics, attempt)
+        let sale = in_transaction(&self.ctx, &self.opening, async |tx| {
+            self.sell(tx, &purchase).await
+        });
+        settle(&self.ctx.metrics, sale.await)
     }
 }
 
@@ -69,7 +73,7 @@ impl NoWait {
         // 1. Lock, or be refused at once, then read.
         let waiting = Instant::now();
         let stock: Option<i32> =
-            sqlx::query_scalar("SELECT stock FROM tickets WHERE id = $1 FOR UPDATE NOWAIT")
+            sqlx::query_scalar("SELECT stock FROM tickets WHERE id = $1 FOR NO KEY UPDATE NOWAIT")
                 .bind(ticket.get())
                 .fetch_optional(&mut *tx)
                 .await

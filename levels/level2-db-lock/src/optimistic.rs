@@ -8,6 +8,21 @@
 //! can simply try again with a fresh read: a lost race costs a retry, never
 //! an oversell.
 //!
+//! **Why a version, and not the stock we read** (`WHERE stock = $read`)? A
+//! value can come back; a version cannot. Between our read (stock 5) and
+//! our write, one buyer buys (4) and another cancels (5 again): the stock
+//! compares equal, so a check on it passes as if nothing had happened. This
+//! is the ABA problem of lock-free programming. Here the stock we would
+//! write (4) happens to be right, because the stock is the only thing our
+//! decision used; but a decision made from *anything else* read with it
+//! (the buyer's eligibility, a price, which sale the row belongs to) would
+//! be applied to a row that changed under it, and the check would not
+//! notice. A version counts changes and only grows, so "same version"
+//! means "no write in between", which is what the check must prove. (One
+//! caveat: resetting a sale, as the load tool does between rushes, sets the
+//! version back to 0; that is safe only because no purchase is in flight
+//! across a reset.)
+//!
 //! Where the locks are:
 //!
 //! - While reading and thinking: **none**. The read is a plain SELECT in a
@@ -35,11 +50,7 @@
 //! Read on a connection handed back before thinking, and *every* buyer of
 //! the rush is in the race window at once: 500 per server read the same
 //! version, one wins, 499 retry, and the wasted work grows with the square
-//! of the crowd. An earlier draft of this file did exactly that: the load
-//! test `optimistic_without_retries_answers_some_buyers_busy_but_never_oversells`
-//! (one rush: two servers, 1000 buyers, 100 tickets, `--think-time-ms 10`,
-//! `--max-retries 0`, debug build) took 117 s with it, and 8 s with this
-//! version.
+//! of the crowd (`docs/02-db-locks.md` has the measurement).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -49,12 +60,15 @@ use sqlx::PgConnection;
 use ticket_core::strategy::StrategyContext;
 use ticket_core::{db, Order, Purchase, PurchaseError, SellTickets};
 
-use crate::retry::{finish, with_retries, Failure, RetryPolicy};
+use crate::retry::{with_retries, Failure, RetryPolicy};
+use crate::transaction::{in_transaction, Opening};
 use crate::Level2Config;
 
 /// Sells with a version check at the write, retrying lost races.
 pub struct Optimistic {
     ctx: StrategyContext,
+    /// How each attempt's transaction begins.
+    opening: Opening,
     retry: RetryPolicy,
 }
 
@@ -65,6 +79,7 @@ pub fn build(
 ) -> anyhow::Result<Arc<dyn SellTickets>> {
     Ok(Arc::new(Optimistic {
         ctx: context.clone(),
+        opening: Opening::read_committed(context, config)?,
         retry: config.retry_policy(),
     }))
 }
@@ -84,9 +99,10 @@ impl Optimistic {
     /// One try, in a fresh transaction: read, check, think, then write only
     /// if the version is still the one we read.
     async fn attempt(&self, purchase: &Purchase) -> Result<Order, Failure> {
-        let mut tx = self.ctx.pool.begin().await?;
-        let sale = self.sell(&mut tx, purchase).await;
-        finish(tx, sale).await
+        in_transaction(&self.ctx, &self.opening, async |tx| {
+            self.sell(tx, purchase).await
+        })
+        .await
     }
 
     async fn sell(&self, tx: &mut PgConnection, purchase: &Purchase) -> Result<Order, Failure> {

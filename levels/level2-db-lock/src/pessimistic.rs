@@ -1,17 +1,30 @@
 //! `pessimistic`: lock the ticket's row first, then read, decide and write
 //! while nobody else can.
 //!
-//! This is Level 1's mutex moved into PostgreSQL. `SELECT ... FOR UPDATE`
-//! takes the row's exclusive lock *as it reads*, so the stock we read cannot
-//! change under us: every other buyer of this ticket, on this server or any
-//! other, stops at the same `FOR UPDATE` and waits in PostgreSQL's queue
-//! until we COMMIT. Read-check-write becomes one indivisible step again.
+//! This is Level 1's mutex moved into PostgreSQL. `SELECT ... FOR NO KEY
+//! UPDATE` takes the row's exclusive lock *as it reads*, so the stock we
+//! read cannot change under us: every other buyer of this ticket, on this
+//! server or any other, stops at the same statement and waits in
+//! PostgreSQL's queue until we COMMIT. Read-check-write becomes one
+//! indivisible step again.
 //!
 //! Where the lock is:
 //!
-//! - **Kind:** PostgreSQL's row-level `FOR UPDATE` lock on the one `tickets`
-//!   row being sold. Plain SELECTs (the `GET /tickets/{id}` page) are not
-//!   blocked by it; only other writers and lockers of that row wait.
+//! - **Kind:** PostgreSQL's row-level `FOR NO KEY UPDATE` lock on the one
+//!   `tickets` row being sold. Plain SELECTs (the `GET /tickets/{id}` page)
+//!   are not blocked by it; only other writers and lockers of that row wait.
+//! - **Why not `FOR UPDATE`:** PostgreSQL has four row-lock strengths, and
+//!   `FOR UPDATE`, the strongest, is for deleting the row or changing its
+//!   key. It also blocks `FOR KEY SHARE`, the lock a foreign-key check takes
+//!   on the referenced row: every `INSERT INTO ticket_orders` for this
+//!   ticket, by any *other* transaction (a cancellation, an import, Level
+//!   4's writer), would wait for our whole sale, think time included. We
+//!   change `stock` and `version`, not the key, so the lock that matches is
+//!   `FOR NO KEY UPDATE`: the one our own UPDATE takes anyway. It conflicts
+//!   with every other `FOR NO KEY UPDATE`, `FOR UPDATE` and UPDATE of the
+//!   row, so the sale is exactly as exclusive, and it lets foreign-key
+//!   checks through (the test
+//!   `pessimistic_row_lock_lets_other_transactions_insert_orders_for_the_ticket`).
 //! - **What it protects:** the sequence read stock, check, write `stock - 1`,
 //!   insert the order, *commit*.
 //! - **Why that scope:** PostgreSQL holds row locks until the transaction
@@ -37,13 +50,12 @@
 //!   PostgreSQL's documentation says the limit "applies separately to each
 //!   lock acquisition attempt", and behind a hot row a `FOR UPDATE` makes
 //!   many short attempts: every time a holder commits, the row has a new
-//!   version, and each waiter queues again for that version. We measured it
-//!   (two servers with 50 connections each, `--think-time-ms 20`, a 300 ms
-//!   `lock_timeout` and nothing else): 36 of one server's 500 `FOR UPDATE`s
-//!   waited between 1.6 and 3.3 seconds, and not one timed out.
+//!   version, and each waiter queues again for that version (measured in
+//!   `docs/02-db-locks.md`: waits of seconds under a 300 ms `lock_timeout`,
+//!   and not one timed out).
 //! - `statement_timeout`, set to the same value: cancels any statement of
 //!   this transaction that runs longer (SQLSTATE 57014), so it bounds the
-//!   *whole* wait of the `FOR UPDATE`. The other statements take
+//!   *whole* wait of the row-locking statement. The other statements take
 //!   milliseconds, so for them it is only a safety net.
 //!
 //! Either way the buyer is answered 503 busy (counted as `lock_timeout`),
@@ -60,12 +72,16 @@ use sqlx::PgConnection;
 use ticket_core::strategy::StrategyContext;
 use ticket_core::{db, Order, Purchase, PurchaseError, SellTickets, TicketId};
 
-use crate::retry::{finish, settle, Failure};
+use crate::retry::{settle, Failure};
+use crate::transaction::{in_transaction, Opening};
 use crate::Level2Config;
 
-/// Sells under `SELECT ... FOR UPDATE`, waiting at most `lock_timeout`.
+/// Sells under `SELECT ... FOR NO KEY UPDATE`, waiting at most
+/// `lock_timeout`.
 pub struct Pessimistic {
     ctx: StrategyContext,
+    /// How its transaction begins.
+    opening: Opening,
     /// PostgreSQL's spelling of the timeout, for example `"1000ms"`; `"0ms"`
     /// waits forever.
     lock_timeout: String,
@@ -78,6 +94,7 @@ pub fn build(
 ) -> anyhow::Result<Arc<dyn SellTickets>> {
     Ok(Arc::new(Pessimistic {
         ctx: context.clone(),
+        opening: Opening::read_committed(context, config)?,
         lock_timeout: format!("{}ms", config.lock_timeout_ms),
     }))
 }
@@ -89,13 +106,10 @@ impl SellTickets for Pessimistic {
     }
 
     async fn purchase(&self, purchase: Purchase) -> Result<Order, PurchaseError> {
-        let attempt = async {
-            let mut tx = self.ctx.pool.begin().await?;
-            let sale = self.sell(&mut tx, &purchase).await;
-            finish(tx, sale).await
-        }
-        .await;
-        settle(&self.ctx.metrics, attempt)
+        let sale = in_transaction(&self.ctx, &self.opening, async |tx| {
+            self.sell(tx, &purchase).await
+        });
+        settle(&self.ctx.metrics, sale.await)
     }
 }
 
@@ -123,7 +137,7 @@ impl Pessimistic {
         //    for this row, for at most the timeout.
         let waiting = Instant::now();
         let stock: Option<i32> =
-            sqlx::query_scalar("SELECT stock FROM tickets WHERE id = $1 FOR UPDATE")
+            sqlx::query_scalar("SELECT stock FROM tickets WHERE id = $1 FOR NO KEY UPDATE")
                 .bind(ticket.get())
                 .fetch_optional(&mut *tx)
                 .await

@@ -44,7 +44,8 @@ pub enum Failure {
     /// only queue again: the buyer is answered 503 busy and picks again.
     Busy {
         /// What happened, as counted in `/metrics`: `lock_timeout`,
-        /// `lock_refused`, `pool_timeout`, `statement_timeout`.
+        /// `lock_refused`, `pool_timeout`, `statement_timeout`,
+        /// `idle_in_transaction_timeout`.
         event: &'static str,
         /// Why, in the buyer's problem detail.
         reason: &'static str,
@@ -79,6 +80,13 @@ impl From<sqlx::Error> for Failure {
             Some("55P03") => Self::Busy {
                 event: "lock_timeout",
                 reason: "the ticket row is locked by another buyer",
+            },
+            // idle_in_transaction_session_timeout: this sale stalled between
+            // two statements while holding its locks, and PostgreSQL ended
+            // its session (see `crate::transaction`). Nothing was written.
+            Some("25P03") => Self::Busy {
+                event: "idle_in_transaction_timeout",
+                reason: "the sale stalled inside its transaction and the database ended it",
             },
             // statement_timeout: the database is too slow for us right now.
             Some("57014") => Self::Busy {
