@@ -518,13 +518,13 @@ figure {{ margin: 1rem 0; }}
     }
     out.push_str("</tbody></table>\n");
     if !data.ceilings.is_empty() {
-        out.push_str("<h2>Ceilings measured in the same run</h2>\n<table id=\"ceilings\"><thead><tr><th>ceiling</th><th>concurrency</th><th>ops/s</th><th>p50 ms</th><th>p99 ms</th></tr></thead><tbody>\n");
+        out.push_str("<h2>Ceilings measured in the same run</h2>\n<table id=\"ceilings\"><thead><tr><th>ceiling</th><th>measured at</th><th>ops/s</th><th>p50 ms</th><th>p99 ms</th></tr></thead><tbody>\n");
         for c in &data.ceilings {
             let _ = writeln!(
                 out,
                 "<tr><td>{}</td><td>{}</td><td>{:.0}</td><td>{:.2}</td><td>{:.2}</td></tr>",
                 escape(&c.name),
-                c.concurrency,
+                escape(&crate::output::ceiling_shape(c)),
                 c.ops_per_sec,
                 c.latency_ms.p50,
                 c.latency_ms.p99

@@ -317,6 +317,12 @@ async fn sustained_run_reports_ceilings_from_the_same_run() {
         .collect();
     assert_eq!(ceilings, ["postgres_purchase", "http_noop"]);
     assert!(report["ceilings"][0]["ops_per_sec"].as_f64().unwrap() > 0.0);
+    // The HTTP ceiling was measured on as many servers as the run used.
+    assert_eq!(
+        report["ceilings"][1]["servers"], report["servers"],
+        "{report}"
+    );
+    assert_eq!(report["ceilings"][1]["concurrency"], 8);
 }
 
 /// Ten thousand concurrent buyers (each with its own connection) over two
