@@ -124,6 +124,18 @@ struct RushArgs {
     #[arg(long)]
     json: bool,
 
+    /// Measure with durability on: the throwaway PostgreSQL keeps its
+    /// defaults (fsync, synchronous_commit and full_page_writes on) and the
+    /// throwaway Redis writes an append-only file (see --appendfsync). By
+    /// default both run with nothing flushed to disk, which is faster. Servers
+    /// given by URL keep their own settings; the report shows them either way.
+    #[arg(long)]
+    durable: bool,
+
+    /// With --durable: how often Redis flushes its append-only file.
+    #[arg(long, value_enum, default_value = "everysec", requires = "durable")]
+    appendfsync: load::run::AppendFsync,
+
     /// Also write an HTML report with plots (and the JSON behind it) into
     /// this directory. It is self-contained: open DIR/index.html offline.
     #[arg(long, value_name = "DIR")]
@@ -144,6 +156,7 @@ impl RushArgs {
                 duration: Duration::from_secs(secs),
                 concurrency: self.concurrency.max(1),
             }),
+            durable: self.durable.then_some(self.appendfsync),
         }
     }
 }
@@ -276,7 +289,11 @@ async fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
         max_errors: args.max_errors,
         min_rps: args.min_rps,
     };
-    let result = run(&options).await?;
+    let mut result = run(&options).await?;
+    let settings = result.machine.settings_line();
+    for report in &mut result.reports {
+        report.settings.clone_from(&settings);
+    }
     let reports = &result.reports;
     let many = reports.len() > 1;
     for (i, report) in reports.iter().enumerate() {
@@ -285,6 +302,9 @@ async fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
         } else {
             print!("{}", render_report(report, many.then_some(i as u32 + 1)));
         }
+    }
+    if !args.rush.json {
+        println!("measured with {settings}");
     }
     if let Some(dir) = &args.rush.report {
         let expected = if options.targets.is_empty() {
@@ -376,6 +396,7 @@ async fn tour_command(args: TourArgs) -> anyhow::Result<ExitCode> {
     if json {
         println!("{}", serde_json::to_string(&result)?);
     } else {
+        println!("\nMeasured with {}.", result.machine.settings_line());
         println!();
         let unexpected: Vec<_> = result.rows.iter().filter(|r| !r.as_expected).collect();
         if unexpected.is_empty() {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
-use ticket_core::services::{Postgres, Redis};
+use ticket_core::services::{free_port, Durability, Postgres, Redis};
 use ticket_core::Verdict;
 
 use crate::levels::{level, levels, LevelInfo, SettleArgs};
@@ -34,6 +34,30 @@ pub struct RushSettings {
     pub progress: bool,
     /// Sustained mode instead of a sell-out (`--duration`).
     pub sustained: Option<Sustained>,
+    /// `--durable`: throwaway services keep every commit (PostgreSQL's
+    /// defaults; Redis with an append-only file flushed this often).
+    /// `None`: the fast settings (nothing flushed).
+    pub durable: Option<AppendFsync>,
+}
+
+/// How often a durable Redis flushes its append-only file (`appendfsync`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AppendFsync {
+    /// Once a second: a crash loses at most about a second of sales.
+    Everysec,
+    /// Before every reply: a crash loses nothing that was answered.
+    Always,
+}
+
+impl AppendFsync {
+    /// The `appendfsync` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Everysec => "everysec",
+            Self::Always => "always",
+        }
+    }
 }
 
 /// A sustained run's shape.
@@ -56,6 +80,7 @@ impl Default for RushSettings {
             timeout: Duration::from_secs(300),
             progress: false,
             sustained: None,
+            durable: None,
         }
     }
 }
@@ -67,20 +92,40 @@ pub struct Services {
 }
 
 impl Services {
-    /// Uses the given URLs, else the environment, else throwaway servers.
-    /// Redis is only found or started when `need_redis`.
+    /// Uses the given URLs, else the environment, else throwaway servers
+    /// (fast, or durable when `durable` says how Redis flushes). Redis is
+    /// only found or started when `need_redis`. Servers given by URL keep
+    /// their own settings; the report shows what they are.
     pub async fn find(
         database_url: Option<String>,
         redis_url: Option<String>,
         need_redis: bool,
+        durable: Option<AppendFsync>,
     ) -> anyhow::Result<Self> {
-        let postgres = match database_url {
+        let from_env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let postgres = match database_url.or_else(|| from_env("DATABASE_URL")) {
             Some(url) => Postgres::external(url),
-            None => tokio::task::spawn_blocking(Postgres::from_env_or_throwaway).await??,
+            None => {
+                let durability = if durable.is_some() {
+                    Durability::Durable
+                } else {
+                    Durability::Fast
+                };
+                tokio::task::spawn_blocking(move || Postgres::throwaway_with(durability)).await??
+            }
         };
-        let redis = match (redis_url, need_redis) {
+        let redis = match (redis_url.or_else(|| from_env("REDIS_URL")), need_redis) {
             (Some(url), _) => Some(Redis::external(url)),
-            (None, true) => Some(tokio::task::spawn_blocking(Redis::from_env_or_throwaway).await??),
+            (None, true) => Some(
+                tokio::task::spawn_blocking(move || match durable {
+                    None => Redis::throwaway(),
+                    Some(fsync) => Redis::throwaway_on(
+                        free_port()?,
+                        &["--appendonly", "yes", "--appendfsync", fsync.as_str()],
+                    ),
+                })
+                .await??,
+            ),
             (None, false) => None,
         };
         Ok(Self { postgres, redis })
@@ -149,6 +194,7 @@ pub async fn run(options: &RunOptions) -> anyhow::Result<RunResult> {
         options.database_url.clone(),
         options.redis_url.clone(),
         info.needs_redis && options.targets.is_empty(),
+        options.rush.durable,
     )
     .await?;
     check_database(services.database_url()).await?;
@@ -447,6 +493,7 @@ pub async fn tour(options: &TourOptions, mut on_row: impl FnMut(&TourRow)) -> an
         options.database_url.clone(),
         options.redis_url.clone(),
         need_redis,
+        options.rush.durable,
     )
     .await?;
     check_database(services.database_url()).await?;

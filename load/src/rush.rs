@@ -275,6 +275,11 @@ pub struct Report {
     /// Peak memory of the load process and of each server it started.
     #[serde(default)]
     pub memory: Option<Memory>,
+    /// The services' durability settings as they reported them, e.g.
+    /// `PostgreSQL fsync=on full_page_writes=on synchronous_commit=on`
+    /// (filled in by `load run`; empty when not read).
+    #[serde(default)]
+    pub settings: String,
 }
 
 /// Peak resident memory (VmHWM), in MiB.
@@ -364,6 +369,7 @@ impl Report {
             ceilings: Vec::new(),
             persistence_lag_ms: None,
             memory: None,
+            settings: String::new(),
         }
     }
 
@@ -457,6 +463,7 @@ pub async fn rush(plan: &RushPlan) -> anyhow::Result<Report> {
         let buyer = Buyer {
             url: format!("{target}/tickets/{}/orders", plan.ticket_id),
             health: format!("{target}/health"),
+            timeout: plan.timeout,
             user_id,
             max_attempts: plan.max_attempts.max(1),
             seed: plan.seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
@@ -589,6 +596,7 @@ pub async fn rush(plan: &RushPlan) -> anyhow::Result<Report> {
 struct Buyer {
     url: String,
     health: String,
+    timeout: Duration,
     user_id: i64,
     max_attempts: u32,
     seed: u64,
@@ -597,20 +605,28 @@ struct Buyer {
 /// One buyer's own HTTP client: one connection, kept, no proxy. Sustained
 /// runs and ceilings use the same.
 pub(crate) fn buyer_client() -> reqwest::Result<reqwest::Client> {
+    buyer_client_waiting(REQUEST_TIMEOUT)
+}
+
+/// A buyer's client whose requests give up after `timeout`.
+fn buyer_client_waiting(timeout: Duration) -> reqwest::Result<reqwest::Client> {
     reqwest::Client::builder()
         .pool_max_idle_per_host(1)
-        .timeout(REQUEST_TIMEOUT)
+        .timeout(timeout)
         .no_proxy()
         .build()
 }
 
-/// How long one request may take before the buyer counts it as an error.
+/// How long one request of a sustained run may take before it counts as an
+/// error. A sell-out's buyers wait as long as the rush may last (its
+/// `timeout`): a slow answer there is the server's latency, which the report
+/// shows, not a failure; a server that never answers ends the rush.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Buyer {
     /// One client per buyer, with its connection opened before the start.
     async fn connect(&self) -> anyhow::Result<reqwest::Client> {
-        let client = buyer_client()?;
+        let client = buyer_client_waiting(self.timeout)?;
         // A failed warm-up is not fatal: the purchase will try to connect
         // again, and count an error if that fails too.
         let _ = client.get(&self.health).send().await;
