@@ -9,6 +9,8 @@
 //! | --- | --- |
 //! | [`levels`] | the levels and strategies it knows, and what each should show |
 //! | [`servers`] | starting servers in this process (tests) or as child processes (runs, tour) |
+//! | [`expect`] | `--expect` and thresholds, and the exit codes they give |
+//! | [`failures`] | failed answers by kind (refused, timeout, 4xx, 5xx), one sample each |
 //! | [`rush`] | the buyers, the start barrier, retries on 503, latency, the report |
 //! | [`run`] | `load run` and `load tour`: services, servers, rounds |
 //! | [`output`] | the text tables |
@@ -18,6 +20,8 @@
 //! The verdict rules live in [`ticket_core::verify`], so that tests and the
 //! tool judge the same way.
 
+pub mod expect;
+pub mod failures;
 pub mod levels;
 pub mod output;
 pub mod report;

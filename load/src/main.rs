@@ -15,14 +15,19 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
+use load::expect::{ExpectVerdict, Expectations, EXIT_MET, EXIT_NOT_MET, EXIT_TOOL_FAILED};
 use load::output::{render_report, tour_header, tour_row, verdict_label};
 use load::report::{ReportData, ReportRow};
 use load::run::{run, tour, RunOptions, RushSettings, Sustained, TourOptions};
 
 /// Rush a ticket-rush server with many buyers at once and check, from the
 /// database, whether exactly the right number of tickets sold.
+///
+/// Exit status: 0 every expectation met; 1 the run finished but a verdict or
+/// threshold was not met (or a tour row was unexpected); 2 the tool could
+/// not run (bad arguments, a target or database that does not answer).
 #[derive(Parser, Debug)]
-#[command(name = "load", version, about, long_about = None)]
+#[command(name = "load", version, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -34,9 +39,9 @@ enum Command {
     /// or on servers you started (--target).
     Run(RunArgs),
     /// Rush every level and strategy, on one server and on two, and print
-    /// one comparison table. Exits non-zero when a result is not the
-    /// expected one (a correct strategy oversold, or a race that did not
-    /// reproduce).
+    /// one comparison table. Exits 1 when a result is not the expected one
+    /// (a correct strategy oversold, or a race that did not reproduce), 2
+    /// when the tour itself could not run.
     Tour(TourArgs),
     /// Start a throwaway PostgreSQL (and Redis) for a two-terminal demo and
     /// print their URLs; stops them on Ctrl-C.
@@ -119,6 +124,18 @@ struct RushArgs {
     #[arg(long)]
     json: bool,
 
+    /// Measure with durability on: the throwaway PostgreSQL keeps its
+    /// defaults (fsync, synchronous_commit and full_page_writes on) and the
+    /// throwaway Redis writes an append-only file (see --appendfsync). By
+    /// default both run with nothing flushed to disk, which is faster. Servers
+    /// given by URL keep their own settings; the report shows them either way.
+    #[arg(long)]
+    durable: bool,
+
+    /// With --durable: how often Redis flushes its append-only file.
+    #[arg(long, value_enum, default_value = "everysec", requires = "durable")]
+    appendfsync: load::run::AppendFsync,
+
     /// Also write an HTML report with plots (and the JSON behind it) into
     /// this directory. It is self-contained: open DIR/index.html offline.
     #[arg(long, value_name = "DIR")]
@@ -139,6 +156,7 @@ impl RushArgs {
                 duration: Duration::from_secs(secs),
                 concurrency: self.concurrency.max(1),
             }),
+            durable: self.durable.then_some(self.appendfsync),
         }
     }
 }
@@ -172,6 +190,27 @@ struct RunArgs {
     #[arg(long = "server-arg", value_name = "FLAG", allow_hyphen_values = true)]
     server_args: Vec<String>,
 
+    /// The verdict every round must earn, else exit 1: correct, oversold,
+    /// undersold, inconsistent, errors, or any (judge, but accept every
+    /// verdict: useful with thresholds alone).
+    #[arg(long, value_name = "VERDICT", default_value = "correct")]
+    expect: ExpectVerdict,
+
+    /// Threshold: exit 1 when a round's p99 latency is above this many
+    /// milliseconds.
+    #[arg(long, value_name = "MS")]
+    max_p99_ms: Option<f64>,
+
+    /// Threshold: exit 1 when a round has more failed answers (errors) than
+    /// this.
+    #[arg(long, value_name = "N")]
+    max_errors: Option<u64>,
+
+    /// Threshold: exit 1 when a round sends fewer requests per second
+    /// (throughput_rps, retries included) than this.
+    #[arg(long, value_name = "N")]
+    min_rps: Option<f64>,
+
     #[command(flatten)]
     rush: RushArgs,
 }
@@ -194,19 +233,20 @@ struct ServicesArgs {
 }
 
 fn main() -> ExitCode {
+    // Clap exits 2 on a usage error: the same code as any other tool failure.
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("error: cannot start the async runtime: {err}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(EXIT_TOOL_FAILED);
         }
     };
     match runtime.block_on(dispatch(cli.command)) {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");
-            ExitCode::FAILURE
+            ExitCode::from(EXIT_TOOL_FAILED)
         }
     }
 }
@@ -243,7 +283,17 @@ async fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
         exe: this_exe()?,
         rush: args.rush.settings(),
     };
-    let result = run(&options).await?;
+    let expectations = Expectations {
+        verdict: args.expect.0,
+        max_p99_ms: args.max_p99_ms,
+        max_errors: args.max_errors,
+        min_rps: args.min_rps,
+    };
+    let mut result = run(&options).await?;
+    let settings = result.machine.settings_line();
+    for report in &mut result.reports {
+        report.settings.clone_from(&settings);
+    }
     let reports = &result.reports;
     let many = reports.len() > 1;
     for (i, report) in reports.iter().enumerate() {
@@ -252,6 +302,9 @@ async fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
         } else {
             print!("{}", render_report(report, many.then_some(i as u32 + 1)));
         }
+    }
+    if !args.rush.json {
+        println!("measured with {settings}");
     }
     if let Some(dir) = &args.rush.report {
         let expected = if options.targets.is_empty() {
@@ -278,7 +331,19 @@ async fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
         let page = load::report::write(dir, &data)?;
         eprintln!("report written to {}", page.display());
     }
-    Ok(ExitCode::SUCCESS)
+    let mut met = true;
+    for (i, report) in reports.iter().enumerate() {
+        for broken in expectations.broken(report) {
+            met = false;
+            let round = if many {
+                format!("round {}: ", i + 1)
+            } else {
+                String::new()
+            };
+            eprintln!("NOT MET: {round}{broken}");
+        }
+    }
+    Ok(ExitCode::from(if met { EXIT_MET } else { EXIT_NOT_MET }))
 }
 
 async fn tour_command(args: TourArgs) -> anyhow::Result<ExitCode> {
@@ -304,10 +369,13 @@ async fn tour_command(args: TourArgs) -> anyhow::Result<ExitCode> {
                 options.rush.buyers, options.rush.tickets
             ),
             Some(shape) => println!(
-                "ticket-rush sustained tour: {} concurrent buyers buy for {} s on two servers, per strategy.\n\
-                 Ceilings are measured first, in the same run, at the same concurrency.\n",
+                "ticket-rush sustained tour: {} concurrent buyers buy for {} s on {servers} servers, per strategy.\n\
+                 Ceilings are measured first, in the same run: HTTP at {} concurrent on {servers} idle servers, \
+                 PostgreSQL at the connections shown below.\n",
                 shape.concurrency,
-                shape.duration.as_secs()
+                shape.duration.as_secs(),
+                shape.concurrency,
+                servers = load::run::SUSTAINED_TOUR_SERVERS,
             ),
         }
         println!("{}", tour_header(options.rush.sustained.is_some()));
@@ -328,6 +396,7 @@ async fn tour_command(args: TourArgs) -> anyhow::Result<ExitCode> {
     if json {
         println!("{}", serde_json::to_string(&result)?);
     } else {
+        println!("\nMeasured with {}.", result.machine.settings_line());
         println!();
         let unexpected: Vec<_> = result.rows.iter().filter(|r| !r.as_expected).collect();
         if unexpected.is_empty() {
@@ -386,11 +455,11 @@ async fn tour_command(args: TourArgs) -> anyhow::Result<ExitCode> {
         let page = load::report::write(dir, &data)?;
         eprintln!("report written to {}", page.display());
     }
-    Ok(if result.as_expected {
-        ExitCode::SUCCESS
+    Ok(ExitCode::from(if result.as_expected {
+        EXIT_MET
     } else {
-        ExitCode::FAILURE
-    })
+        EXIT_NOT_MET
+    }))
 }
 
 async fn services_command(args: ServicesArgs) -> anyhow::Result<ExitCode> {

@@ -49,10 +49,22 @@ pub fn render_report(report: &Report, round: Option<u32>) -> String {
             String::new()
         }
     );
+    for (kind, failure) in &report.error_kinds {
+        let _ = writeln!(
+            out,
+            "  errors: {kind:<9}{}  e.g. {}",
+            failure.count, failure.sample
+        );
+    }
     let _ = writeln!(
         out,
         "  database truth  orders {}  ·  stock {}  ·  oversold {}  ·  duplicate orders {}",
         report.db_orders, report.db_stock, report.oversold, report.duplicate_orders
+    );
+    let _ = writeln!(
+        out,
+        "  identities      201 without a row {}  ·  rows without a 201 {}  ·  201s beyond the stock {}",
+        report.answered_without_order, report.orders_without_answer, report.oversold_answers
     );
     let _ = writeln!(out, "  verdict         {}", verdict_label(report.verdict));
     for problem in &report.problems {
@@ -73,8 +85,10 @@ pub fn render_report(report: &Report, round: Option<u32>) -> String {
         if let Some(ratio) = report.ratio_to(&ceiling.name) {
             let _ = writeln!(
                 out,
-                "  vs ceiling      {ratio:.2} of {} ({:.0} ops/s at {} concurrent)",
-                ceiling.name, ceiling.ops_per_sec, ceiling.concurrency
+                "  vs ceiling      {ratio:.2} of {} ({:.0} ops/s at {})",
+                ceiling.name,
+                ceiling.ops_per_sec,
+                ceiling_shape(ceiling)
             );
         }
     }
@@ -217,14 +231,33 @@ pub fn tour_row(row: &TourRow) -> String {
     )
 }
 
+/// How a ceiling was measured, in words: "64 concurrent on 2 servers",
+/// "20 connections".
+pub fn ceiling_shape(c: &crate::sustain::Ceiling) -> String {
+    match (c.name.as_str(), c.servers) {
+        ("postgres_purchase", _) => format!("{} connections", c.concurrency),
+        (_, 0) => format!("{} concurrent", c.concurrency),
+        (_, 1) => format!("{} concurrent on 1 server", c.concurrency),
+        (_, n) => format!("{} concurrent on {n} servers", c.concurrency),
+    }
+}
+
 /// The ceilings of a sustained run, one line each.
 pub fn ceilings_table(ceilings: &[crate::sustain::Ceiling]) -> String {
-    let mut out = String::from("ceilings, measured first in the same run:\n");
+    let mut out = String::from(
+        "ceilings, measured first in the same run (PostgreSQL: the better of as many \
+         connections as buyers and as the servers' pools open):\n",
+    );
     for c in ceilings {
         let _ = writeln!(
             out,
-            "  {:<18} {:>9.0} ops/s  at {} concurrent  ·  p50 {:.2} ms  ·  p99 {:.2} ms  ·  errors {}",
-            c.name, c.ops_per_sec, c.concurrency, c.latency_ms.p50, c.latency_ms.p99, c.errors
+            "  {:<18} {:>9.0} ops/s  at {}  ·  p50 {:.2} ms  ·  p99 {:.2} ms  ·  errors {}",
+            c.name,
+            c.ops_per_sec,
+            ceiling_shape(c),
+            c.latency_ms.p50,
+            c.latency_ms.p99,
+            c.errors
         );
     }
     out

@@ -32,6 +32,14 @@ pub struct Machine {
     pub redis: Option<String>,
     /// The load tool's version.
     pub load_version: String,
+    /// PostgreSQL's durability settings as the server reports them
+    /// (`fsync`, `synchronous_commit`, `full_page_writes`).
+    #[serde(default)]
+    pub postgres_settings: String,
+    /// Redis's persistence settings as it reports them (`appendonly`,
+    /// `appendfsync`, `save`), when Redis was used.
+    #[serde(default)]
+    pub redis_settings: Option<String>,
 }
 
 impl Machine {
@@ -55,20 +63,30 @@ impl Machine {
         let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .map(|s| s.trim().to_owned())
             .unwrap_or_default();
-        let postgres = match crate::rush::open_database(database_url).await {
+        let (postgres, postgres_settings) = match crate::rush::open_database(database_url).await {
             Ok(pool) => {
                 let version: String = sqlx::query_scalar("SELECT version()")
                     .fetch_one(&pool)
                     .await
                     .unwrap_or_default();
+                let settings: String = sqlx::query_scalar(
+                    "SELECT string_agg(name || '=' || setting, ' ' ORDER BY name) FROM pg_settings \
+                     WHERE name IN ('fsync', 'synchronous_commit', 'full_page_writes')",
+                )
+                .fetch_one(&pool)
+                .await
+                .unwrap_or_default();
                 pool.close().await;
-                version
+                (version, settings)
             }
-            Err(_) => String::new(),
+            Err(_) => (String::new(), String::new()),
         };
-        let redis = match redis_url {
-            Some(url) => redis_version(url).await.ok(),
-            None => None,
+        let (redis, redis_settings) = match redis_url {
+            Some(url) => (
+                redis_version(url).await.ok(),
+                redis_settings(url).await.ok(),
+            ),
+            None => (None, None),
         };
         Self {
             cpu,
@@ -78,8 +96,41 @@ impl Machine {
             postgres,
             redis,
             load_version: env!("CARGO_PKG_VERSION").to_owned(),
+            postgres_settings,
+            redis_settings,
         }
     }
+
+    /// The durability settings on one line, for headers: every figure is
+    /// shown with the settings it was measured under.
+    pub fn settings_line(&self) -> String {
+        let mut line = format!("PostgreSQL {}", self.postgres_settings);
+        if let Some(redis) = &self.redis_settings {
+            line.push_str(&format!("; Redis {redis}"));
+        }
+        line
+    }
+}
+
+async fn redis_settings(url: &str) -> anyhow::Result<String> {
+    let client = redis::Client::open(url)?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let mut out = Vec::new();
+    for name in ["appendonly", "appendfsync", "save"] {
+        let pair: Vec<String> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg(name)
+            .query_async(&mut conn)
+            .await?;
+        let value = pair.get(1).cloned().unwrap_or_default();
+        let value = if value.is_empty() {
+            "''".to_owned()
+        } else {
+            value
+        };
+        out.push(format!("{name}={value}"));
+    }
+    Ok(out.join(" "))
 }
 
 async fn redis_version(url: &str) -> anyhow::Result<String> {
@@ -456,9 +507,11 @@ figure {{ margin: 1rem 0; }}
 </style></head><body>
 <h1>{title}</h1>
 <p>Every verdict comes from the database, not from HTTP answers. Reproduce with <code>{command}</code>.</p>
+<p id="settings">Measured with {settings}.</p>
 "#,
         title = escape(&data.title),
-        command = escape(&data.command)
+        command = escape(&data.command),
+        settings = escape(&data.machine.settings_line())
     );
     let sustained = data.rows.iter().any(|r| r.report.mode == "sustained");
     out.push_str("<h2>Comparison</h2>\n<table id=\"comparison\">\n<thead><tr>");
@@ -518,13 +571,13 @@ figure {{ margin: 1rem 0; }}
     }
     out.push_str("</tbody></table>\n");
     if !data.ceilings.is_empty() {
-        out.push_str("<h2>Ceilings measured in the same run</h2>\n<table id=\"ceilings\"><thead><tr><th>ceiling</th><th>concurrency</th><th>ops/s</th><th>p50 ms</th><th>p99 ms</th></tr></thead><tbody>\n");
+        out.push_str("<h2>Ceilings measured in the same run</h2>\n<table id=\"ceilings\"><thead><tr><th>ceiling</th><th>measured at</th><th>ops/s</th><th>p50 ms</th><th>p99 ms</th></tr></thead><tbody>\n");
         for c in &data.ceilings {
             let _ = writeln!(
                 out,
                 "<tr><td>{}</td><td>{}</td><td>{:.0}</td><td>{:.2}</td><td>{:.2}</td></tr>",
                 escape(&c.name),
-                c.concurrency,
+                escape(&crate::output::ceiling_shape(c)),
                 c.ops_per_sec,
                 c.latency_ms.p50,
                 c.latency_ms.p99

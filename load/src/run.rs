@@ -6,13 +6,13 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
-use ticket_core::services::{Postgres, Redis};
+use ticket_core::services::{free_port, Durability, Postgres, Redis};
 use ticket_core::Verdict;
 
 use crate::levels::{level, levels, LevelInfo, SettleArgs};
 use crate::report::Machine;
 use crate::rush::{peak_rss_mib, rush, Memory, Report, RushPlan, Settle, DEFAULT_MAX_ATTEMPTS};
-use crate::servers::{start_processes, ServerProcess, ServerSpec};
+use crate::servers::{check_targets, normalise_target, start_processes, ServerProcess, ServerSpec};
 use crate::sustain::{self, Ceiling, SustainPlan};
 
 /// The shared knobs of a rush, as the command line gives them.
@@ -34,6 +34,30 @@ pub struct RushSettings {
     pub progress: bool,
     /// Sustained mode instead of a sell-out (`--duration`).
     pub sustained: Option<Sustained>,
+    /// `--durable`: throwaway services keep every commit (PostgreSQL's
+    /// defaults; Redis with an append-only file flushed this often).
+    /// `None`: the fast settings (nothing flushed).
+    pub durable: Option<AppendFsync>,
+}
+
+/// How often a durable Redis flushes its append-only file (`appendfsync`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AppendFsync {
+    /// Once a second: a crash loses at most about a second of sales.
+    Everysec,
+    /// Before every reply: a crash loses nothing that was answered.
+    Always,
+}
+
+impl AppendFsync {
+    /// The `appendfsync` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Everysec => "everysec",
+            Self::Always => "always",
+        }
+    }
 }
 
 /// A sustained run's shape.
@@ -56,6 +80,7 @@ impl Default for RushSettings {
             timeout: Duration::from_secs(300),
             progress: false,
             sustained: None,
+            durable: None,
         }
     }
 }
@@ -67,20 +92,40 @@ pub struct Services {
 }
 
 impl Services {
-    /// Uses the given URLs, else the environment, else throwaway servers.
-    /// Redis is only found or started when `need_redis`.
+    /// Uses the given URLs, else the environment, else throwaway servers
+    /// (fast, or durable when `durable` says how Redis flushes). Redis is
+    /// only found or started when `need_redis`. Servers given by URL keep
+    /// their own settings; the report shows what they are.
     pub async fn find(
         database_url: Option<String>,
         redis_url: Option<String>,
         need_redis: bool,
+        durable: Option<AppendFsync>,
     ) -> anyhow::Result<Self> {
-        let postgres = match database_url {
+        let from_env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let postgres = match database_url.or_else(|| from_env("DATABASE_URL")) {
             Some(url) => Postgres::external(url),
-            None => tokio::task::spawn_blocking(Postgres::from_env_or_throwaway).await??,
+            None => {
+                let durability = if durable.is_some() {
+                    Durability::Durable
+                } else {
+                    Durability::Fast
+                };
+                tokio::task::spawn_blocking(move || Postgres::throwaway_with(durability)).await??
+            }
         };
-        let redis = match (redis_url, need_redis) {
+        let redis = match (redis_url.or_else(|| from_env("REDIS_URL")), need_redis) {
             (Some(url), _) => Some(Redis::external(url)),
-            (None, true) => Some(tokio::task::spawn_blocking(Redis::from_env_or_throwaway).await??),
+            (None, true) => Some(
+                tokio::task::spawn_blocking(move || match durable {
+                    None => Redis::throwaway(),
+                    Some(fsync) => Redis::throwaway_on(
+                        free_port()?,
+                        &["--appendonly", "yes", "--appendfsync", fsync.as_str()],
+                    ),
+                })
+                .await??,
+            ),
             (None, false) => None,
         };
         Ok(Self { postgres, redis })
@@ -139,10 +184,17 @@ pub async fn run(options: &RunOptions) -> anyhow::Result<RunResult> {
              servers share, which the load tool resets before and checks after the rush"
         );
     }
+    let given_targets = options
+        .targets
+        .iter()
+        .map(|t| normalise_target(t))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    check_targets(&given_targets).await?;
     let services = Services::find(
         options.database_url.clone(),
         options.redis_url.clone(),
         info.needs_redis && options.targets.is_empty(),
+        options.rush.durable,
     )
     .await?;
     check_database(services.database_url()).await?;
@@ -165,7 +217,7 @@ pub async fn run(options: &RunOptions) -> anyhow::Result<RunResult> {
         let targets = processes.iter().map(|p| p.url().to_owned()).collect();
         (Some(think), processes, targets)
     } else {
-        (None, Vec::new(), options.targets.clone())
+        (None, Vec::new(), given_targets)
     };
 
     let mut reports = Vec::new();
@@ -173,8 +225,7 @@ pub async fn run(options: &RunOptions) -> anyhow::Result<RunResult> {
         let ceilings = match options.rush.sustained {
             Some(shape) => {
                 let pools = targets.len() * default_pool_size();
-                measure_ceilings(&services, &targets[0], shape, pools, options.ticket_id + 1)
-                    .await?
+                measure_ceilings(&services, &targets, shape, pools, options.ticket_id + 1).await?
             }
             None => Vec::new(),
         };
@@ -270,8 +321,11 @@ async fn one_round(
 }
 
 /// The ceilings for a sustained run, at its concurrency and duration: the
-/// purchase transaction straight to PostgreSQL, `GET /livez` on `http_target`,
-/// and (when a Redis is at hand) the Lua decrement straight to Redis.
+/// purchase transaction straight to PostgreSQL, `GET /livez` on
+/// `http_targets` (as many servers as the run uses, buyers dealt over them
+/// the same way), and (when a Redis is at hand) the Lua decrement straight
+/// to Redis. Each ceiling records the concurrency and servers it was
+/// measured at, and the tables print them.
 ///
 /// The PostgreSQL ceiling is measured twice, with as many connections as
 /// there are buyers and with as many as the servers' pools open
@@ -280,7 +334,7 @@ async fn one_round(
 /// so the buyers' count alone would understate what the database can do.
 pub async fn measure_ceilings(
     services: &Services,
-    http_target: &str,
+    http_targets: &[String],
     shape: Sustained,
     db_connections: usize,
     ticket_id: i64,
@@ -308,7 +362,7 @@ pub async fn measure_ceilings(
     }
     let mut ceilings = vec![
         best.expect("at least one PostgreSQL ceiling run"),
-        sustain::http_noop(http_target, shape.concurrency, shape.duration)
+        sustain::http_noop(http_targets, shape.concurrency, shape.duration)
             .await
             .context("measuring the HTTP ceiling")?,
     ];
@@ -388,6 +442,10 @@ pub struct TourOptions {
     pub rush: RushSettings,
 }
 
+/// Servers every strategy of a sustained tour runs on (and the HTTP ceiling
+/// is measured on).
+pub const SUSTAINED_TOUR_SERVERS: usize = 2;
+
 /// One row of the tour.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TourRow {
@@ -435,27 +493,31 @@ pub async fn tour(options: &TourOptions, mut on_row: impl FnMut(&TourRow)) -> an
         options.database_url.clone(),
         options.redis_url.clone(),
         need_redis,
+        options.rush.durable,
     )
     .await?;
     check_database(services.database_url()).await?;
 
-    // Sustained tours measure the ceilings once, first, against a server that
-    // does no work (Level 0's /livez), and run every strategy on two servers.
+    // Sustained tours measure the ceilings once, first, against servers that
+    // do no work (Level 0's /livez), as many as every strategy then runs on
+    // (two), at the same concurrency.
     let (ceilings, server_counts) = match options.rush.sustained {
         Some(shape) => {
+            let servers = SUSTAINED_TOUR_SERVERS;
             let idle = start_processes(
                 &options.exe,
                 &ServerSpec::new(0, "naive"),
                 services.database_url(),
                 None,
-                1,
+                servers,
             )
             .await?;
+            let idle_urls: Vec<String> = idle.iter().map(|p| p.url().to_owned()).collect();
             // Strategies run on two servers, each with its default pool.
-            let pools = 2 * default_pool_size();
-            let measured = measure_ceilings(&services, idle[0].url(), shape, pools, 999).await;
+            let pools = servers * default_pool_size();
+            let measured = measure_ceilings(&services, &idle_urls, shape, pools, 999).await;
             stop_all(idle).await;
-            (measured?, vec![2usize])
+            (measured?, vec![servers])
         }
         None => (Vec::new(), vec![1usize, 2]),
     };

@@ -28,9 +28,11 @@ use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
-use ticket_core::verify::{judge, Judgement};
+use ticket_core::verify::{judge_run, Evidence, ExpectedOrders, Identities, Judgement};
 use ticket_core::{db, TicketId, Verdict};
 use tokio::sync::Barrier;
+
+use crate::failures::{FailureKind, Failures};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -210,15 +212,33 @@ pub struct Report {
     pub attempts: u64,
     /// 5xx answers other than 503 (always a bug).
     pub server_errors: u64,
+    /// Failed answers by kind (`refused`, `timeout`, `4xx`, `5xx`,
+    /// `transport`), each with the first message seen.
+    #[serde(default)]
+    pub error_kinds: BTreeMap<String, FailureKind>,
 
     /// Order rows in the database.
     pub db_orders: i64,
     /// The stock column after the run.
     pub db_stock: i32,
+    /// `tickets.total` after the run: must be what the run put on sale.
+    #[serde(default)]
+    pub db_total: i32,
     /// Orders beyond the tickets on sale.
     pub oversold: i64,
+    /// 201 answers beyond the tickets on sale, whether or not the database
+    /// took them (distinct from `oversold`, which counts rows).
+    #[serde(default)]
+    pub oversold_answers: i64,
     /// Rows beyond one per buyer.
     pub duplicate_orders: i64,
+    /// Buyers answered 201 who hold no order row.
+    #[serde(default)]
+    pub answered_without_order: i64,
+    /// Order rows whose buyer was never answered 201 (and did not lose the
+    /// answer to an error).
+    #[serde(default)]
+    pub orders_without_answer: i64,
     /// The judgement.
     pub verdict: Verdict,
     /// What broke, in words.
@@ -255,6 +275,11 @@ pub struct Report {
     /// Peak memory of the load process and of each server it started.
     #[serde(default)]
     pub memory: Option<Memory>,
+    /// The services' durability settings as they reported them, e.g.
+    /// `PostgreSQL fsync=on full_page_writes=on synchronous_commit=on`
+    /// (filled in by `load run`; empty when not read).
+    #[serde(default)]
+    pub settings: String,
 }
 
 /// Peak resident memory (VmHWM), in MiB.
@@ -287,7 +312,67 @@ fn sell_out() -> String {
     "sell_out".to_owned()
 }
 
+/// Locks a std mutex, ignoring poison (a buyer that panicked leaves its
+/// numbers valid).
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl Report {
+    /// A report holding only `judgement`'s fields, for the rest to be
+    /// filled in with `..Report::judged(judgement)`.
+    pub fn judged(judgement: Judgement) -> Self {
+        let Judgement {
+            verdict,
+            oversold,
+            oversold_answers,
+            duplicate_orders,
+            answered_without_order,
+            orders_without_answer,
+            problems,
+        } = judgement;
+        Self {
+            level: None,
+            strategy: None,
+            servers: 0,
+            buyers: 0,
+            tickets: 0,
+            distinct_users: 0,
+            ticket_id: 0,
+            think_time_ms: None,
+            succeeded: 0,
+            sold_out: 0,
+            already_purchased: 0,
+            busy: 0,
+            errors: 0,
+            gave_up: 0,
+            attempts: 0,
+            server_errors: 0,
+            error_kinds: BTreeMap::new(),
+            db_orders: 0,
+            db_stock: 0,
+            db_total: 0,
+            oversold,
+            oversold_answers,
+            duplicate_orders,
+            answered_without_order,
+            orders_without_answer,
+            verdict,
+            problems,
+            latency_ms: Latency::default(),
+            latency_cdf_ms: Vec::new(),
+            elapsed_ms: 0.0,
+            throughput_rps: 0.0,
+            sales_per_sec: 0.0,
+            server_metrics: BTreeMap::new(),
+            mode: sell_out(),
+            ceilings: Vec::new(),
+            persistence_lag_ms: None,
+            memory: None,
+            settings: String::new(),
+        }
+    }
+
     /// This run's sales per second as a fraction of the named ceiling.
     pub fn ratio_to(&self, ceiling: &str) -> Option<f64> {
         self.ceilings
@@ -300,6 +385,11 @@ impl Report {
 #[derive(Default)]
 struct Tally {
     last_success: std::sync::Mutex<Option<std::time::SystemTime>>,
+    /// The user of every 201, for the identity check.
+    answered: std::sync::Mutex<Vec<i64>>,
+    /// Users whose final answer was a failure.
+    failed: std::sync::Mutex<Vec<i64>>,
+    failures: Failures,
     succeeded: AtomicU64,
     sold_out: AtomicU64,
     already_purchased: AtomicU64,
@@ -343,6 +433,10 @@ pub async fn rush(plan: &RushPlan) -> anyhow::Result<Report> {
         db::reset_ticket(&pool, ticket, "Rush concert", plan.tickets).await?;
     }
 
+    // The servers' counters run from their start: read them now, so the
+    // report shows what this round did (servers reused across rounds, or
+    // started by someone else, have counted earlier runs too).
+    let metrics_before = scrape_metrics(&plan.targets).await;
     let user_ids = plan.user_ids();
     let distinct_users = user_ids.iter().collect::<HashSet<_>>().len();
     let tally = Arc::new(Tally::default());
@@ -369,6 +463,7 @@ pub async fn rush(plan: &RushPlan) -> anyhow::Result<Report> {
         let buyer = Buyer {
             url: format!("{target}/tickets/{}/orders", plan.ticket_id),
             health: format!("{target}/health"),
+            timeout: plan.timeout,
             user_id,
             max_attempts: plan.max_attempts.max(1),
             seed: plan.seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
@@ -385,8 +480,17 @@ pub async fn rush(plan: &RushPlan) -> anyhow::Result<Report> {
             let started = *release.get_or_init(Instant::now);
             let outcome = match client {
                 Ok(client) => buyer.buy(&client, &tally).await,
-                Err(_) => Final::Error,
+                Err(err) => {
+                    let message = format!("cannot build an HTTP client: {err:#}");
+                    tally
+                        .failures
+                        .record(crate::failures::kind::TRANSPORT, || message);
+                    Final::Error
+                }
             };
+            if matches!(outcome, Final::Error) {
+                lock(&tally.failed).push(buyer.user_id);
+            }
             let took = started.elapsed();
             let counter = match outcome {
                 Final::Bought => &tally.succeeded,
@@ -428,52 +532,51 @@ pub async fn rush(plan: &RushPlan) -> anyhow::Result<Report> {
     let elapsed = started.elapsed();
     progress.finish_and_clear();
 
-    let last_success = *tally.last_success.lock().unwrap_or_else(|p| p.into_inner());
+    let last_success = *lock(&tally.last_success);
     let persistence_lag_ms = match &plan.settle {
         Some(settle) => settle.run(&pool, ticket, last_success).await?,
         None => None,
     };
     let truth = db::truth(&pool, ticket).await?;
+    let holders = db::order_holders(&pool, ticket).await?;
     pool.close().await;
     let succeeded = tally.succeeded.load(Ordering::Relaxed);
-    let Judgement {
-        verdict,
-        oversold,
-        duplicate_orders,
-        problems,
-    } = judge(
-        i64::from(plan.tickets),
-        distinct_users as i64,
-        succeeded as i64,
-        &truth,
-    );
-    let server_metrics = scrape_metrics(&plan.targets).await;
+    let errors = tally.errors.load(Ordering::Relaxed);
+    let judgement = judge_run(&Evidence {
+        tickets: i64::from(plan.tickets),
+        expected: ExpectedOrders::SellOut {
+            distinct_buyers: distinct_users as i64,
+        },
+        identities: Identities::Known {
+            answered: &lock(&tally.answered),
+            failed: &lock(&tally.failed),
+            holders: &holders,
+        },
+        errors,
+        truth: &truth,
+    });
+    let server_metrics = metrics_delta(&metrics_before, &scrape_metrics(&plan.targets).await);
     let attempts = tally.attempts.load(Ordering::Relaxed);
     let seconds = elapsed.as_secs_f64().max(1e-9);
     let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
     Ok(Report {
-        level: None,
-        strategy: None,
         servers: plan.targets.len(),
         buyers: plan.buyers,
         tickets: plan.tickets,
         distinct_users,
         ticket_id: plan.ticket_id,
-        think_time_ms: None,
         succeeded,
         sold_out: tally.sold_out.load(Ordering::Relaxed),
         already_purchased: tally.already_purchased.load(Ordering::Relaxed),
         busy: tally.busy.load(Ordering::Relaxed),
-        errors: tally.errors.load(Ordering::Relaxed),
+        errors,
         gave_up: tally.gave_up.load(Ordering::Relaxed),
         attempts,
         server_errors: tally.server_errors.load(Ordering::Relaxed),
+        error_kinds: tally.failures.snapshot(),
         db_orders: truth.orders,
         db_stock: truth.stock,
-        oversold,
-        duplicate_orders,
-        verdict,
-        problems,
+        db_total: truth.total,
         latency_ms: Latency {
             p50: ms(0.50),
             p95: ms(0.95),
@@ -485,16 +588,15 @@ pub async fn rush(plan: &RushPlan) -> anyhow::Result<Report> {
         throughput_rps: attempts as f64 / seconds,
         sales_per_sec: succeeded as f64 / seconds,
         server_metrics,
-        mode: sell_out(),
-        ceilings: Vec::new(),
         persistence_lag_ms,
-        memory: None,
+        ..Report::judged(judgement)
     })
 }
 
 struct Buyer {
     url: String,
     health: String,
+    timeout: Duration,
     user_id: i64,
     max_attempts: u32,
     seed: u64,
@@ -503,20 +605,28 @@ struct Buyer {
 /// One buyer's own HTTP client: one connection, kept, no proxy. Sustained
 /// runs and ceilings use the same.
 pub(crate) fn buyer_client() -> reqwest::Result<reqwest::Client> {
+    buyer_client_waiting(REQUEST_TIMEOUT)
+}
+
+/// A buyer's client whose requests give up after `timeout`.
+fn buyer_client_waiting(timeout: Duration) -> reqwest::Result<reqwest::Client> {
     reqwest::Client::builder()
         .pool_max_idle_per_host(1)
-        .timeout(REQUEST_TIMEOUT)
+        .timeout(timeout)
         .no_proxy()
         .build()
 }
 
-/// How long one request may take before the buyer counts it as an error.
+/// How long one request of a sustained run may take before it counts as an
+/// error. A sell-out's buyers wait as long as the rush may last (its
+/// `timeout`): a slow answer there is the server's latency, which the report
+/// shows, not a failure; a server that never answers ends the rush.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Buyer {
     /// One client per buyer, with its connection opened before the start.
     async fn connect(&self) -> anyhow::Result<reqwest::Client> {
-        let client = buyer_client()?;
+        let client = buyer_client_waiting(self.timeout)?;
         // A failed warm-up is not fatal: the purchase will try to connect
         // again, and count an error if that fails too.
         let _ = client.get(&self.health).send().await;
@@ -534,7 +644,10 @@ impl Buyer {
                 .await;
             let response = match response {
                 Ok(response) => response,
-                Err(_) => return Final::Error,
+                Err(err) => {
+                    tally.failures.transport(&self.url, &err);
+                    return Final::Error;
+                }
             };
             let status = response.status().as_u16();
             let retry_after = response
@@ -543,13 +656,23 @@ impl Buyer {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<u64>().ok())
                 .map(Duration::from_secs);
-            let body: serde_json::Value = response.json().await.unwrap_or_default();
+            let text = match response.text().await {
+                Ok(text) => text,
+                // The sale was answered; only its body was lost.
+                Err(_) if status == 201 => String::new(),
+                Err(err) => {
+                    tally.failures.transport(&self.url, &err);
+                    return Final::Error;
+                }
+            };
+            let body: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
             let code = body.get("code").and_then(|c| c.as_str()).unwrap_or("");
             match (status, code) {
                 (201, _) => {
                     let now = std::time::SystemTime::now();
-                    let mut last = tally.last_success.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut last = lock(&tally.last_success);
                     *last = Some(last.map_or(now, |t| t.max(now)));
+                    lock(&tally.answered).push(self.user_id);
                     return Final::Bought;
                 }
                 (409, "sold_out") => return Final::SoldOut,
@@ -569,9 +692,13 @@ impl Buyer {
                 }
                 (500..=599, _) => {
                     tally.server_errors.fetch_add(1, Ordering::Relaxed);
+                    tally.failures.answer(&self.url, status, &text);
                     return Final::Error;
                 }
-                _ => return Final::Error,
+                _ => {
+                    tally.failures.answer(&self.url, status, &text);
+                    return Final::Error;
+                }
             }
         }
         Final::GaveUp
@@ -601,6 +728,17 @@ pub async fn scrape_metrics(targets: &[String]) -> BTreeMap<String, f64> {
         }
     }
     totals
+}
+
+/// What the counters did between two scrapes: `after - before`, per key.
+pub fn metrics_delta(
+    before: &BTreeMap<String, f64>,
+    after: &BTreeMap<String, f64>,
+) -> BTreeMap<String, f64> {
+    after
+        .iter()
+        .map(|(key, value)| (key.clone(), value - before.get(key).copied().unwrap_or(0.0)))
+        .collect()
 }
 
 /// Picks the purchase and strategy-event counters out of Prometheus text, as
@@ -664,6 +802,18 @@ mod tests {
             ..plan.clone()
         };
         assert_ne!(plan.user_ids(), other.user_ids());
+    }
+
+    #[test]
+    fn server_counters_are_reported_per_round() {
+        let before = BTreeMap::from([("event:retry".to_owned(), 7.0)]);
+        let after = BTreeMap::from([
+            ("event:retry".to_owned(), 10.0),
+            ("purchases:created".to_owned(), 100.0),
+        ]);
+        let delta = metrics_delta(&before, &after);
+        assert_eq!(delta["event:retry"], 3.0);
+        assert_eq!(delta["purchases:created"], 100.0);
     }
 
     #[test]

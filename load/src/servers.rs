@@ -268,6 +268,70 @@ async fn is_healthy(client: &reqwest::Client, url: &str) -> bool {
         .is_ok_and(|response| response.status().is_success())
 }
 
+/// A `--target` as the buyers will use it: trimmed, `http://` or
+/// `https://`, no trailing `/` (so `{target}/tickets/..` has one slash).
+pub fn normalise_target(raw: &str) -> anyhow::Result<String> {
+    let trimmed = raw.trim().trim_end_matches('/');
+    let url = reqwest::Url::parse(trimmed).map_err(|err| {
+        anyhow::anyhow!("--target {raw:?} is not a URL ({err}): write it as http://HOST:PORT")
+    })?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        bail!("--target {raw:?} is not an http:// or https:// URL: write it as http://HOST:PORT");
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        bail!("--target {raw:?} has a query or fragment: give only the server's base URL");
+    }
+    Ok(trimmed.to_owned())
+}
+
+/// Checks that every target answers `GET /health` with 200 before any buyer
+/// is released, so a typo, a stopped server or a server whose database is
+/// down is one clear message instead of a thousand `errors`. Connecting is
+/// given one second, the answer two more.
+pub async fn check_targets(targets: &[String]) -> anyhow::Result<()> {
+    let client = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(3))
+        .no_proxy()
+        .build()?;
+    let checks = targets.iter().map(|target| {
+        let client = client.clone();
+        async move {
+            let url = format!("{target}/health");
+            match client.get(&url).send().await {
+                Ok(response) if response.status().is_success() => Ok(()),
+                Ok(response) => {
+                    let status = response.status();
+                    let body: String = response
+                        .text()
+                        .await
+                        .unwrap_or_default()
+                        .chars()
+                        .take(200)
+                        .collect();
+                    bail!(
+                        "target {target} is not ready: GET /health answered {status} {}{}",
+                        body.trim(),
+                        if status.as_u16() == 404 {
+                            " (is this a ticket-rush server, and the URL its base, without a path?)"
+                        } else {
+                            " (is its database, or Redis, reachable?)"
+                        }
+                    )
+                }
+                Err(err) => bail!(
+                    "cannot reach target {target}: GET /health failed: {} (is the server running, on that host and port?)",
+                    crate::failures::chain(&err)
+                ),
+            }
+        }
+    });
+    for result in futures::future::join_all(checks).await {
+        result?;
+    }
+    Ok(())
+}
+
 /// Waits until standard input closes (the parent that started us is gone),
 /// then returns. `load serve` shuts its server down when this resolves.
 pub async fn parent_gone() {
@@ -278,5 +342,26 @@ pub async fn parent_gone() {
             Ok(0) | Err(_) => return,
             Ok(_) => continue,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_lose_their_trailing_slash_and_need_a_scheme() {
+        assert_eq!(
+            normalise_target(" http://127.0.0.1:8080/ ").unwrap(),
+            "http://127.0.0.1:8080"
+        );
+        assert_eq!(
+            normalise_target("http://host:1/api//").unwrap(),
+            "http://host:1/api"
+        );
+        let err = normalise_target("127.0.0.1:8080").unwrap_err().to_string();
+        assert!(err.contains("http://HOST:PORT"), "{err}");
+        assert!(normalise_target("ftp://host").is_err());
+        assert!(normalise_target("http://host/?x=1").is_err());
     }
 }

@@ -26,9 +26,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
-use ticket_core::verify::{judge_sustained, Judgement};
+use ticket_core::verify::{judge_run, Evidence, ExpectedOrders, Identities};
 use ticket_core::{db, TicketId};
 
+use crate::failures::Failures;
 use crate::rush::{buyer_client, scrape_metrics, Latency, Report};
 
 /// Latencies and counts of one worker; merged at the end.
@@ -36,6 +37,10 @@ struct Meter {
     histogram: Histogram<u64>,
     ok: u64,
     errors: u64,
+    /// Users answered 201 (sustained runs), for the identity check.
+    answered: Vec<i64>,
+    /// Users whose last answer was a failure.
+    failed: Vec<i64>,
 }
 
 impl Meter {
@@ -44,6 +49,8 @@ impl Meter {
             histogram: Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds"),
             ok: 0,
             errors: 0,
+            answered: Vec::new(),
+            failed: Vec::new(),
         }
     }
 
@@ -56,6 +63,8 @@ impl Meter {
         let _ = self.histogram.add(&other.histogram);
         self.ok += other.ok;
         self.errors += other.errors;
+        self.answered.extend_from_slice(&other.answered);
+        self.failed.extend_from_slice(&other.failed);
     }
 
     fn latency(&self) -> Latency {
@@ -74,8 +83,12 @@ impl Meter {
 pub struct Ceiling {
     /// `postgres_purchase`, `http_noop` or `redis_lua`.
     pub name: String,
-    /// Concurrent workers.
+    /// Concurrent workers (for `postgres_purchase`: connections).
     pub concurrency: usize,
+    /// Servers the workers were dealt over (`http_noop`; 0 for the ceilings
+    /// that use no server).
+    #[serde(default)]
+    pub servers: usize,
     /// Successful operations per second.
     pub ops_per_sec: f64,
     /// Successful operations.
@@ -90,6 +103,7 @@ fn ceiling(name: &str, concurrency: usize, meter: &Meter, elapsed: Duration) -> 
     Ceiling {
         name: name.to_owned(),
         concurrency,
+        servers: 0,
         ops_per_sec: meter.ok as f64 / elapsed.as_secs_f64().max(1e-9),
         operations: meter.ok,
         errors: meter.errors,
@@ -173,18 +187,19 @@ pub async fn postgres_purchase(
     Ok(ceiling("postgres_purchase", concurrency, &meter, elapsed))
 }
 
-/// `GET /livez` on `target`, `concurrency` clients, for `duration`.
+/// `GET /livez` on `targets`, `concurrency` clients dealt round-robin over
+/// them (as the buyers are), for `duration`.
 pub async fn http_noop(
-    target: &str,
+    targets: &[String],
     concurrency: usize,
     duration: Duration,
 ) -> anyhow::Result<Ceiling> {
-    let url = format!("{target}/livez");
+    anyhow::ensure!(!targets.is_empty(), "no server to measure HTTP on");
     let started = Instant::now();
     let deadline = started + duration;
     let mut workers = tokio::task::JoinSet::new();
-    for _ in 0..concurrency {
-        let url = url.clone();
+    for index in 0..concurrency {
+        let url = format!("{}/livez", targets[index % targets.len()]);
         workers.spawn(async move {
             let mut meter = Meter::new();
             let client = match buyer_client() {
@@ -211,7 +226,10 @@ pub async fn http_noop(
         });
     }
     let meter = collect(&mut workers).await?;
-    Ok(ceiling("http_noop", concurrency, &meter, started.elapsed()))
+    Ok(Ceiling {
+        servers: targets.len(),
+        ..ceiling("http_noop", concurrency, &meter, started.elapsed())
+    })
 }
 
 /// The Lua script of the Redis ceiling: decrement stock if any is left.
@@ -308,8 +326,13 @@ pub async fn sustain(plan: &SustainPlan) -> anyhow::Result<Report> {
     crate::rush::raise_fd_limit();
     let pool = db::connect(&plan.database_url, 2, Duration::from_secs(10)).await?;
     db::reset_ticket(&pool, ticket, "Sustained", SUSTAINED_STOCK).await?;
-    let next_user = Arc::new(AtomicI64::new(SUSTAINED_FIRST_USER));
-    let counts = Arc::new(Counts::default());
+    let metrics_before = scrape_metrics(&plan.targets).await;
+    let shared = Arc::new(Shared {
+        next_user: AtomicI64::new(SUSTAINED_FIRST_USER),
+        counts: Counts::default(),
+        failures: Failures::default(),
+        last_success: std::sync::Mutex::new(None),
+    });
     let started = Instant::now();
     let deadline = started + plan.duration;
     let mut workers = tokio::task::JoinSet::new();
@@ -319,112 +342,162 @@ pub async fn sustain(plan: &SustainPlan) -> anyhow::Result<Report> {
             plan.targets[index % plan.targets.len()],
             plan.ticket_id
         );
-        let next_user = next_user.clone();
-        let counts = counts.clone();
-        workers.spawn(async move {
-            let mut meter = Meter::new();
-            let Ok(client) = buyer_client() else {
-                meter.errors += 1;
-                return meter;
-            };
-            let mut user = next_user.fetch_add(1, Ordering::Relaxed);
-            while Instant::now() < deadline {
-                let t = Instant::now();
-                let answer = client
-                    .post(&url)
-                    .json(&serde_json::json!({ "user_id": user }))
-                    .send()
-                    .await;
-                meter.record(t.elapsed());
-                counts.attempts.fetch_add(1, Ordering::Relaxed);
-                let Ok(response) = answer else {
-                    counts.errors.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                };
-                let status = response.status().as_u16();
-                let _ = response.bytes().await;
-                match status {
-                    201 => {
-                        counts.succeeded.fetch_add(1, Ordering::Relaxed);
-                        meter.ok += 1;
-                        user = next_user.fetch_add(1, Ordering::Relaxed);
-                    }
-                    // Busy: the same person clicks again, after a short pause.
-                    503 => {
-                        counts.busy.fetch_add(1, Ordering::Relaxed);
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                    }
-                    409 => {
-                        counts.conflicts.fetch_add(1, Ordering::Relaxed);
-                        user = next_user.fetch_add(1, Ordering::Relaxed);
-                    }
-                    500..=599 => {
-                        counts.server_errors.fetch_add(1, Ordering::Relaxed);
-                        counts.errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                    _ => {
-                        counts.errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-            meter
-        });
+        workers.spawn(buy_until(url, deadline, shared.clone()));
     }
     let meter = collect(&mut workers).await?;
     let elapsed = started.elapsed();
+    // The lag runs from the last 201 the buyers saw, not from now: the
+    // buyers may have stopped well after the last sale was answered.
+    let last_success = *shared
+        .last_success
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
     let persistence_lag_ms = match &plan.settle {
-        Some(settle) => {
-            settle
-                .run(&pool, ticket, Some(std::time::SystemTime::now()))
-                .await?
-        }
+        Some(settle) => settle.run(&pool, ticket, last_success).await?,
         None => None,
     };
     let truth = db::truth(&pool, ticket).await?;
+    let holders = db::order_holders(&pool, ticket).await?;
     pool.close().await;
+    let counts = &shared.counts;
     let succeeded = counts.succeeded.load(Ordering::Relaxed);
-    let Judgement {
-        verdict,
-        oversold,
-        duplicate_orders,
-        problems,
-    } = judge_sustained(i64::from(SUSTAINED_STOCK), succeeded as i64, &truth);
+    let errors = counts.errors.load(Ordering::Relaxed);
+    let judgement = judge_run(&Evidence {
+        tickets: i64::from(SUSTAINED_STOCK),
+        expected: ExpectedOrders::Sustained,
+        identities: Identities::Known {
+            answered: &meter.answered,
+            failed: &meter.failed,
+            holders: &holders,
+        },
+        errors,
+        truth: &truth,
+    });
     let attempts = counts.attempts.load(Ordering::Relaxed);
     let seconds = elapsed.as_secs_f64().max(1e-9);
+    let metrics_after = scrape_metrics(&plan.targets).await;
     Ok(Report {
-        level: None,
-        strategy: None,
         servers: plan.targets.len(),
         buyers: plan.concurrency,
         tickets: SUSTAINED_STOCK,
-        distinct_users: succeeded as usize,
+        distinct_users: meter.answered.len() + meter.failed.len(),
         ticket_id: plan.ticket_id,
-        think_time_ms: None,
         succeeded,
-        sold_out: 0,
         already_purchased: counts.conflicts.load(Ordering::Relaxed),
         busy: counts.busy.load(Ordering::Relaxed),
-        errors: counts.errors.load(Ordering::Relaxed),
-        gave_up: 0,
+        errors,
         attempts,
         server_errors: counts.server_errors.load(Ordering::Relaxed),
+        error_kinds: shared.failures.snapshot(),
         db_orders: truth.orders,
         db_stock: truth.stock,
-        oversold,
-        duplicate_orders,
-        verdict,
-        problems,
+        db_total: truth.total,
         latency_ms: meter.latency(),
         latency_cdf_ms: crate::rush::latency_cdf(&meter.histogram),
         elapsed_ms: elapsed.as_secs_f64() * 1000.0,
         throughput_rps: attempts as f64 / seconds,
         sales_per_sec: succeeded as f64 / seconds,
-        server_metrics: scrape_metrics(&plan.targets).await,
+        server_metrics: crate::rush::metrics_delta(&metrics_before, &metrics_after),
         mode: "sustained".to_owned(),
-        ceilings: Vec::new(),
         persistence_lag_ms,
-        memory: None,
+        ..Report::judged(judgement)
     })
+}
+
+/// What every worker of a sustained run shares.
+struct Shared {
+    next_user: AtomicI64,
+    counts: Counts,
+    failures: Failures,
+    last_success: std::sync::Mutex<Option<std::time::SystemTime>>,
+}
+
+/// One worker: buys at `url` until `deadline`, a new person after every
+/// final answer; a busy or failed person clicks again.
+async fn buy_until(url: String, deadline: Instant, shared: Arc<Shared>) -> Meter {
+    let mut meter = Meter::new();
+    let client = match buyer_client() {
+        Ok(client) => client,
+        Err(err) => {
+            shared.failures.transport(&url, &err);
+            shared.counts.errors.fetch_add(1, Ordering::Relaxed);
+            meter.errors += 1;
+            return meter;
+        }
+    };
+    let counts = &shared.counts;
+    let mut user = shared.next_user.fetch_add(1, Ordering::Relaxed);
+    let mut user_failed = false;
+    while Instant::now() < deadline {
+        let t = Instant::now();
+        let answer = client
+            .post(&url)
+            .json(&serde_json::json!({ "user_id": user }))
+            .send()
+            .await;
+        meter.record(t.elapsed());
+        counts.attempts.fetch_add(1, Ordering::Relaxed);
+        let response = match answer {
+            Ok(response) => response,
+            Err(err) => {
+                shared.failures.transport(&url, &err);
+                counts.errors.fetch_add(1, Ordering::Relaxed);
+                user_failed = true;
+                continue;
+            }
+        };
+        let status = response.status().as_u16();
+        let body = response.text().await.unwrap_or_default();
+        match status {
+            201 => {
+                counts.succeeded.fetch_add(1, Ordering::Relaxed);
+                meter.ok += 1;
+                meter.answered.push(user);
+                let now = std::time::SystemTime::now();
+                let mut last = shared
+                    .last_success
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                *last = Some(last.map_or(now, |t| t.max(now)));
+                drop(last);
+                user = shared.next_user.fetch_add(1, Ordering::Relaxed);
+                user_failed = false;
+                continue;
+            }
+            // Busy: the same person clicks again, after a short pause.
+            503 => {
+                counts.busy.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                continue;
+            }
+            409 => {
+                counts.conflicts.fetch_add(1, Ordering::Relaxed);
+            }
+            500..=599 => {
+                counts.server_errors.fetch_add(1, Ordering::Relaxed);
+                counts.errors.fetch_add(1, Ordering::Relaxed);
+                shared.failures.answer(&url, status, &body);
+                user_failed = true;
+                continue;
+            }
+            _ => {
+                counts.errors.fetch_add(1, Ordering::Relaxed);
+                shared.failures.answer(&url, status, &body);
+                user_failed = true;
+                continue;
+            }
+        }
+        // A final answer other than 201: the next buyer is someone new.
+        if user_failed {
+            meter.failed.push(user);
+        }
+        user = shared.next_user.fetch_add(1, Ordering::Relaxed);
+        user_failed = false;
+    }
+    if user_failed {
+        meter.failed.push(user);
+    }
+    meter
 }
 
 #[derive(Default)]

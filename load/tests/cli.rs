@@ -1,7 +1,10 @@
 //! The `load` command itself, as a workshop host runs it: real servers as
-//! separate processes, JSON output, `--target` mode, clear errors.
+//! separate processes, JSON output, `--target` mode, clear errors, and the
+//! exit codes a CI script relies on (0 met, 1 not met, 2 the tool failed).
 
 mod common;
+#[path = "common/wrong_server.rs"]
+mod wrong_server;
 
 use std::process::Output;
 
@@ -41,10 +44,17 @@ async fn load(args: &[&str]) -> Output {
         .expect("the load binary runs")
 }
 
+/// The JSON lines of a run that exited 0.
 fn json_lines(output: &Output) -> Vec<Value> {
-    assert!(
-        output.status.success(),
-        "load failed: {}\n{}",
+    json_lines_exiting(output, 0)
+}
+
+/// The JSON lines of a run that exited with `code`.
+fn json_lines_exiting(output: &Output, code: i32) -> Vec<Value> {
+    assert_eq!(
+        output.status.code(),
+        Some(code),
+        "load exited otherwise: {}\n{}",
         String::from_utf8_lossy(&output.stderr),
         String::from_utf8_lossy(&output.stdout)
     );
@@ -94,7 +104,8 @@ async fn run_level1_mutex_on_one_server_is_correct_and_json_has_the_contract() {
     assert_eq!(report["servers"], 1);
 }
 
-/// `load run --level 0` with its think time oversells, in every round.
+/// `load run --level 0 --expect oversold` with its think time oversells, in
+/// every round, and that is what was expected: exit 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_level0_oversells_in_every_round() {
     let database = fresh_database().await;
@@ -113,6 +124,8 @@ async fn run_level0_oversells_in_every_round() {
         "2",
         "--think-time-ms",
         "20",
+        "--expect",
+        "oversold",
         "--database-url",
         &database,
         "--json",
@@ -153,13 +166,19 @@ async fn target_mode_rushes_servers_started_by_hand() {
     ])
     .await;
 
-    let reports = json_lines(&output);
+    // Oversold, where correct is expected by default: exit 1.
+    let reports = json_lines_exiting(&output, 1);
     assert_eq!(reports[0]["servers"], 2);
     assert_eq!(reports[0]["verdict"], "oversold", "{}", reports[0]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("NOT MET: verdict is oversold, expected correct"),
+        "{stderr}"
+    );
     stop(servers).await;
 }
 
-/// A level that does not exist is one clear line and a non-zero exit.
+/// A level that does not exist is one clear line and exit 2.
 #[tokio::test]
 async fn unknown_level_is_a_clear_error() {
     let output = load(&[
@@ -171,7 +190,7 @@ async fn unknown_level_is_a_clear_error() {
     ])
     .await;
 
-    assert!(!output.status.success());
+    assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("no level 42"), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
@@ -182,13 +201,13 @@ async fn unknown_level_is_a_clear_error() {
 async fn target_mode_needs_the_database() {
     let output = load(&["run", "--level", "1", "--target", "http://127.0.0.1:1"]).await;
 
-    assert!(!output.status.success());
+    assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--database-url"), "{stderr}");
 }
 
-/// A database that does not answer is one clear line and a non-zero exit,
-/// and no server is left running.
+/// A database that does not answer is one clear line and exit 2, and no
+/// server is left running.
 #[tokio::test]
 async fn unreachable_database_is_a_clear_error() {
     let port = ticket_core::services::free_port().unwrap();
@@ -205,7 +224,7 @@ async fn unreachable_database_is_a_clear_error() {
     ])
     .await;
 
-    assert!(!output.status.success());
+    assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.starts_with("error: cannot connect to PostgreSQL"),
@@ -298,6 +317,12 @@ async fn sustained_run_reports_ceilings_from_the_same_run() {
         .collect();
     assert_eq!(ceilings, ["postgres_purchase", "http_noop"]);
     assert!(report["ceilings"][0]["ops_per_sec"].as_f64().unwrap() > 0.0);
+    // The HTTP ceiling was measured on as many servers as the run used.
+    assert_eq!(
+        report["ceilings"][1]["servers"], report["servers"],
+        "{report}"
+    );
+    assert_eq!(report["ceilings"][1]["concurrency"], 8);
 }
 
 /// Ten thousand concurrent buyers (each with its own connection) over two
@@ -342,4 +367,192 @@ async fn ten_thousand_buyers_never_oversell_and_memory_is_reported() {
         2,
         "{memory}"
     );
+}
+
+/// A target nobody listens on is one clear line naming the target and why,
+/// exit 2 (the tool could not judge), long before any buyer is released.
+/// The promise is one second; the assertion keeps a 3x margin for a busy
+/// machine.
+#[tokio::test]
+async fn a_wrong_target_is_one_clear_line_within_a_second() {
+    let port = ticket_core::services::free_port().unwrap();
+    let target = format!("http://127.0.0.1:{port}/");
+    let started = std::time::Instant::now();
+
+    let output = load(&[
+        "run",
+        "--level",
+        "2",
+        "--target",
+        &target,
+        "--database-url",
+        "postgres://postgres@127.0.0.1:1/unused",
+    ])
+    .await;
+
+    let took = started.elapsed();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let expected =
+        format!("error: cannot reach target http://127.0.0.1:{port}: GET /health failed");
+    assert!(stderr.starts_with(&expected), "{stderr}");
+    assert!(stderr.contains("refused"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(took < std::time::Duration::from_secs(3), "took {took:?}");
+}
+
+/// A target without a scheme is refused with the form to use, exit 2.
+#[tokio::test]
+async fn a_target_without_a_scheme_says_how_to_write_it() {
+    let output = load(&[
+        "run",
+        "--level",
+        "2",
+        "--target",
+        "127.0.0.1:8080",
+        "--database-url",
+        "postgres://postgres@127.0.0.1:1/unused",
+    ])
+    .await;
+
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("http://HOST:PORT"), "{stderr}");
+}
+
+/// A bad argument (an unknown verdict) is a usage error: exit 2.
+#[tokio::test]
+async fn an_unknown_verdict_is_a_usage_error() {
+    let output = load(&["run", "--level", "2", "--expect", "fine"]).await;
+
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("unknown verdict"), "{stderr}");
+}
+
+/// A correct run that breaks every threshold exits 1 and names each broken
+/// threshold; the same run with thresholds it meets exits 0. Servers are
+/// given by --target with a trailing slash, which the tool normalises.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thresholds_decide_the_exit_status() {
+    let (servers, database) = servers(&ServerSpec::new(2, "atomic"), 1).await;
+    let target = format!("{}/", servers[0].url());
+    let run = |thresholds: &'static [&'static str]| {
+        let mut args = vec![
+            "run",
+            "--level",
+            "2",
+            "--target",
+            &target,
+            "--buyers",
+            "50",
+            "--tickets",
+            "10",
+            "--database-url",
+            &database,
+            "--json",
+        ];
+        args.extend_from_slice(thresholds);
+        let args: Vec<String> = args.into_iter().map(str::to_owned).collect();
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            load(&args).await
+        }
+    };
+
+    let broken = run(&[
+        "--max-p99-ms",
+        "0",
+        "--min-rps",
+        "1e12",
+        "--max-errors",
+        "0",
+    ])
+    .await;
+    let met = run(&[
+        "--max-p99-ms",
+        "600000",
+        "--min-rps",
+        "0.001",
+        "--max-errors",
+        "0",
+    ])
+    .await;
+
+    let report = &json_lines_exiting(&broken, 1)[0];
+    assert_eq!(report["verdict"], "correct", "{report}");
+    let stderr = String::from_utf8_lossy(&broken.stderr);
+    assert!(stderr.contains("NOT MET: p99 latency"), "{stderr}");
+    assert!(stderr.contains("is below --min-rps"), "{stderr}");
+    assert!(!stderr.contains("--max-errors"), "{stderr}");
+    json_lines(&met);
+    stop(servers).await;
+}
+
+/// A server that answers 201 to the first 100 buyers but writes the rows for
+/// 100 other users (stock 0: every count agrees) is not correct: the
+/// identities give it away. Exit 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_writes_rows_for_other_users_is_not_correct() {
+    let database = fresh_database().await;
+    let server = wrong_server::start(&database, wrong_server::Wrong::RowsForOthers).await;
+
+    let output = load(&[
+        "run",
+        "--level",
+        "2",
+        "--target",
+        &server,
+        "--buyers",
+        "1000",
+        "--tickets",
+        "100",
+        "--database-url",
+        &database,
+        "--json",
+    ])
+    .await;
+
+    let report = &json_lines_exiting(&output, 1)[0];
+    assert_eq!(report["verdict"], "inconsistent", "{report}");
+    assert_eq!(report["succeeded"], 100);
+    assert_eq!(report["db_orders"], 100);
+    assert_eq!(report["db_stock"], 0);
+    assert_eq!(report["db_total"], 100);
+    assert_eq!(report["answered_without_order"], 100, "{report}");
+    assert_eq!(report["orders_without_answer"], 100, "{report}");
+}
+
+/// A server that sells 100 correctly and answers 500 to the other 900 is not
+/// correct: its failures are counted, by kind with a sample, and the verdict
+/// is `errors`. Exit 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_answers_500_is_not_correct() {
+    let database = fresh_database().await;
+    let server = wrong_server::start(&database, wrong_server::Wrong::FiveHundreds).await;
+
+    let output = load(&[
+        "run",
+        "--level",
+        "2",
+        "--target",
+        &server,
+        "--buyers",
+        "1000",
+        "--tickets",
+        "100",
+        "--database-url",
+        &database,
+        "--json",
+    ])
+    .await;
+
+    let report = &json_lines_exiting(&output, 1)[0];
+    assert_eq!(report["verdict"], "errors", "{report}");
+    assert_eq!(report["succeeded"], 100);
+    assert_eq!(report["db_orders"], 100);
+    assert_eq!(report["errors"], 900);
+    assert_eq!(report["error_kinds"]["5xx"]["count"], 900, "{report}");
+    let sample = report["error_kinds"]["5xx"]["sample"].as_str().unwrap();
+    assert!(sample.contains("HTTP 500"), "{sample}");
 }

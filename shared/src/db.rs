@@ -371,6 +371,18 @@ pub async fn truth(pool: &PgPool, ticket: TicketId) -> anyhow::Result<DbTruth> {
     })
 }
 
+/// The user id of every order row for `ticket`, sorted (a user appears once
+/// per row they hold). The verifier compares these identities with the users
+/// the servers answered 201: equal counts can hide a server that wrote the
+/// rows for other people.
+pub async fn order_holders(pool: &PgPool, ticket: TicketId) -> anyhow::Result<Vec<i64>> {
+    sqlx::query_scalar("SELECT user_id FROM ticket_orders WHERE ticket_id = $1 ORDER BY user_id")
+        .bind(ticket.get())
+        .fetch_all(pool)
+        .await
+        .context("read who holds the ticket's orders")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

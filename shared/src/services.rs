@@ -35,6 +35,30 @@ use anyhow::{bail, Context as _};
 /// How long a throwaway server may take to come up.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How hard a throwaway PostgreSQL works to keep a commit through a crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// `fsync=off`, `synchronous_commit=off`, `full_page_writes=off`: a
+    /// commit returns before it reaches the disk. Fast, and fine for data
+    /// nobody keeps (tests, and the figures labelled "fast").
+    #[default]
+    Fast,
+    /// PostgreSQL's defaults (`fsync`, `synchronous_commit`,
+    /// `full_page_writes` on): a commit returns once its WAL is flushed. A
+    /// hot row's sales are then capped near 1 / (flush latency).
+    Durable,
+}
+
+impl Durability {
+    /// The `postgres -c` options that select this durability.
+    fn postgres_options(self) -> &'static str {
+        match self {
+            Self::Fast => "-c fsync=off -c synchronous_commit=off -c full_page_writes=off",
+            Self::Durable => "-c fsync=on -c synchronous_commit=on -c full_page_writes=on",
+        }
+    }
+}
+
 /// A PostgreSQL server: one someone else runs (a URL), or a throwaway one
 /// that lives as long as this value (or this process).
 pub struct Postgres {
@@ -90,21 +114,34 @@ impl Postgres {
     /// Starts a throwaway PostgreSQL on a free loopback port. Tuned for speed
     /// (fsync off): it holds nothing worth keeping.
     pub fn throwaway() -> anyhow::Result<Self> {
+        Self::throwaway_with(Durability::Fast)
+    }
+
+    /// Starts a throwaway PostgreSQL with the given durability: `Fast` for
+    /// tests, `Durable` (PostgreSQL's defaults: every commit flushed to
+    /// disk) to measure what a production database would do.
+    pub fn throwaway_with(durability: Durability) -> anyhow::Result<Self> {
         let Some(bin) = find_postgres_bin() else {
             #[cfg(feature = "docker")]
-            if let Ok((url, container)) = docker::postgres() {
-                return Ok(Self {
-                    url,
-                    process: None,
-                    control: None,
-                    _container: Some(container),
-                });
-            }
+            let docker_failed = match docker::postgres() {
+                Ok((url, container)) => {
+                    return Ok(Self {
+                        url,
+                        process: None,
+                        control: None,
+                        _container: Some(container),
+                    })
+                }
+                Err(err) => format!("{err:#}"),
+            };
+            #[cfg(not(feature = "docker"))]
+            let docker_failed = "built without `--features ticket-core/docker`".to_owned();
             anyhow::bail!(
-                "no PostgreSQL server binaries found (initdb, pg_ctl, postgres). Install them \
-                 (Debian: apt-get install postgresql), set DATABASE_URL to a server you run, \
-                 start one with `docker compose up -d postgres`, or build with \
-                 `--features ticket-core/docker` to have testcontainers start one"
+                "no PostgreSQL server binaries found (initdb, pg_ctl, postgres), and Docker \
+                 was no way out ({docker_failed}). Install them (Debian: apt-get install \
+                 postgresql), set DATABASE_URL to a server you run, start one with \
+                 `docker compose up -d postgres`, or build with `--features ticket-core/docker` \
+                 where a Docker engine runs"
             );
         };
         let run_as = postgres_user()?;
@@ -114,7 +151,7 @@ impl Postgres {
 set -eu
 "$PGBIN/initdb" -D "$DIR/data" -U postgres -A trust -E UTF8 --no-sync >"$DIR/initdb.log" 2>&1
 "$PGBIN/pg_ctl" -D "$DIR/data" -l "$DIR/postgres.log" -w -t 60 -s \
-  -o "-p $PORT -k $DIR -c listen_addresses=127.0.0.1 -c max_connections=$MAXCONN -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c shared_buffers=128MB" \
+  -o "-p $PORT -k $DIR -c listen_addresses=127.0.0.1 -c max_connections=$MAXCONN $TUNING -c shared_buffers=128MB" \
   start
 echo ready
 read -r _ || true
@@ -128,7 +165,8 @@ rm -rf "$DIR"
             .env("PGBIN", &bin)
             .env("DIR", &dir)
             .env("PORT", port.to_string())
-            .env("MAXCONN", "600");
+            .env("MAXCONN", "600")
+            .env("TUNING", durability.postgres_options());
         let process = Supervised::spawn(
             command,
             run_as.as_ref(),
@@ -308,14 +346,19 @@ impl Redis {
     pub fn throwaway() -> anyhow::Result<Self> {
         #[cfg(feature = "docker")]
         if which("redis-server").is_none() {
-            if let Ok((url, container)) = docker::redis() {
-                return Ok(Self {
+            return match docker::redis() {
+                Ok((url, container)) => Ok(Self {
                     url,
                     port: None,
                     process: None,
                     _container: Some(container),
-                });
-            }
+                }),
+                Err(err) => Err(err.context(
+                    "no redis-server found on PATH, and Docker could not start Redis either. \
+                     Install it (Debian: apt-get install redis-server) or set REDIS_URL to a \
+                     server you run",
+                )),
+            };
         }
         Self::throwaway_on(free_port()?, &[])
     }
@@ -376,36 +419,125 @@ rm -rf "$DIR"
 }
 
 /// The testcontainers path, for machines with Docker and no local binaries.
+///
+/// Two traps are avoided here. testcontainers' blocking runner drives its
+/// own Tokio runtime with `block_on`, which panics when called from inside
+/// another runtime (every `#[tokio::test]`): so each call runs on a thread of
+/// its own. And a container kept in a `static` is never dropped, so it
+/// would outlive the tests: so, like the throwaway servers above, each
+/// container gets a small `sh` reaper reading a pipe from this process, which
+/// runs `docker rm -f` when the pipe closes, however this process ends.
 #[cfg(feature = "docker")]
 mod docker {
+    use std::process::{Child, Command, Stdio};
+
     use anyhow::Context as _;
     use testcontainers_modules::testcontainers::runners::SyncRunner as _;
     use testcontainers_modules::testcontainers::ImageExt as _;
 
-    /// A running container; dropping it removes the container.
-    pub type Container = Box<dyn std::any::Any + Send + Sync>;
+    /// A running container, removed when this value is dropped or, for a
+    /// value never dropped, when this process ends.
+    pub struct Container {
+        inner: Option<Box<dyn std::any::Any + Send + Sync>>,
+        reaper: Child,
+    }
+
+    impl Drop for Container {
+        fn drop(&mut self) {
+            // The blocking container's own drop calls `block_on`: give it a
+            // thread with no runtime, as for the start.
+            if let Some(inner) = self.inner.take() {
+                let _ = std::thread::spawn(move || drop(inner)).join();
+            }
+            // Closing the reaper's stdin makes it remove the container (a
+            // no-op when the drop above already did).
+            drop(self.reaper.stdin.take());
+            let _ = self.reaper.wait();
+        }
+    }
+
+    /// Runs `start` on a thread of its own (no Tokio runtime there), and
+    /// attaches a reaper to the container it returns with its id and port.
+    fn start_off_runtime<C: Send + Sync + 'static>(
+        what: &str,
+        start: impl FnOnce() -> anyhow::Result<(C, String, u16)> + Send,
+    ) -> anyhow::Result<(u16, Container)> {
+        let docker = super::which("docker").with_context(|| {
+            format!(
+                "cannot use Docker for {what}: the `docker` command is not on PATH (it removes \
+                 the container when this process ends)"
+            )
+        })?;
+        let (container, id, port) = std::thread::scope(|scope| {
+            scope
+                .spawn(start)
+                .join()
+                .map_err(|_| anyhow::anyhow!("testcontainers panicked while starting {what}"))
+        })??;
+        let reaper = Command::new("sh")
+            .arg("-c")
+            .arg(r#"read -r _ || true; "$DOCKER" rm -f -v "$ID" >/dev/null 2>&1 || true"#)
+            .env("DOCKER", docker)
+            .env("ID", id)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start the reaper of the {what} container"))?;
+        Ok((
+            port,
+            Container {
+                inner: Some(Box::new(container)),
+                reaper,
+            },
+        ))
+    }
 
     /// PostgreSQL 15 in a container, as the tests expect it.
     pub fn postgres() -> anyhow::Result<(String, Container)> {
-        let container = testcontainers_modules::postgres::Postgres::default()
-            .with_host_auth()
-            .with_tag("15")
-            .with_cmd(["postgres", "-c", "max_connections=600", "-c", "fsync=off"])
-            .start()
-            .context("cannot start PostgreSQL with testcontainers (is a Docker engine running?)")?;
-        let port = container.get_host_port_ipv4(5432)?;
-        let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
-        Ok((url, Box::new(container)))
+        let (port, container) = start_off_runtime("PostgreSQL", || {
+            let container = testcontainers_modules::postgres::Postgres::default()
+                .with_host_auth()
+                .with_tag("15")
+                .with_cmd(["postgres", "-c", "max_connections=600", "-c", "fsync=off"])
+                .start()
+                .context(
+                    "cannot start PostgreSQL with testcontainers (is a Docker engine running?)",
+                )?;
+            let port = container.get_host_port_ipv4(5432)?;
+            Ok((container.id().to_owned(), port)).map(|(id, port)| (container, id, port))
+        })?;
+        Ok((
+            format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+            container,
+        ))
     }
 
     /// Redis 7 in a container.
     pub fn redis() -> anyhow::Result<(String, Container)> {
-        let container = testcontainers_modules::redis::Redis::default()
-            .with_tag("7")
-            .start()
-            .context("cannot start Redis with testcontainers (is a Docker engine running?)")?;
-        let port = container.get_host_port_ipv4(6379)?;
-        Ok((format!("redis://127.0.0.1:{port}/"), Box::new(container)))
+        let (port, container) = start_off_runtime("Redis", || {
+            let container = testcontainers_modules::redis::Redis::default()
+                .with_tag("7")
+                .start()
+                .context("cannot start Redis with testcontainers (is a Docker engine running?)")?;
+            let port = container.get_host_port_ipv4(6379)?;
+            Ok((container.id().to_owned(), port)).map(|(id, port)| (container, id, port))
+        })?;
+        Ok((format!("redis://127.0.0.1:{port}/"), container))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        /// Inside a Tokio runtime, as every async test is, a Docker start
+        /// that cannot succeed (no engine here) is an error that says why,
+        /// never the blocking runner's "runtime within a runtime" panic.
+        #[tokio::test]
+        async fn docker_unusable_inside_a_runtime_is_an_error_that_says_why() {
+            for result in [super::postgres().map(|_| ()), super::redis().map(|_| ())] {
+                let err = format!("{:#}", result.expect_err("no Docker engine runs here"));
+                assert!(err.contains("Docker") || err.contains("docker"), "{err}");
+            }
+        }
     }
 }
 

@@ -8,16 +8,26 @@ use ticket_core::RunningServer;
 
 /// A fresh, empty database on the test binary's PostgreSQL.
 pub async fn fresh_database() -> String {
-    Postgres::shared()
-        .expect("PostgreSQL for tests")
-        .fresh_database()
+    // The first call starts the server, which blocks (and, on the Docker
+    // path, runs a runtime of its own): keep it off this test's runtime.
+    let postgres = tokio::task::spawn_blocking(Postgres::shared)
         .await
-        .expect("a fresh database")
+        .expect("the start did not panic")
+        .expect("PostgreSQL for tests");
+    postgres.fresh_database().await.expect("a fresh database")
 }
 
-/// The test binary's Redis URL.
+/// The test binary's Redis URL. Blocking on first use: call it from async
+/// code through [`shared_redis_url`].
 pub fn redis_url() -> String {
     Redis::shared().expect("Redis for tests").url().to_owned()
+}
+
+/// The test binary's Redis URL, started off the async runtime.
+pub async fn shared_redis_url() -> String {
+    tokio::task::spawn_blocking(redis_url)
+        .await
+        .expect("the start did not panic")
 }
 
 /// Starts `count` in-process servers of `spec` on a fresh database and
@@ -25,7 +35,11 @@ pub fn redis_url() -> String {
 pub async fn servers(spec: &ServerSpec, count: usize) -> (Vec<RunningServer>, String) {
     let database = fresh_database().await;
     let info = load::levels::level(spec.level).expect("a known level");
-    let redis = info.needs_redis.then(redis_url);
+    let redis = if info.needs_redis {
+        Some(shared_redis_url().await)
+    } else {
+        None
+    };
     let servers = start_in_process(spec, &database, redis.as_deref(), count)
         .await
         .expect("servers start");
