@@ -147,10 +147,8 @@ impl LockedSale {
     ///
     /// Sales write an absolute stock (`what I read - 1`) under this lock, so
     /// a restock that slipped in between a sale's read and its write would be
-    /// overwritten: cancellations queue on the same lock. They also move the
-    /// fence to their own token before restocking, so that a stale holder
-    /// whose lease ran out (and who read the stock before this cancel) finds
-    /// the row changed and is refused, as it would be by a newer sale.
+    /// overwritten: cancellations queue on the same lock, and are fenced
+    /// like a sale (see [`LockedSale::cancel_holding`]).
     pub async fn cancel(
         &self,
         ticket: TicketId,
@@ -163,20 +161,106 @@ impl LockedSale {
             .try_lock(self.wait, self.lease)
             .await
             .map_err(|err| CancelError::Purchase(self.lock_failed(err)))?;
-        let cancelled = async {
-            if self.fencing == Fencing::On {
-                sqlx::query("UPDATE tickets SET fence = $2 WHERE id = $1 AND fence <= $2")
-                    .bind(ticket.get())
-                    .bind(fencing_token(&guard))
-                    .execute(&self.ctx.pool)
-                    .await
-                    .map_err(PurchaseError::from)?;
-            }
-            db::cancel_order(&self.ctx.pool, ticket, order, user).await
-        }
-        .await;
+        let cancelled = self.cancel_holding(&guard, ticket, order, user).await;
         self.release(guard).await;
         cancelled
+    }
+
+    /// Cancels an order while the caller holds the ticket's lock with
+    /// `guard`: one transaction that moves the fence to the guard's token,
+    /// moves the order out and puts its unit back, committed only while the
+    /// guard still holds the lock.
+    ///
+    /// Moving the fence is what makes the restock safe against a sale that
+    /// read the stock before it: that sale's `fence = $fence_read` no longer
+    /// matches, so it is refused instead of writing its stale stock over the
+    /// restock. And like a sale, a cancel whose own hold is stale (a newer
+    /// hold already wrote the row, or the guard is lost) is refused with
+    /// `busy` and changes nothing. Public so that a test can hand it a stale
+    /// guard; a server calls [`LockedSale::cancel`].
+    pub async fn cancel_holding(
+        &self,
+        guard: &LockGuard,
+        ticket: TicketId,
+        order: OrderId,
+        user: UserId,
+    ) -> Result<Cancellation, CancelError> {
+        let mut tx = self.ctx.pool.begin().await.map_err(PurchaseError::from)?;
+        // Behind a busy ticket row a cancel waits like a buyer does, but not
+        // forever (as in `db::cancel_order`).
+        sqlx::query("SET LOCAL lock_timeout = '5s'")
+            .execute(&mut *tx)
+            .await
+            .map_err(PurchaseError::from)?;
+        if self.fencing == Fencing::On {
+            self.move_fence(&mut tx, ticket, fencing_token(guard))
+                .await?;
+        }
+        let owner = db::lock_order_owner(&mut tx, ticket, order)
+            .await
+            .map_err(PurchaseError::from)?;
+        match owner {
+            Some(owner) if owner != user.get() => return Err(CancelError::Forbidden),
+            Some(_) => {}
+            None => {
+                // Not (or no longer) a live order: a repeated cancel gets
+                // the first one's answer, and nothing is written.
+                drop(tx);
+                return match db::cancelled_order_owner(&self.ctx.pool, ticket, order)
+                    .await
+                    .map_err(PurchaseError::from)?
+                {
+                    Some(owner) if owner == user.get() => Ok(cancellation(ticket, order, user)),
+                    Some(_) => Err(CancelError::Forbidden),
+                    None => Err(CancelError::NotFound),
+                };
+            }
+        }
+        db::move_to_cancelled(&mut tx, ticket, order)
+            .await
+            .map_err(PurchaseError::from)?;
+        // The same last look as a sale's: a lease that ran out means the
+        // restock could land beside a newer holder's sale.
+        if guard.is_lost() {
+            drop(tx); // rolls back
+            self.ctx.metrics.event("lock_lost");
+            return Err(PurchaseError::busy(
+                "the ticket's lock expired before the cancellation could commit",
+            )
+            .into());
+        }
+        tx.commit().await.map_err(PurchaseError::from)?;
+        Ok(cancellation(ticket, order, user))
+    }
+
+    /// Moves the ticket row's fence to `token`, inside the cancel's
+    /// transaction. Refused (`busy`, nothing written) when a newer hold has
+    /// already written the row: then our hold is stale.
+    async fn move_fence(
+        &self,
+        tx: &mut PgConnection,
+        ticket: TicketId,
+        token: i64,
+    ) -> Result<(), CancelError> {
+        let moved = sqlx::query("UPDATE tickets SET fence = $2 WHERE id = $1 AND fence <= $2")
+            .bind(ticket.get())
+            .bind(token)
+            .execute(&mut *tx)
+            .await
+            .map_err(PurchaseError::from)?;
+        if moved.rows_affected() == 1 {
+            return Ok(());
+        }
+        let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM tickets WHERE id = $1")
+            .bind(ticket.get())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(PurchaseError::from)?;
+        if exists.is_none() {
+            return Err(CancelError::NotFound);
+        }
+        self.ctx.metrics.event("fence_refused");
+        Err(stale_holder().into())
     }
 
     /// BEGIN and read-check-write, under the lock. Returns the transaction
@@ -324,8 +408,18 @@ fn fencing_token(guard: &LockGuard) -> i64 {
     i64::try_from(guard.fencing_token()).unwrap_or(i64::MAX)
 }
 
+/// The answer to a cancellation that went through.
+fn cancellation(ticket: TicketId, order: OrderId, user: UserId) -> Cancellation {
+    Cancellation {
+        order_id: order,
+        ticket_id: ticket,
+        user_id: user,
+        status: "cancelled",
+    }
+}
+
 fn stale_holder() -> PurchaseError {
     PurchaseError::busy(
-        "a newer holder of the ticket's lock wrote first; this sale's lock had expired",
+        "a newer holder of the ticket's lock wrote first; this request's lock had expired",
     )
 }

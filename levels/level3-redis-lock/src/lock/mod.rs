@@ -27,8 +27,9 @@
 //!
 //! | key | type | lifetime |
 //! | --- | --- | --- |
-//! | `ticket-rush:lock:{ticket:1}` | hash `{<owner>: count, fence: token, attempt: id}`; while handed to a waiting process, `{grant: instance}` | the lease; a grant: 100 ms, or until claimed |
+//! | `ticket-rush:lock:{ticket:1}` | hash `{<owner>: count, fence: token, attempt-<id>: 1 per attempt that added a hold, released-<id>: 1 per release that left holds}`; while handed to a waiting process, `{grant: instance}` | the lease; a grant: 100 ms, or until claimed |
 //! | `ticket-rush:lock:{ticket:1}:fence` | integer, the last fencing token | forever: tokens must never go back |
+//! | `ticket-rush:lock:{ticket:1}:receipt:<id>` | string: "release `<id>` freed the lock", for a repeat of that release whose first reply was lost | a few seconds (longer than the repeats) |
 //! | `ticket-rush:lock:{ticket:1}:line` | list of waiting processes' instance ids | a minute after its last change |
 //! | channel `ticket-rush:lock:{ticket:1}:released` | pub/sub: the instance the lock went to, or "" for anyone | |
 //!
@@ -206,7 +207,7 @@ impl Default for LockOptions {
     }
 }
 
-/// The three scripts, loaded once per client. `redis::Script` sends the
+/// The client's scripts (the subscriber has a fifth, `pass.lua`), built once per client. `redis::Script` sends the
 /// script's SHA1 (`EVALSHA`) and uploads the text only when Redis does not know
 /// it yet, for instance after a restart.
 struct Scripts {
@@ -304,6 +305,7 @@ impl LockClient {
             name: name.into(),
             keys: Arc::new(Keys {
                 counter: format!("{base}:fence"),
+                receipt: format!("{base}:receipt"),
                 line: format!("{base}:line"),
                 channel: format!("{base}:released"),
                 lock: base,
@@ -324,6 +326,32 @@ impl LockClient {
     /// Asks Redis for a PONG: what `/health` calls.
     pub async fn ping(&self) -> Result<(), LockError> {
         let _: String = self.query(&redis::cmd("PING")).await?;
+        Ok(())
+    }
+
+    /// Loads every script of the lock into Redis's script cache. Optional:
+    /// a script Redis does not know yet is uploaded on first use anyway, at
+    /// the cost of one more round trip. Done ahead, that round trip cannot
+    /// land in a moment when Redis is slow, which matters for `abandon.lua`:
+    /// it is sent precisely when Redis was too slow to answer.
+    pub async fn load_scripts(&self) -> Result<(), LockError> {
+        let mut conn = self.inner.commands.clone();
+        let scripts = &self.inner.scripts;
+        // `pass.lua` is the subscriber's (see `pubsub.rs`); same text, same
+        // SHA1, so loading it from here serves it there.
+        let pass = Script::new(handing_on!("pass.lua"));
+        for script in [
+            &scripts.acquire,
+            &scripts.release,
+            &scripts.renew,
+            &scripts.abandon,
+            &pass,
+        ] {
+            script
+                .load_async(&mut conn)
+                .await
+                .map_err(LockError::from_redis)?;
+        }
         Ok(())
     }
 
@@ -402,7 +430,9 @@ pub struct RedisLock {
 
 /// The Redis names of one lock (see the table at the top of this file).
 pub(super) struct Keys {
-    /// The hash: `{owner: count, fence: token, attempt: id}`, or `{grant:
+    /// The prefix of a final release's receipt (`<prefix>:<release id>`).
+    pub(super) receipt: String,
+    /// The hash: `{owner: count, fence: token, attempt-<id>: 1, ...}`, or `{grant:
     /// instance}` while a release has handed the lock to a waiting process.
     pub(super) lock: String,
     /// The fencing counter.
@@ -531,12 +561,13 @@ impl RedisLock {
     /// One run of `acquire.lua`, safe to cancel.
     ///
     /// If the caller's future is dropped while the script is on its way (a
-    /// buyer hung up), Redis may run it anyway and hand the lock to an owner
-    /// that is no longer listening: everyone would wait out the lease. So a
-    /// cancelled attempt sends `abandon.lua` after itself, which undoes the
-    /// hold only if *this* attempt created it (the hash remembers the id of
-    /// the attempt that created it). One connection keeps order, so it runs
-    /// after the attempt.
+    /// buyer hung up), or the reply times out, Redis may run it anyway and
+    /// hand the lock (or one more reentrant hold of it) to an owner that is
+    /// no longer listening: everyone would wait out the lease, or the count
+    /// would never reach zero. So such an attempt sends `abandon.lua` after
+    /// itself, which undoes exactly the hold *this* attempt added (the hash
+    /// marks the id of every attempt that added one). One connection keeps
+    /// order, so it runs after the attempt.
     async fn attempt(
         &self,
         owner: &str,
@@ -551,7 +582,10 @@ impl RedisLock {
             armed: true,
         };
         let answer = self.attempt_once(owner, lease, &id, line).await;
-        abandoned.armed = false;
+        // An answer settles it. An error does not: a reply that timed out
+        // may have left after the script ran and took the lock (or one more
+        // reentrant hold), so the attempt is undone as if it were cancelled.
+        abandoned.armed = answer.is_err();
         answer
     }
 
@@ -600,7 +634,9 @@ impl RedisLock {
     /// send carries the same release id, and a repeat is marked as one, so it
     /// neither takes a second hold away from a reentrant owner (the script
     /// remembers the id) nor reports "not yours" for a lock the first send
-    /// already freed.
+    /// already freed (that send left a receipt). A repeat that finds the
+    /// hold gone *without* a receipt reports it lost, as a first send would:
+    /// the lease ran out before any send arrived.
     async fn release_as(
         &self,
         owner: &str,
@@ -645,11 +681,12 @@ impl RedisLock {
                     .release
                     .key(&self.keys.lock)
                     .key(&self.keys.line)
+                    .key(format!("{}:{id}", self.keys.receipt))
                     .arg(owner)
                     .arg(&token)
                     .arg(id)
                     .arg(if repeated { "1" } else { "0" })
-                    .arg(millis(inner.options.watchdog_lease))
+                    .arg(millis(receipt_keep(&inner.options)))
                     .arg(&self.keys.channel)
                     .arg(millis(GRANT_TIME))
                     .arg(requeue),
@@ -658,10 +695,8 @@ impl RedisLock {
         Ok(match answer {
             1 => Some(Released::Free),
             0 => Some(Released::StillHeld),
-            // A repeat that finds the hold gone: the first send freed it (or
-            // the lease ended first; either way, nothing of anyone else's was
-            // touched).
-            _ if repeated => Some(Released::Free),
+            // The hold is gone and no send of this release freed it: its
+            // lease ran out (or it never existed). Nothing was touched.
             _ => None,
         })
     }
@@ -725,7 +760,6 @@ impl Drop for AbandonOnDrop<'_> {
                         .arg(&owner)
                         .arg(&attempt)
                         .arg(&lock.keys.channel)
-                        .arg(millis(inner.options.watchdog_lease))
                         .arg(millis(GRANT_TIME))
                         .arg(requeue),
                 )
@@ -758,6 +792,13 @@ const GRANT_TIME: Duration = Duration::from_millis(100);
 /// enough for any wait, short enough that a line left by crashed processes
 /// goes away by itself.
 const LINE_KEEP: Duration = Duration::from_secs(60);
+
+/// How long a final release's receipt is kept: longer than every send of
+/// one release can take (three sends, each waiting at most the response
+/// timeout, and the pauses between them).
+fn receipt_keep(options: &LockOptions) -> Duration {
+    options.response_timeout * 4 + Duration::from_secs(1)
+}
 
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis())
@@ -975,5 +1016,33 @@ mod tests {
             "a first send for a hold that is gone is refused"
         );
         std::mem::forget((outer, inner)); // both holds were given back above
+    }
+
+    /// A repeat of a release whose hold is gone, and which no send of this
+    /// release freed (the lease ran out first), reports the hold lost, not
+    /// "released": only a release that left a receipt may say that.
+    #[tokio::test]
+    async fn a_repeated_release_that_finds_the_hold_expired_reports_it_lost() {
+        let redis = ticket_core::services::Redis::shared().expect("a Redis for the tests");
+        let options = LockOptions {
+            key_prefix: format!("unit-{:016x}", rand::random::<u64>()),
+            ..LockOptions::default()
+        };
+        let client = LockClient::new(redis.url(), "unit", options).unwrap();
+        let lock = client.lock("expired");
+        let guard = lock
+            .try_lock(
+                Duration::from_secs(1),
+                Lease::Fixed(Duration::from_millis(50)),
+            )
+            .await
+            .unwrap();
+        let (owner, token) = (guard.owner().to_owned(), Some(guard.fencing_token()));
+        while lock.is_locked().await.unwrap() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let repeat = lock.send_release(&owner, token, "r1", true).await.unwrap();
+        assert_eq!(repeat, None, "the hold expired; no send of r1 freed it");
+        std::mem::forget(guard); // its lease already ended it
     }
 }
