@@ -374,11 +374,14 @@ async fn a_lease_that_ran_out_is_lost_and_its_late_release_deletes_nothing() {
 }
 
 /// When the watchdog finds its hold gone (deleted behind its back here), the
-/// guard turns lost within a renewal period.
+/// guard turns lost at the next renewal: within a third of the 3 s lease
+/// (asserted: within 2 s), while by its own clock the guard would believe in
+/// its lease for 3 s.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failed_renewal_marks_the_guard_lost() {
+    let lease = Duration::from_secs(3);
     let options = LockOptions {
-        watchdog_lease: Duration::from_millis(300),
+        watchdog_lease: lease,
         ..options(Waiting::PubSub)
     };
     let a = LockClient::new(&redis_url(), "a", options).unwrap();
@@ -387,14 +390,21 @@ async fn a_failed_renewal_marks_the_guard_lost() {
         .try_lock(Duration::from_secs(1), Lease::Watchdog)
         .await
         .unwrap();
+    let deleted = Instant::now();
     let mut conn = raw(&redis_url()).await;
     let _: () = redis::cmd("DEL")
         .arg(a.lock("renewal").key())
         .query_async(&mut conn)
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(250)).await;
-    assert!(guard.is_lost());
+    while !guard.is_lost() {
+        assert!(
+            deleted.elapsed() < lease / 3 * 2,
+            "not lost {:?} after the hold vanished",
+            deleted.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert!(matches!(guard.release().await, Err(LockError::Lost { .. })));
 }
 
