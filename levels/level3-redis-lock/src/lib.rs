@@ -93,7 +93,7 @@ use ticket_core::services::Redis;
 use ticket_core::strategy::{Expected, StrategyEntry};
 use ticket_core::RunningServer;
 
-use crate::lock::Lease;
+use crate::lock::{Lease, LockClient, LockError, LockOptions};
 
 /// Level 3's strategies: both correct on any number of servers; they differ
 /// in how a buyer waits for the lock.
@@ -259,6 +259,7 @@ impl Cli {
                 (redis.url().to_owned(), Some(Arc::new(redis)))
             }
         };
+        check_redis(&redis_url).await?;
         let config = Level3Config {
             wait: Duration::from_millis(self.wait_ms),
             lease: Lease::from_millis(self.lease_ms),
@@ -270,5 +271,25 @@ impl Cli {
             ..Level3Config::new(redis_url)
         };
         ticket_core::server::start(self.server, "level3", STRATEGIES, &self.strategy, config).await
+    }
+}
+
+/// Refuses to start on a Redis that may evict lock keys (see
+/// [`LockClient::check_redis`]). A Redis that does not answer yet is only
+/// reported: the server starts, answers 503 and says so on `/health` until
+/// Redis is there, as it does when Redis stops later.
+async fn check_redis(redis_url: &str) -> anyhow::Result<()> {
+    let client = LockClient::new(redis_url, "startup-check", LockOptions::default())
+        .context("the --redis-url is not usable")?;
+    match client.check_redis().await {
+        Ok(()) => Ok(()),
+        Err(LockError::Unavailable(err)) => {
+            tracing::warn!(%err, "Redis does not answer yet; purchases are answered 503 until it does");
+            Ok(())
+        }
+        Err(err) => {
+            Err(anyhow::Error::new(err)
+                .context("the Redis given to hold the locks cannot hold them"))
+        }
     }
 }

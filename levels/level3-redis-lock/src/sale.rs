@@ -193,8 +193,7 @@ impl LockedSale {
             .await
             .map_err(PurchaseError::from)?;
         if self.fencing == Fencing::On {
-            self.move_fence(&mut tx, ticket, fencing_token(guard))
-                .await?;
+            self.move_fence(&mut tx, guard, ticket).await?;
         }
         let owner = db::lock_order_owner(&mut tx, ticket, order)
             .await
@@ -239,10 +238,11 @@ impl LockedSale {
     async fn move_fence(
         &self,
         tx: &mut PgConnection,
+        guard: &LockGuard,
         ticket: TicketId,
-        token: i64,
     ) -> Result<(), CancelError> {
-        let moved = sqlx::query("UPDATE tickets SET fence = $2 WHERE id = $1 AND fence <= $2")
+        let token = fencing_token(guard);
+        let moved = sqlx::query("UPDATE tickets SET fence = $2 WHERE id = $1 AND fence < $2")
             .bind(ticket.get())
             .bind(token)
             .execute(&mut *tx)
@@ -251,15 +251,16 @@ impl LockedSale {
         if moved.rows_affected() == 1 {
             return Ok(());
         }
-        let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM tickets WHERE id = $1")
+        let fence: Option<i64> = sqlx::query_scalar("SELECT fence FROM tickets WHERE id = $1")
             .bind(ticket.get())
             .fetch_optional(&mut *tx)
             .await
             .map_err(PurchaseError::from)?;
-        if exists.is_none() {
+        let Some(fence) = fence else {
             return Err(CancelError::NotFound);
-        }
+        };
         self.ctx.metrics.event("fence_refused");
+        self.raise_token_floor(guard, fence).await;
         Err(stale_holder().into())
     }
 
@@ -291,10 +292,13 @@ impl LockedSale {
             return Err(PurchaseError::AlreadyPurchased);
         }
         let token = fencing_token(guard);
-        if self.fencing == Fencing::On && fence > token {
-            // A holder with a newer token already wrote this row: our lease
-            // ran out before we even started. Do not bother thinking.
+        if self.fencing == Fencing::On && fence >= token {
+            // A hold with this token or a newer one already wrote this row:
+            // our lease ran out before we even started, or Redis lost its
+            // newest writes and handed our token out a second time. Do not
+            // bother thinking; make sure the next holder gets a larger one.
             self.ctx.metrics.event("fence_refused");
+            self.raise_token_floor(guard, fence).await;
             return Err(stale_holder());
         }
 
@@ -314,9 +318,12 @@ impl LockedSale {
     /// With fencing, the row remembers the token of the hold that wrote it
     /// last, and the UPDATE only applies if:
     ///
-    /// - `fence <= $token`: no hold *newer* than ours has written the row.
-    ///   A buyer whose lease ran out while it thought (a GC pause, a stopped
-    ///   VM) and who was overtaken cannot write over the newer sale.
+    /// - `fence < $token`: no hold *newer* than ours, nor one with the same
+    ///   token, has written the row. A buyer whose lease ran out while it
+    ///   thought (a GC pause, a stopped VM) and who was overtaken cannot
+    ///   write over the newer sale; and a token that Redis handed out twice
+    ///   (it lost its newest writes, and its counter went back) is accepted
+    ///   once at most. Each hold writes the row once, so strict is right.
     /// - `fence = $fence_read`: nobody wrote the row since we read it. This
     ///   catches the other order of events: the stale holder wrote *first*,
     ///   while we, the new holder, were already working from the stock as it
@@ -345,7 +352,7 @@ impl LockedSale {
             Fencing::On => {
                 let written = sqlx::query(
                     "UPDATE tickets SET stock = $2, fence = $3, version = version + 1 \
-                     WHERE id = $1 AND fence <= $3 AND fence = $4",
+                     WHERE id = $1 AND fence < $3 AND fence = $4",
                 )
                 .bind(ticket.get())
                 .bind(stock)
@@ -360,6 +367,17 @@ impl LockedSale {
             }
         }
         Ok(())
+    }
+
+    /// After the database refused `guard`'s token because the row already
+    /// carries `seen`: makes the lock's next token larger than `seen` (see
+    /// [`crate::lock::RedisLock::raise_token_floor`]). A failure only costs
+    /// the next holder the same refusal, so it is logged, not returned.
+    async fn raise_token_floor(&self, guard: &LockGuard, seen: i64) {
+        let seen = u64::try_from(seen).unwrap_or_default();
+        if let Err(err) = self.locks.lock(guard.name()).raise_token_floor(seen).await {
+            tracing::warn!(%err, "could not raise the lock's fencing counter");
+        }
     }
 
     /// Releases the lock after the sale. A failure here does not undo a sale

@@ -414,3 +414,34 @@ async fn without_a_redis_url_a_lone_server_starts_its_own_redis() -> anyhow::Res
     assert_eq!(bought.status(), StatusCode::CREATED);
     server.stop().await
 }
+
+/// A server refuses to start on a Redis that may evict lock keys
+/// (`maxmemory-policy volatile-lru` here: under memory pressure it would
+/// drop keys with a lease first, which is every held lock), and says what
+/// to set.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_refuses_a_redis_that_may_evict_lock_keys() -> anyhow::Result<()> {
+    let redis = tokio::task::spawn_blocking(|| {
+        Redis::throwaway_on(free_port()?, &["--maxmemory-policy", "volatile-lru"])
+    })
+    .await??;
+    let url = Postgres::shared()?.fresh_database().await?;
+    let started = level3::Cli::try_parse_from([
+        "level3",
+        "--port",
+        "0",
+        "--database-url",
+        &url,
+        "--redis-url",
+        redis.url(),
+    ])?
+    .start()
+    .await;
+    let err = started.err().expect("the server must not start");
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("volatile-lru") && text.contains("maxmemory-policy noeviction"),
+        "{text}"
+    );
+    Ok(())
+}

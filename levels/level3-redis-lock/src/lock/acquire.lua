@@ -43,6 +43,13 @@ local instance, will_wait, more, keep_line, queued = ARGV[4], ARGV[5], ARGV[6], 
 -- are taken per second. (Lua numbers are doubles: exact up to 2^53, which
 -- microseconds since 1970 stay below for two more centuries. string.format
 -- keeps Redis from turning a big number into "1.7e+15".)
+--
+-- The clock only helps when the counter is gone. When it merely went back
+-- (a restart from an older snapshot, a failover to a replica that had not
+-- caught up), INCR hands out numbers it has handed out before. So the
+-- tokens' order is finally kept by the database: a ticket row accepts only a
+-- token above the one that wrote it last, and the holder it refuses raises
+-- the counter above that one (floor.lua).
 local function next_token()
   local token = redis.call('INCR', counter)
   if token == 1 then

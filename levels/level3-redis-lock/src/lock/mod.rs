@@ -19,7 +19,8 @@
 //! | wait for it | `pubsub.rs`, `pass.lua` | one subscription per lock per process; a release wakes one task of the process it names, in arrival order; nobody sleeps longer than the lease (or grant) left |
 //! | wait for it, the usual way | `spin.rs` | try, sleep a growing random while, try again |
 //! | hang up safely | `abandon.lua` | an attempt whose caller went away is undone if it took the lock |
-//! | survive a pause | [`LockGuard::fencing_token`] | every hold gets a number that only grows; the database refuses writes from older holds |
+//! | survive a pause | [`LockGuard::fencing_token`] | every hold gets a number from a counter; the database accepts a write only with a token above the row's last one |
+//! | keep tokens growing | `floor.lua` | after Redis lost its newest writes and the counter went back, the holder the database refused raises the counter above the row's token |
 //!
 //! # Redis keys
 //!
@@ -28,7 +29,7 @@
 //! | key | type | lifetime |
 //! | --- | --- | --- |
 //! | `ticket-rush:lock:{ticket:1}` | hash `{<owner>: count, fence: token, attempt-<id>: 1 per attempt that added a hold, released-<id>: 1 per release that left holds}`; while handed to a waiting process, `{grant: instance}` | the lease; a grant: 100 ms, or until claimed |
-//! | `ticket-rush:lock:{ticket:1}:fence` | integer, the last fencing token | forever: tokens must never go back |
+//! | `ticket-rush:lock:{ticket:1}:fence` | integer, the last fencing token | forever: tokens must never go back (and if Redis loses it, or loses its newest writes, see `acquire.lua` and `floor.lua`) |
 //! | `ticket-rush:lock:{ticket:1}:receipt:<id>` | string: "release `<id>` freed the lock", for a repeat of that release whose first reply was lost | a few seconds (longer than the repeats) |
 //! | `ticket-rush:lock:{ticket:1}:line` | list of waiting processes' instance ids | a minute after its last change |
 //! | channel `ticket-rush:lock:{ticket:1}:released` | pub/sub: the instance the lock went to, or "" for anyone | |
@@ -114,6 +115,18 @@ pub enum LockError {
     /// the wrong type, a bad URL, a script error).
     #[error("Redis refused a lock command: {0}")]
     Redis(#[source] redis::RedisError),
+    /// Redis is set up so that it may drop lock keys on its own: under
+    /// memory pressure a `maxmemory-policy` other than `noeviction` evicts
+    /// keys (`volatile-*` policies pick keys with a lease first, which is
+    /// every held lock), and a lock that vanishes is granted twice.
+    #[error(
+        "Redis may evict lock keys: its maxmemory-policy is {policy:?}; \
+         set `maxmemory-policy noeviction` (redis.conf, or CONFIG SET) to hold locks in it"
+    )]
+    Evicting {
+        /// The policy Redis reported.
+        policy: String,
+    },
 }
 
 impl LockError {
@@ -215,6 +228,7 @@ struct Scripts {
     release: Script,
     renew: Script,
     abandon: Script,
+    floor: Script,
 }
 
 /// A connection to Redis that hands out locks. Cheap to clone; clones share
@@ -292,6 +306,7 @@ impl LockClient {
                     release: Script::new(handing_on!("release.lua")),
                     renew: Script::new(include_str!("renew.lua")),
                     abandon: Script::new(handing_on!("abandon.lua")),
+                    floor: Script::new(include_str!("floor.lua")),
                 },
             }),
         })
@@ -345,6 +360,7 @@ impl LockClient {
             &scripts.release,
             &scripts.renew,
             &scripts.abandon,
+            &scripts.floor,
             &pass,
         ] {
             script
@@ -353,6 +369,30 @@ impl LockClient {
                 .map_err(LockError::from_redis)?;
         }
         Ok(())
+    }
+
+    /// Checks, once at start, that this Redis can hold locks: its
+    /// `maxmemory-policy` must be `noeviction` ([`LockError::Evicting`]
+    /// otherwise), so that a lock key never vanishes under memory pressure.
+    /// Then loads the scripts ([`LockClient::load_scripts`]). Reads the
+    /// policy from `INFO memory`, which managed Redis services that disable
+    /// `CONFIG` still answer.
+    pub async fn check_redis(&self) -> Result<(), LockError> {
+        let info: String = self.query(redis::cmd("INFO").arg("memory")).await?;
+        match eviction_policy(&info) {
+            Some("noeviction") => {}
+            Some(policy) => {
+                return Err(LockError::Evicting {
+                    policy: policy.to_owned(),
+                })
+            }
+            // An INFO without the field (very old Redis, or a proxy): say
+            // nothing rather than refuse to start.
+            None => tracing::warn!(
+                "Redis did not report its maxmemory-policy; make sure it is noeviction"
+            ),
+        }
+        self.load_scripts().await
     }
 
     /// Who the current task is, as an owner: `<instance>:<task id>`. Outside
@@ -399,6 +439,12 @@ impl LockClient {
             other => other.map_err(LockError::from_redis),
         }
     }
+}
+
+/// The `maxmemory_policy` field of an `INFO memory` answer.
+fn eviction_policy(info: &str) -> Option<&str> {
+    info.lines()
+        .find_map(|line| line.trim_end().strip_prefix("maxmemory_policy:"))
 }
 
 /// What one run of `acquire.lua` said.
@@ -701,6 +747,31 @@ impl RedisLock {
         })
     }
 
+    /// Tells the lock that the database has accepted fencing tokens up to
+    /// `seen`: the next hold's token will be above it (`floor.lua`).
+    ///
+    /// Call it when the database refused a write because its row carries a
+    /// token at least as large as this hold's. That only happens to a hold
+    /// that is stale, or whose token was handed out twice because Redis lost
+    /// its newest writes (a restart from an older snapshot, a failover to a
+    /// lagging replica) and the counter went back. Either way the database
+    /// refused it; this makes sure the next holder is not refused for the
+    /// same reason.
+    pub async fn raise_token_floor(&self, seen: u64) -> Result<(), LockError> {
+        let _: i64 = self
+            .client
+            .invoke(
+                self.client
+                    .inner
+                    .scripts
+                    .floor
+                    .key(&self.keys.counter)
+                    .arg(seen),
+            )
+            .await?;
+        Ok(())
+    }
+
     /// One run of `renew.lua`: `Ok(false)` when the hold is gone.
     async fn renew(&self, owner: &str, token: u64, lease: Duration) -> Result<bool, LockError> {
         let renewed: i64 = self
@@ -877,9 +948,12 @@ impl fmt::Debug for LockGuard {
 
 impl LockGuard {
     /// This hold's fencing token: larger than the token of every earlier hold
-    /// of this lock. Write it next to the data the lock protects, and refuse
-    /// writes that carry a smaller one: then a holder that stalled past its
-    /// lease cannot overwrite what the next holder did.
+    /// of this lock, as long as Redis keeps its writes. Write it next to the
+    /// data the lock protects, and refuse writes that do not carry a larger
+    /// one: then a holder that stalled past its lease cannot overwrite what
+    /// the next holder did. If Redis loses its newest writes, a token can be
+    /// handed out twice; the strict "larger" check refuses the second, and
+    /// [`RedisLock::raise_token_floor`] puts the counter back above it.
     pub fn fencing_token(&self) -> u64 {
         self.token
     }
@@ -971,6 +1045,13 @@ impl Drop for LockGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_eviction_policy_is_read_from_info_memory() {
+        let info = "# Memory\r\nused_memory:1000\r\nmaxmemory_policy:volatile-lru\r\nother:1\r\n";
+        assert_eq!(eviction_policy(info), Some("volatile-lru"));
+        assert_eq!(eviction_policy("# Memory\r\nused_memory:1\r\n"), None);
+    }
 
     /// A release whose reply was lost and that is sent again (same id,
     /// marked as a repeat) gets the first answer back: it does not take a

@@ -1,10 +1,14 @@
-//! A cancellation is fenced like a sale: under a hold that is stale (a newer
-//! hold already wrote the ticket row) or lost (its lease ran out), it is
-//! refused `busy` and changes nothing, in one transaction.
+//! Fencing at the database, beyond the stalled holder of `tests/server.rs`:
 //!
-//! The stale guard is made on purpose, by another "server" that takes the
-//! ticket's lock with a short fixed lease and lets it run out, and handed to
-//! [`LockedSale::cancel_holding`], the cancel's body under the lock.
+//! - a cancellation is fenced like a sale: under a hold that is stale (a
+//!   newer hold already wrote the ticket row) or lost (its lease ran out), it
+//!   is refused `busy` and changes nothing, in one transaction. The stale
+//!   guard is made on purpose, by another "server" that takes the ticket's
+//!   lock with a short fixed lease and lets it run out, and handed to
+//!   [`LockedSale::cancel_holding`], the cancel's body under the lock;
+//! - when Redis loses its newest writes and the fencing counter goes back,
+//!   a token handed out again is refused by the database, and the counter is
+//!   raised above the row's token, so the next sale goes through.
 
 use std::time::Duration;
 
@@ -22,6 +26,13 @@ struct Setup {
     pool: sqlx::PgPool,
     redis_url: String,
     ticket: TicketId,
+}
+
+/// The row's fence: the token of the hold that wrote it last.
+async fn row_fence(pool: &sqlx::PgPool) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar("SELECT fence FROM tickets WHERE id = 1")
+        .fetch_one(pool)
+        .await?)
 }
 
 async fn setup(stock: i32) -> anyhow::Result<Setup> {
@@ -144,5 +155,57 @@ async fn a_cancel_under_the_lock_restocks_once() -> anyhow::Result<()> {
     }
     let after = setup.truth().await?;
     assert_eq!((after.orders, after.stock), (0, 5));
+    Ok(())
+}
+
+/// Redis restarts from an older snapshot (or fails over to a replica that
+/// lagged): the fencing counter goes back, and hands out tokens again. The
+/// database accepts each token once at most: the first sale after the loss
+/// gets a token the row has already seen and is refused `busy`, nothing
+/// written; it raises the counter above the row's token, so the buyer's next
+/// click is sold with a token larger than every one before. Once with the
+/// counter back by one (the very token that wrote the row comes again), once
+/// back by a thousand (one refusal, not a thousand).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fencing_counter_that_went_back_never_gets_a_token_accepted_twice() -> anyhow::Result<()>
+{
+    let setup = setup(5).await?;
+    setup.buy(1).await?;
+    let counter = format!(
+        "{}:fence",
+        LockClient::new(&setup.redis_url, "observer", LockOptions::default())?
+            .lock(&format!("ticket:{}", setup.ticket))
+            .key()
+    );
+    let mut redis = redis::Client::open(setup.redis_url.as_str())?
+        .get_multiplexed_async_connection()
+        .await?;
+    for (user, back) in [(2, 1), (3, 1_000)] {
+        let accepted = row_fence(&setup.pool).await?;
+        let orders = setup.truth().await?.orders;
+        let _: () = redis::cmd("SET")
+            .arg(&counter)
+            .arg(accepted - back)
+            .query_async(&mut redis)
+            .await?;
+
+        let refused = setup
+            .sale
+            .purchase(setup.ticket, UserId::parse(user.into())?)
+            .await;
+        assert!(
+            matches!(&refused, Err(err) if err.code() == "busy"),
+            "counter back by {back}: a token the row has seen is refused: {refused:?}"
+        );
+        assert_eq!(setup.truth().await?.orders, orders, "nothing was written");
+
+        setup.buy(user).await?;
+        assert!(
+            row_fence(&setup.pool).await? > accepted,
+            "the next accepted token is above every earlier one"
+        );
+    }
+    let truth = setup.truth().await?;
+    assert_eq!((truth.orders, truth.stock), (3, 2));
     Ok(())
 }
