@@ -545,7 +545,7 @@ impl RedisLock {
             .inner
             .wakeups
             .add_holder(&self.keys, &owner, sent + lease_time);
-        let health = Arc::new(Health::new(sent + lease_time));
+        let health = Arc::new(Health::new(believed_end(sent, lease_time)));
         let watchdog = match lease {
             Lease::Watchdog => Some(watchdog::spawn(
                 self.clone(),
@@ -871,6 +871,17 @@ fn receipt_keep(options: &LockOptions) -> Duration {
     options.response_timeout * 4 + Duration::from_secs(1)
 }
 
+/// When a hold whose command was sent at `sent` with `lease` ends, as far as
+/// the guard may believe: measured on this process's monotonic clock from
+/// the *send* (Redis started the lease no earlier), minus a margin for the
+/// two clocks running at different rates, Redlock's: 1% of the lease plus
+/// 2 ms. Redis times the lease by its host's wall clock; if that clock runs
+/// more than 1% fast, or is stepped forward, Redis ends the hold while the
+/// guard still believes in it, and only fencing catches what follows.
+fn believed_end(sent: Instant, lease: Duration) -> Instant {
+    sent + lease.saturating_sub(lease / 100 + Duration::from_millis(2))
+}
+
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis())
         .unwrap_or(u64::MAX)
@@ -882,8 +893,9 @@ struct Health {
     /// A fixed point to measure `valid_until` from, so it fits an atomic.
     base: Instant,
     /// Nanoseconds after `base` when the lease ends, as far as we know: set
-    /// from the moment the acquiring (or renewing) command was *sent*, so it
-    /// is never later than Redis's own expiry.
+    /// from the moment the acquiring (or renewing) command was *sent*, less
+    /// a drift margin ([`believed_end`]), so that it is not later than
+    /// Redis's own expiry while the two clocks agree to within 1%.
     valid_until: AtomicU64,
     /// A renewal failed: we can no longer prove we hold the lock.
     lost: AtomicBool,

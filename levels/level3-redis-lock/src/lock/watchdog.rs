@@ -58,7 +58,7 @@ pub(super) fn spawn(
             tokio::time::sleep(period).await;
             let sent = Instant::now();
             match lock.renew(&owner, token, lease).await {
-                Ok(true) => health.extend_to(sent + lease),
+                Ok(true) => health.extend_to(super::believed_end(sent, lease)),
                 Ok(false) => {
                     health.mark_lost();
                     tracing::warn!(lock = %lock.name, %owner, "lease ran out before renewal: the lock is lost");
