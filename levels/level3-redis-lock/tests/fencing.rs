@@ -51,7 +51,7 @@ async fn setup(stock: i32) -> anyhow::Result<Setup> {
     let sale = LockedSale::new(
         &context,
         &Level3Config::new(redis_url.clone()),
-        level3::lock::Waiting::PubSub,
+        std::sync::Arc::new(level3::lock::WaitForRelease),
     )?;
     Ok(Setup {
         sale,

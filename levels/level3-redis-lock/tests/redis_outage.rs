@@ -3,9 +3,10 @@
 //! Each test runs its own private `redis-server` (this file is its own test
 //! process under nextest), which it stops by dropping it and starts again.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use level3::lock::{Lease, LockClient, LockError, LockOptions, Released, Waiting};
+use level3::lock::{Lease, LockClient, LockError, LockOptions, Released, WaitForRelease};
 use ticket_core::services::{free_port, Redis};
 
 async fn start_redis(port: u16) -> Redis {
@@ -32,7 +33,7 @@ async fn with_redis_stopped_attempts_fail_fast_and_work_again_once_it_is_back() 
     let redis = start_redis(port).await;
     let url = redis.url().to_owned();
     let options = LockOptions {
-        waiting: Waiting::PubSub,
+        waiting: Arc::new(WaitForRelease),
         ..LockOptions::default()
     };
     let client = LockClient::new(&url, "server-a", options.clone()).unwrap();

@@ -31,7 +31,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Health, RedisLock};
+use super::guard::Health;
+use super::RedisLock;
 
 /// A running watchdog. Stopping it (or dropping the guard) ends the task.
 pub(super) struct Watchdog {
