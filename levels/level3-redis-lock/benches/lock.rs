@@ -37,7 +37,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
-use level3::lock::{Backoff, Lease, LockClient, LockError, LockOptions, Waiting};
+use level3::lock::{Lease, LockClient, LockError, LockOptions, WaitForRelease, Waiting};
+use level3::spin::Backoff;
 use ticket_core::services::Redis;
 use tokio::runtime::Runtime;
 
@@ -238,11 +239,11 @@ fn contenders(url: &str) -> Vec<(&'static str, Contender)> {
     vec![
         (
             "level3/pubsub",
-            Contender::level3(url, Waiting::PubSub, fixed),
+            Contender::level3(url, Arc::new(WaitForRelease), fixed),
         ),
         (
             "level3/spin",
-            Contender::level3(url, Waiting::Spin(Backoff::default()), fixed),
+            Contender::level3(url, Arc::new(Backoff::default()), fixed),
         ),
         ("rslock/default", Contender::rslock(url, None)),
         (
@@ -258,9 +259,9 @@ fn bench(c: &mut Criterion) {
 
     let mut uncontended = c.benchmark_group("uncontended");
     uncontended.throughput(Throughput::Elements(1));
-    let watchdog = setup
-        .runtime
-        .block_on(async { Contender::level3(&setup.url, Waiting::PubSub, Lease::Watchdog) });
+    let watchdog = setup.runtime.block_on(async {
+        Contender::level3(&setup.url, Arc::new(WaitForRelease), Lease::Watchdog)
+    });
     for (name, contender) in contenders
         .iter()
         .map(|(name, c)| (*name, c))

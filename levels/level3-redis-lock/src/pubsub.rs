@@ -7,8 +7,8 @@
 //! ended. Each release wakes one buyer per server, in arrival order. So while
 //! 500 buyers wait on a server, Redis sees about one attempt per server per
 //! sale instead of 500 buyers polling it, and nobody sleeps while the lock
-//! is free. See [`crate::lock`] for how, and `pubsub.rs` in there for the
-//! races this closes.
+//! is free. See [`crate::lock::WaitForRelease`] for how, and the races this
+//! closes.
 
 use std::sync::Arc;
 
@@ -19,7 +19,7 @@ use ticket_core::{
     UserId,
 };
 
-use crate::lock::Waiting;
+use crate::lock::WaitForRelease;
 use crate::sale::LockedSale;
 use crate::Level3Config;
 
@@ -34,7 +34,7 @@ pub fn build(
     config: &Level3Config,
 ) -> anyhow::Result<Arc<dyn SellTickets>> {
     Ok(Arc::new(PubSub {
-        sale: LockedSale::new(context, config, Waiting::PubSub)?,
+        sale: LockedSale::new(context, config, Arc::new(WaitForRelease))?,
     }))
 }
 

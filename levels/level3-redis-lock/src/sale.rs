@@ -150,10 +150,8 @@ impl LockedSale {
     ///
     /// Sales write an absolute stock (`what I read - 1`) under this lock, so
     /// a restock that slipped in between a sale's read and its write would be
-    /// overwritten: cancellations queue on the same lock. They also move the
-    /// fence to their own token before restocking, so that a stale holder
-    /// whose lease ran out (and who read the stock before this cancel) finds
-    /// the row changed and is refused, as it would be by a newer sale.
+    /// overwritten: cancellations queue on the same lock, and are fenced
+    /// like a sale (see [`LockedSale::cancel_holding`]).
     pub async fn cancel(
         &self,
         ticket: TicketId,
@@ -166,20 +164,107 @@ impl LockedSale {
             .try_lock(self.wait, self.lease)
             .await
             .map_err(|err| CancelError::Purchase(self.lock_failed(err)))?;
-        let cancelled = async {
-            if self.fencing == Fencing::On {
-                sqlx::query("UPDATE tickets SET fence = $2 WHERE id = $1 AND fence <= $2")
-                    .bind(ticket.get())
-                    .bind(fencing_token(&guard))
-                    .execute(&self.ctx.pool)
-                    .await
-                    .map_err(PurchaseError::from)?;
-            }
-            db::cancel_order(&self.ctx.pool, ticket, order, user).await
-        }
-        .await;
+        let cancelled = self.cancel_holding(&guard, ticket, order, user).await;
         self.release(guard).await;
         cancelled
+    }
+
+    /// Cancels an order while the caller holds the ticket's lock with
+    /// `guard`: one transaction that moves the fence to the guard's token,
+    /// moves the order out and puts its unit back, committed only while the
+    /// guard still holds the lock.
+    ///
+    /// Moving the fence is what makes the restock safe against a sale that
+    /// read the stock before it: that sale's `fence = $fence_read` no longer
+    /// matches, so it is refused instead of writing its stale stock over the
+    /// restock. And like a sale, a cancel whose own hold is stale (a newer
+    /// hold already wrote the row, or the guard is lost) is refused with
+    /// `busy` and changes nothing. Public so that a test can hand it a stale
+    /// guard; a server calls [`LockedSale::cancel`].
+    pub async fn cancel_holding(
+        &self,
+        guard: &LockGuard,
+        ticket: TicketId,
+        order: OrderId,
+        user: UserId,
+    ) -> Result<Cancellation, CancelError> {
+        let mut tx = self.ctx.pool.begin().await.map_err(PurchaseError::from)?;
+        // Behind a busy ticket row a cancel waits like a buyer does, but not
+        // forever (as in `db::cancel_order`).
+        sqlx::query("SET LOCAL lock_timeout = '5s'")
+            .execute(&mut *tx)
+            .await
+            .map_err(PurchaseError::from)?;
+        if self.fencing == Fencing::On {
+            self.move_fence(&mut tx, guard, ticket).await?;
+        }
+        let owner = db::lock_order_owner(&mut tx, ticket, order)
+            .await
+            .map_err(PurchaseError::from)?;
+        match owner {
+            Some(owner) if owner != user.get() => return Err(CancelError::Forbidden),
+            Some(_) => {}
+            None => {
+                // Not (or no longer) a live order: a repeated cancel gets
+                // the first one's answer, and nothing is written.
+                drop(tx);
+                return match db::cancelled_order_owner(&self.ctx.pool, ticket, order)
+                    .await
+                    .map_err(PurchaseError::from)?
+                {
+                    Some(owner) if owner == user.get() => Ok(cancellation(ticket, order, user)),
+                    Some(_) => Err(CancelError::Forbidden),
+                    None => Err(CancelError::NotFound),
+                };
+            }
+        }
+        db::move_to_cancelled(&mut tx, ticket, order)
+            .await
+            .map_err(PurchaseError::from)?;
+        // The same last look as a sale's: a lease that ran out means the
+        // restock could land beside a newer holder's sale.
+        if guard.is_lost() {
+            drop(tx); // rolls back
+            self.ctx.metrics.event("lock_lost");
+            return Err(PurchaseError::busy(
+                "the ticket's lock expired before the cancellation could commit",
+            )
+            .into());
+        }
+        tx.commit().await.map_err(PurchaseError::from)?;
+        Ok(cancellation(ticket, order, user))
+    }
+
+    /// Moves the ticket row's fence to `token`, inside the cancel's
+    /// transaction. Refused (`busy`, nothing written) when a newer hold has
+    /// already written the row: then our hold is stale.
+    async fn move_fence(
+        &self,
+        tx: &mut PgConnection,
+        guard: &LockGuard,
+        ticket: TicketId,
+    ) -> Result<(), CancelError> {
+        let token = fencing_token(guard);
+        let moved = sqlx::query("UPDATE tickets SET fence = $2 WHERE id = $1 AND fence < $2")
+            .bind(ticket.get())
+            .bind(token)
+            .execute(&mut *tx)
+            .await
+            .map_err(PurchaseError::from)?;
+        if moved.rows_affected() == 1 {
+            return Ok(());
+        }
+        let fence: Option<i64> = sqlx::query_scalar("SELECT fence FROM tickets WHERE id = $1")
+            .bind(ticket.get())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(PurchaseError::from)?;
+        let Some(fence) = fence else {
+            return Err(CancelError::NotFound);
+        };
+        self.ctx.metrics.event("fence_refused");
+        self.raise_token_floor(guard, fence).await;
+        Err(stale_holder().into())
     }
 
     /// BEGIN and read-check-write, under the lock. Returns the transaction
@@ -206,10 +291,13 @@ impl LockedSale {
             return Err(PurchaseError::AlreadyPurchased);
         }
         let token = fencing_token(guard);
-        if self.fencing == Fencing::On && fence > token {
-            // A holder with a newer token already wrote this row: our lease
-            // ran out before we even started. Do not bother thinking.
+        if self.fencing == Fencing::On && fence >= token {
+            // A hold with this token or a newer one already wrote this row:
+            // our lease ran out before we even started, or Redis lost its
+            // newest writes and handed our token out a second time. Do not
+            // bother thinking; make sure the next holder gets a larger one.
             self.ctx.metrics.event("fence_refused");
+            self.raise_token_floor(guard, fence).await;
             return Err(stale_holder());
         }
 
@@ -229,9 +317,12 @@ impl LockedSale {
     /// With fencing, the row remembers the token of the hold that wrote it
     /// last, and the UPDATE only applies if:
     ///
-    /// - `fence <= $token`: no hold *newer* than ours has written the row.
-    ///   A buyer whose lease ran out while it thought (a GC pause, a stopped
-    ///   VM) and who was overtaken cannot write over the newer sale.
+    /// - `fence < $token`: no hold *newer* than ours, nor one with the same
+    ///   token, has written the row. A buyer whose lease ran out while it
+    ///   thought (a GC pause, a stopped VM) and who was overtaken cannot
+    ///   write over the newer sale; and a token that Redis handed out twice
+    ///   (it lost its newest writes, and its counter went back) is accepted
+    ///   once at most. Each hold writes the row once, so strict is right.
     /// - `fence = $fence_read`: nobody wrote the row since we read it. This
     ///   catches the other order of events: the stale holder wrote *first*,
     ///   while we, the new holder, were already working from the stock as it
@@ -260,7 +351,7 @@ impl LockedSale {
             Fencing::On => {
                 let written = sqlx::query(
                     "UPDATE tickets SET stock = $2, fence = $3, version = version + 1 \
-                     WHERE id = $1 AND fence <= $3 AND fence = $4",
+                     WHERE id = $1 AND fence < $3 AND fence = $4",
                 )
                 .bind(ticket.get())
                 .bind(stock)
@@ -275,6 +366,17 @@ impl LockedSale {
             }
         }
         Ok(())
+    }
+
+    /// After the database refused `guard`'s token because the row already
+    /// carries `seen`: makes the lock's next token larger than `seen` (see
+    /// [`crate::lock::RedisLock::raise_token_floor`]). A failure only costs
+    /// the next holder the same refusal, so it is logged, not returned.
+    async fn raise_token_floor(&self, guard: &LockGuard, seen: i64) {
+        let seen = u64::try_from(seen).unwrap_or_default();
+        if let Err(err) = self.locks.lock(guard.name()).raise_token_floor(seen).await {
+            tracing::warn!(%err, "could not raise the lock's fencing counter");
+        }
     }
 
     /// Releases the lock after the sale. A failure here does not undo a sale
@@ -323,8 +425,18 @@ fn fencing_token(guard: &LockGuard) -> i64 {
     i64::try_from(guard.fencing_token()).unwrap_or(i64::MAX)
 }
 
+/// The answer to a cancellation that went through.
+fn cancellation(ticket: TicketId, order: OrderId, user: UserId) -> Cancellation {
+    Cancellation {
+        order_id: order,
+        ticket_id: ticket,
+        user_id: user,
+        status: "cancelled",
+    }
+}
+
 fn stale_holder() -> PurchaseError {
     PurchaseError::busy(
-        "a newer holder of the ticket's lock wrote first; this sale's lock had expired",
+        "a newer holder of the ticket's lock wrote first; this request's lock had expired",
     )
 }

@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use level3::lock::{Backoff, Lease, LockClient, LockError, LockOptions, Released, Waiting};
+use level3::lock::{Lease, LockClient, LockError, LockOptions, Released, WaitForRelease, Waiting};
+use level3::spin::Backoff;
 use ticket_core::services::Redis;
 
 fn redis_url() -> String {
@@ -47,10 +48,18 @@ async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
         .unwrap()
 }
 
-const SPIN: Waiting = Waiting::Spin(Backoff {
-    first: Duration::from_millis(1),
-    max: Duration::from_millis(64),
-});
+/// Waiting by subscription (the `pubsub` strategy's).
+fn pubsub() -> Waiting {
+    Arc::new(WaitForRelease)
+}
+
+/// Waiting by polling (the `spin` strategy's).
+fn spin() -> Waiting {
+    Arc::new(Backoff {
+        first: Duration::from_millis(1),
+        max: Duration::from_millis(64),
+    })
+}
 
 /// The read-modify-write every test of mutual exclusion runs: read a counter
 /// kept in Redis, yield (so that any other task inside the lock would run
@@ -129,20 +138,20 @@ async fn no_lost_update(waiting: Waiting) {
 /// tasks are ever inside at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tasks_in_two_processes_never_lose_an_update_with_pubsub_waiting() {
-    no_lost_update(Waiting::PubSub).await;
+    no_lost_update(pubsub()).await;
 }
 
 /// The same with spin waiting.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tasks_in_two_processes_never_lose_an_update_with_spin_waiting() {
-    no_lost_update(SPIN).await;
+    no_lost_update(spin()).await;
 }
 
 /// The same task may take the lock again; it is free only after as many
 /// releases, and the nested hold keeps the outer hold's fencing token.
 #[tokio::test(flavor = "multi_thread")]
 async fn reentrant_acquire_needs_as_many_releases() {
-    let (a, b) = two_processes(Waiting::PubSub);
+    let (a, b) = two_processes(pubsub());
     let lock = a.lock("reentrant");
     let outer = lock
         .try_lock(Duration::from_secs(1), Lease::Watchdog)
@@ -180,7 +189,7 @@ async fn reentrant_acquire_needs_as_many_releases() {
 /// lock stays held.
 #[tokio::test(flavor = "multi_thread")]
 async fn release_by_a_non_owner_is_refused() {
-    let (a, b) = two_processes(Waiting::PubSub);
+    let (a, b) = two_processes(pubsub());
     let guard = a
         .lock("mine")
         .try_lock(Duration::from_secs(1), Lease::Watchdog)
@@ -215,7 +224,7 @@ async fn release_by_a_non_owner_is_refused() {
 /// PUBLISH within milliseconds, though the holder's lease had 10 s left.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_waiter_is_woken_by_publish_long_before_the_lease_ends() {
-    let (a, b) = two_processes(Waiting::PubSub);
+    let (a, b) = two_processes(pubsub());
     let holder = a
         .lock("wake")
         .try_lock(
@@ -250,7 +259,7 @@ async fn a_waiter_is_woken_by_publish_long_before_the_lease_ends() {
 /// PTTL it was told has passed, not at the end of its wait budget.
 #[tokio::test(flavor = "multi_thread")]
 async fn without_publish_a_waiter_gets_the_lock_after_at_most_the_pttl() {
-    let (a, b) = two_processes(Waiting::PubSub);
+    let (a, b) = two_processes(pubsub());
 
     // 1. A holder that dies: its fixed 400 ms lease just runs out.
     let dead = a
@@ -318,7 +327,7 @@ async fn without_publish_a_waiter_gets_the_lock_after_at_most_the_pttl() {
 async fn the_watchdog_keeps_a_short_lease_alive_until_release() {
     let options = LockOptions {
         watchdog_lease: Duration::from_secs(1),
-        ..options(Waiting::PubSub)
+        ..options(pubsub())
     };
     let url = redis_url();
     let a = LockClient::new(&url, "a", options.clone()).unwrap();
@@ -350,7 +359,7 @@ async fn the_watchdog_keeps_a_short_lease_alive_until_release() {
 /// lock, and the late release is refused instead of deleting their lock.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_lease_that_ran_out_is_lost_and_its_late_release_deletes_nothing() {
-    let (a, b) = two_processes(Waiting::PubSub);
+    let (a, b) = two_processes(pubsub());
     let stale = a
         .lock("lease")
         .try_lock(
@@ -374,12 +383,15 @@ async fn a_lease_that_ran_out_is_lost_and_its_late_release_deletes_nothing() {
 }
 
 /// When the watchdog finds its hold gone (deleted behind its back here), the
-/// guard turns lost within a renewal period.
+/// guard turns lost at the next renewal: within a third of the 3 s lease
+/// (asserted: within 2 s), while by its own clock the guard would believe in
+/// its lease for 3 s.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failed_renewal_marks_the_guard_lost() {
+    let lease = Duration::from_secs(3);
     let options = LockOptions {
-        watchdog_lease: Duration::from_millis(300),
-        ..options(Waiting::PubSub)
+        watchdog_lease: lease,
+        ..options(pubsub())
     };
     let a = LockClient::new(&redis_url(), "a", options).unwrap();
     let guard = a
@@ -387,14 +399,21 @@ async fn a_failed_renewal_marks_the_guard_lost() {
         .try_lock(Duration::from_secs(1), Lease::Watchdog)
         .await
         .unwrap();
+    let deleted = Instant::now();
     let mut conn = raw(&redis_url()).await;
     let _: () = redis::cmd("DEL")
         .arg(a.lock("renewal").key())
         .query_async(&mut conn)
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(250)).await;
-    assert!(guard.is_lost());
+    while !guard.is_lost() {
+        assert!(
+            deleted.elapsed() < lease / 3 * 2,
+            "not lost {:?} after the hold vanished",
+            deleted.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert!(matches!(guard.release().await, Err(LockError::Lost { .. })));
 }
 
@@ -403,7 +422,7 @@ async fn a_failed_renewal_marks_the_guard_lost() {
 /// persistence): the counter has the clock as a floor.
 #[tokio::test(flavor = "multi_thread")]
 async fn fencing_tokens_only_grow_even_after_redis_forgets_everything() {
-    let (a, b) = two_processes(Waiting::PubSub);
+    let (a, b) = two_processes(pubsub());
     let mut last = 0;
     for client in [&a, &b, &a, &b] {
         let guard = client
@@ -445,7 +464,7 @@ async fn fencing_tokens_only_grow_even_after_redis_forgets_everything() {
 /// between the release and its cancellation, and then hold it.)
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cancelled_waiter_passes_its_wake_up_on() {
-    let (a, b) = two_processes(Waiting::PubSub);
+    let (a, b) = two_processes(pubsub());
     let holder = a
         .lock("baton")
         .try_lock(
@@ -490,7 +509,7 @@ async fn a_cancelled_waiter_passes_its_wake_up_on() {
 /// still frees the lock right away, not when its lease ends.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dropped_guard_releases_the_lock() {
-    let (a, b) = two_processes(Waiting::PubSub);
+    let (a, b) = two_processes(pubsub());
     let guard = a
         .lock("dropped")
         .try_lock(
@@ -514,7 +533,7 @@ async fn a_dropped_guard_releases_the_lock() {
 /// one lock, no task gets more than 1.5 times as many holds as another.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn waiting_tasks_take_turns() {
-    let (a, _) = two_processes(Waiting::PubSub);
+    let (a, _) = two_processes(pubsub());
     let stop = Arc::new(AtomicBool::new(false));
     let mut handles = Vec::new();
     for _ in 0..4 {
@@ -553,7 +572,7 @@ async fn waiting_tasks_take_turns() {
 /// fencing token.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stale_guard_cannot_release_its_owners_newer_hold() {
-    let (a, b) = two_processes(Waiting::PubSub);
+    let (a, b) = two_processes(pubsub());
     let lock = a.lock("stale");
     let old = lock
         .try_lock(
@@ -586,7 +605,7 @@ async fn a_stale_guard_cannot_release_its_owners_newer_hold() {
 /// afterwards.
 #[tokio::test(flavor = "multi_thread")]
 async fn cancelled_attempts_leave_no_orphaned_hold() {
-    let (a, b) = two_processes(Waiting::PubSub);
+    let (a, b) = two_processes(pubsub());
     let lock = a.lock("cancelled");
     for round in 0..200u64 {
         let cut = Duration::from_micros(round * 7 % 400);
@@ -632,7 +651,7 @@ async fn cancelled_attempts_leave_no_orphaned_hold() {
 /// process's tasks get more than 1.5 times the holds of the other's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tasks_of_two_processes_take_turns() {
-    let (a, b) = two_processes(Waiting::PubSub);
+    let (a, b) = two_processes(pubsub());
     let stop = Arc::new(AtomicBool::new(false));
     let mut handles = Vec::new();
     for task in 0..6 {
@@ -668,7 +687,7 @@ async fn tasks_of_two_processes_take_turns() {
 /// 10 s lease.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_grant_to_a_dead_process_runs_out_quickly() {
-    let (a, b) = two_processes(Waiting::PubSub);
+    let (a, b) = two_processes(pubsub());
     let holder = a
         .lock("ghost")
         .try_lock(

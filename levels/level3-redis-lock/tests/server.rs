@@ -238,35 +238,49 @@ async fn releasing_before_commit_is_caught_by_fencing() -> anyhow::Result<()> {
 }
 
 /// A holder that stalls past its fixed lease after its last check (the
-/// simulated pause) oversells with fencing off...
+/// simulated pause) oversells with fencing off, every time:
 ///
-/// The pause must outlast the lease (so the next buyer gets the lock and
-/// reads the stock before our COMMIT) but not two leases: the next holder's
-/// UPDATE waits for our row lock, and it must still hold its own lease when
-/// our COMMIT lets it through, or its own check rolls it back. 400 and 600
-/// leave about 200 ms of slack on both sides, for a busy machine.
+/// ```text
+/// t=0     buyer 1 (server A) takes the lock (lease 1 s), sells, checks "still mine", stalls 1.5 s
+/// t=1 s   its lease ends; buyer 2 (server B) takes the lock, reads stock 1 (A has not committed)
+/// t=1.5 s A commits stock 0; B's UPDATE, queued behind A's row lock, writes stock 0 again
+///         B checks "still mine" (its lease runs to t=2 s): yes; B stalls, then commits
+/// ```
+///
+/// Two orders for one ticket. The margins are 500 ms on each side: B must
+/// get the lock before A commits (pause > lease) and check before its own
+/// lease ends (pause < two leases).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_holder_stalled_past_its_lease_oversells_without_fencing() -> anyhow::Result<()> {
-    let (verdict, _) = rush_and_judge(
-        2,
-        &[
-            "--lease-ms",
-            "400",
-            "--pause-before-commit-ms",
-            "600",
-            "--fencing",
-            "off",
-        ],
-        5,
-        40,
-    )
-    .await?;
-    // Lost updates: more orders than tickets, or (should the rush end first)
-    // a stock that disagrees with the orders.
-    assert!(
-        matches!(verdict, Verdict::Oversold | Verdict::Inconsistent),
-        "{verdict:?}"
-    );
+    let redis = shared_redis();
+    let args = [
+        "--lease-ms",
+        "1000",
+        "--pause-before-commit-ms",
+        "1500",
+        "--fencing",
+        "off",
+    ];
+    let sale = Arc::new(Sale::start(2, &redis, &args, 1).await?);
+    let first = {
+        let sale = sale.clone();
+        tokio::spawn(async move { sale.buy(0, 1).await })
+    };
+    // Buyer 2 comes once buyer 1 holds the ticket's lock.
+    let observer =
+        level3::lock::LockClient::new(&redis, "observer", level3::lock::LockOptions::default())?;
+    let lock = observer.lock(&format!("ticket:{TICKET}"));
+    while !lock.is_locked().await? {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let second = sale.buy(1, 2).await?;
+    let first = first.await??;
+
+    assert_eq!(first.0, StatusCode::CREATED, "{first:?}");
+    assert_eq!(second.0, StatusCode::CREATED, "{second:?}");
+    let truth = sale.truth().await?;
+    assert_eq!((truth.orders, truth.stock), (2, 0), "two orders, one unit");
+    assert_eq!(judge(1, 2, 2, &truth).verdict, Verdict::Oversold);
     Ok(())
 }
 
@@ -384,15 +398,11 @@ async fn without_redis_health_and_purchases_answer_503_until_it_is_back() -> any
 #[tokio::test(flavor = "multi_thread")]
 async fn without_a_redis_url_a_lone_server_starts_its_own_redis() -> anyhow::Result<()> {
     let url = Postgres::shared()?.fresh_database().await?;
-    // SAFETY of the test: nextest runs each test in its own process, and this
-    // one reads REDIS_URL only through clap's `env`, so the variable must be
-    // absent; it is unless the person running the tests set it.
-    if std::env::var_os("REDIS_URL").is_some() {
-        return Ok(());
-    }
-    let server = level3::Cli::try_parse_from(["level3", "--port", "0", "--database-url", &url])?
-        .start()
-        .await?;
+    let mut cli = level3::Cli::try_parse_from(["level3", "--port", "0", "--database-url", &url])?;
+    // As if neither flag nor REDIS_URL were given, even when the person
+    // running the tests has REDIS_URL set (clap would have read it).
+    cli.redis_url = None;
+    let server = cli.start().await?;
     let http = reqwest::Client::new();
     let health = http.get(format!("{}/health", server.url())).send().await?;
     assert_eq!(health.status(), StatusCode::OK);
@@ -403,4 +413,35 @@ async fn without_a_redis_url_a_lone_server_starts_its_own_redis() -> anyhow::Res
         .await?;
     assert_eq!(bought.status(), StatusCode::CREATED);
     server.stop().await
+}
+
+/// A server refuses to start on a Redis that may evict lock keys
+/// (`maxmemory-policy volatile-lru` here: under memory pressure it would
+/// drop keys with a lease first, which is every held lock), and says what
+/// to set.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_refuses_a_redis_that_may_evict_lock_keys() -> anyhow::Result<()> {
+    let redis = tokio::task::spawn_blocking(|| {
+        Redis::throwaway_on(free_port()?, &["--maxmemory-policy", "volatile-lru"])
+    })
+    .await??;
+    let url = Postgres::shared()?.fresh_database().await?;
+    let started = level3::Cli::try_parse_from([
+        "level3",
+        "--port",
+        "0",
+        "--database-url",
+        &url,
+        "--redis-url",
+        redis.url(),
+    ])?
+    .start()
+    .await;
+    let err = started.err().expect("the server must not start");
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("volatile-lru") && text.contains("maxmemory-policy noeviction"),
+        "{text}"
+    );
+    Ok(())
 }

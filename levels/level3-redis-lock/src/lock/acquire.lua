@@ -1,7 +1,8 @@
 -- Take the lock, or say how long until it is worth looking again.
 --
 -- KEYS[1]  the lock: a hash. While held:
---            { <owner> = <reentrancy count>, fence = <token>, attempt = <id> }
+--            { <owner> = <reentrancy count>, fence = <token>,
+--              attempt-<id> = 1 for every attempt that took a hold of it }
 --          While handed to a waiting process (see release.lua):
 --            { grant = <instance id> }, for a short while
 -- KEYS[2]  the lock's fencing counter: a plain integer that never expires
@@ -9,9 +10,9 @@
 -- ARGV[1]  the owner asking: "<instance id>:<task id>" (always contains a ':',
 --          so it can never be mistaken for one of the other fields)
 -- ARGV[2]  the lease, in milliseconds
--- ARGV[3]  this attempt's id, kept in the `attempt` field when the attempt
---          creates the hold, so that a caller who gave up waiting for the
---          reply can undo exactly this hold (see abandon.lua)
+-- ARGV[3]  this attempt's id, marked in the hash (`attempt-<id>`) when the
+--          attempt takes a hold, first or reentrant, so that a caller who gave
+--          up waiting for the reply can undo exactly this hold (abandon.lua)
 -- ARGV[4]  the caller's instance id (its process)
 -- ARGV[5]  '1' if the caller will wait when refused: its process joins the line
 -- ARGV[6]  '1' if the caller's process has more tasks waiting behind it: once
@@ -42,6 +43,13 @@ local instance, will_wait, more, keep_line, queued = ARGV[4], ARGV[5], ARGV[6], 
 -- are taken per second. (Lua numbers are doubles: exact up to 2^53, which
 -- microseconds since 1970 stay below for two more centuries. string.format
 -- keeps Redis from turning a big number into "1.7e+15".)
+--
+-- The clock only helps when the counter is gone. When it merely went back
+-- (a restart from an older snapshot, a failover to a replica that had not
+-- caught up), INCR hands out numbers it has handed out before. So the
+-- tokens' order is finally kept by the database: a ticket row accepts only a
+-- token above the one that wrote it last, and the holder it refuses raises
+-- the counter above that one (floor.lua).
 local function next_token()
   local token = redis.call('INCR', counter)
   if token == 1 then
@@ -63,7 +71,7 @@ end
 -- The caller takes the free lock: a count of 1, a fresh token, a lease.
 local function take()
   local token = next_token()
-  redis.call('HSET', lock, owner, 1, 'fence', string.format('%d', token), 'attempt', attempt)
+  redis.call('HSET', lock, owner, 1, 'fence', string.format('%d', token), 'attempt-' .. attempt, 1)
   redis.call('PEXPIRE', lock, lease)
   -- Served: leave the line, and rejoin at the back if more of our process's
   -- tasks are waiting, so that processes take turns.
@@ -82,12 +90,14 @@ end
 
 local held = redis.call('HMGET', lock, owner, 'fence', 'grant')
 
--- Already the caller's: count one more hold and renew the lease. The token
--- stays the same: it names the whole hold, not each nested acquisition, so an
--- outer write is never refused because of an inner one.
+-- Already the caller's: count one more hold. The token stays the same: it
+-- names the whole hold, not each nested acquisition, so an outer write is
+-- never refused because of an inner one. The lease may grow to this
+-- attempt's, but never shrinks ('GT'): the outer guard still believes in
+-- its own, longer lease, and must not find the key gone before it ends.
 if held[1] then
-  redis.call('HINCRBY', lock, owner, 1)
-  redis.call('PEXPIRE', lock, lease)
+  redis.call('HSET', lock, owner, tonumber(held[1]) + 1, 'attempt-' .. attempt, 1)
+  redis.call('PEXPIRE', lock, lease, 'GT')
   return {1, tonumber(held[2])}
 end
 

@@ -31,7 +31,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Health, RedisLock};
+use super::guard::Health;
+use super::RedisLock;
 
 /// A running watchdog. Stopping it (or dropping the guard) ends the task.
 pub(super) struct Watchdog {
@@ -58,7 +59,7 @@ pub(super) fn spawn(
             tokio::time::sleep(period).await;
             let sent = Instant::now();
             match lock.renew(&owner, token, lease).await {
-                Ok(true) => health.extend_to(sent + lease),
+                Ok(true) => health.extend_to(super::believed_end(sent, lease)),
                 Ok(false) => {
                     health.mark_lost();
                     tracing::warn!(lock = %lock.name, %owner, "lease ran out before renewal: the lock is lost");

@@ -1,50 +1,8 @@
-//! Waiting by subscription: sleep until a release says "your turn".
-//!
-//! A waiter that polls (see `spin.rs`) guesses when to look again: too soon
-//! and it floods Redis, too late and the lock sits free while buyers wait.
-//! Redisson's answer, kept here: the final release PUBLISHes on the lock's
-//! channel, and waiters sleep until that message arrives.
-//!
-//! Four things go wrong in naive versions of this, and each has its line
-//! below:
-//!
-//! 1. **The release that slips between "try" and "subscribe".** A waiter
-//!    tries, fails, subscribes; if the holder released in between, the message
-//!    went out before anyone listened and the waiter sleeps on a free lock.
-//!    So: subscribe *first* (and wait for Redis to confirm it), then try
-//!    again, then sleep. A release after the subscription is heard; a release
-//!    before it is seen by the new try.
-//! 2. **The message that never comes.** PUBLISH is fire-and-forget: a
-//!    subscriber that reconnects misses what was sent meanwhile, and a holder
-//!    that crashes never publishes at all (its key just expires). So nobody
-//!    sleeps longer than the holder's remaining lease (the PTTL the failed try
-//!    returned): then it tries again whether a message came or not. When the
-//!    subscriber's connection drops, every waiter looks at once.
-//! 3. **The herd.** Wake every waiter on every release and they all rush
-//!    Redis, one wins, the rest go back to sleep: N commands per release. Here
-//!    a process subscribes *once* per lock, however many of its tasks wait,
-//!    and a message wakes only the task at the head of that process's line.
-//!    Tasks of one process take turns in arrival order; a newcomer does not
-//!    jump the line (it would win every time: it is already running while the
-//!    woken head is still being scheduled).
-//! 4. **The race between processes.** If every process's head tried on every
-//!    release, one would win and the others would have spent a command for
-//!    nothing, and whichever process hears the message first (Redis sends it
-//!    to subscribers in a fixed order) would win more often. So Redis keeps a
-//!    line of *processes* too: a process whose try is refused joins it, and a
-//!    release hands the lock to the process at its front for a short while
-//!    (the *grant*, 100 ms) and names it in the message. Only that process's
-//!    head tries, and nobody else may take the lock meanwhile. A process that
-//!    still has waiters goes to the back of the line when served, so
-//!    processes take turns as well. If the named process cannot use the
-//!    grant, it passes it on at once (`pass.lua`); if it crashed, the grant
-//!    runs out and everyone looks again.
-//!
-//! The head that is woken keeps its place until it leaves the line. If it
-//! leaves *without* the lock (it gave up, failed, or was cancelled), it may
-//! have swallowed the one message meant for the line, so it passes the
-//! wake-up on to the next task. That rule is the whole defence against lost
-//! wake-ups.
+//! The per-process side of waiting by subscription: one subscriber
+//! connection, one subscription per lock that has local waiters, and each
+//! lock's local line of waiting tasks. [`super::WaitForRelease`] (in
+//! `wait_for_release.rs`) is the waiting itself, and explains why each piece
+//! here exists.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -55,7 +13,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Msg, PushInfo, PushKind, Script};
 use tokio::sync::{mpsc, Notify};
 
-use super::{Attempt, Keys, Line, LockError, RedisLock, GRANT_TIME};
+use super::redis_lock::{Keys, Line};
+use super::{LockError, GRANT_TIME};
 
 /// How long a subscription outlives its last waiter. During a rush the line
 /// empties and refills all the time; unsubscribing at once would send an
@@ -66,96 +25,14 @@ const LINGER: Duration = Duration::from_secs(1);
 /// but a person with `redis-cli PERSIST` can), look again this often.
 const NO_EXPIRY_RECHECK: Duration = Duration::from_secs(1);
 
-/// Takes the lock for `owner`, waiting on the lock's channel until `deadline`.
-/// Returns the fencing token and when the winning attempt was sent.
-pub(super) async fn acquire(
-    lock: &RedisLock,
-    owner: &str,
-    lease: Duration,
-    deadline: Instant,
-) -> Result<(u64, Instant), LockError> {
-    let wakeups = &lock.client.inner.wakeups;
-    let channel = lock.keys.channel.as_str();
-
-    // The fast path: one try, unless this process already has tasks waiting
-    // for this lock (then we queue behind them instead of jumping the line),
-    // or the caller already holds it (then it is reentrant and must not queue
-    // behind tasks that wait for the caller itself).
-    if wakeups.may_try_at_once(channel, owner) {
-        let sent = Instant::now();
-        let line = Line {
-            will_wait: deadline > sent,
-            more_waiting: false,
-            queued: wakeups.may_be_in_line(channel),
-        };
-        match lock.attempt(owner, lease, line).await? {
-            Attempt::Acquired(token) => {
-                wakeups.note_served(channel, line);
-                return Ok((token, sent));
-            }
-            Attempt::Held(pttl) => wakeups.note_refused(&lock.keys, pttl, line),
-        }
-    }
-
-    // The slow path: join the line, subscribe, and only then try again.
-    let waiter = wakeups.enqueue(&lock.keys);
-    wakeups.subscribe(channel).await?;
-    // Subscribed: now try once more, if we are at the head of the line. (Tasks
-    // behind us need not: the subscription was already there, or is being
-    // made, for the head, so no release can slip by unheard.)
-    let mut try_now = true;
-    loop {
-        let (head, behind) = waiter.position();
-        let woken = waiter.slot.try_now.swap(false, Ordering::SeqCst);
-        if head && (try_now || woken) {
-            let sent = Instant::now();
-            let line = Line {
-                will_wait: true,
-                more_waiting: behind > 0,
-                queued: true,
-            };
-            match lock.attempt(owner, lease, line).await? {
-                Attempt::Acquired(token) => {
-                    wakeups.note_served(channel, line);
-                    waiter.leave_with_lock(sent + lease);
-                    return Ok((token, sent));
-                }
-                Attempt::Held(pttl) => wakeups.note_refused(&lock.keys, pttl, line),
-            }
-        }
-        try_now = false;
-        if Instant::now() >= deadline {
-            // `waiter` drops here and passes any wake-up it held to the next.
-            return Err(lock.timeout());
-        }
-        // Only the head needs a timer besides the deadline: everyone behind
-        // it is woken, in turn, when the head leaves the line.
-        let look_again = if head {
-            wakeups
-                .expiry(channel)
-                .map_or(deadline, |expiry| expiry.min(deadline))
-        } else {
-            deadline
-        };
-        tokio::select! {
-            () = waiter.slot.wake.notified() => {}
-            () = tokio::time::sleep_until(look_again.into()) => {
-                // The holder's lease (or a grant) should be over, or the
-                // message was lost: look for ourselves.
-                try_now = head && look_again < deadline;
-            }
-        }
-    }
-}
-
 /// One waiting task's place in its process's line.
-struct Slot {
+pub(super) struct Slot {
     /// Woken when the task should look again: the lock was handed to this
     /// process or to anyone (with `try_now` set), or the task just became the
     /// head of the line, or the lock went to another process (without).
-    wake: Notify,
+    pub(super) wake: Notify,
     /// Set with every wake-up that means "the lock may be yours: try".
-    try_now: AtomicBool,
+    pub(super) try_now: AtomicBool,
 }
 
 /// What this process knows about one lock: its line, its local holders, and
@@ -303,7 +180,7 @@ impl WakeUps {
 
     /// True when a caller may try at once: nobody of this process is in line
     /// for the lock, or the caller already holds it (reentrancy).
-    fn may_try_at_once(&self, channel: &str, owner: &str) -> bool {
+    pub(super) fn may_try_at_once(&self, channel: &str, owner: &str) -> bool {
         lock_registry(&self.registry)
             .get(channel)
             .is_none_or(|channel| channel.line.is_empty() || channel.holders.contains_key(owner))
@@ -311,7 +188,7 @@ impl WakeUps {
 
     /// After a refused try: when the holder's lease (or a grant) should
     /// end, and whether the try put this process in the line.
-    fn note_refused(&self, keys: &Arc<Keys>, pttl: Option<Duration>, line: Line) {
+    pub(super) fn note_refused(&self, keys: &Arc<Keys>, pttl: Option<Duration>, line: Line) {
         let expiry = Instant::now() + pttl.unwrap_or(NO_EXPIRY_RECHECK);
         let mut registry = lock_registry(&self.registry);
         let channel = registry
@@ -322,7 +199,7 @@ impl WakeUps {
     }
 
     /// After a successful try: the process left the line, or went to its back.
-    fn note_served(&self, channel: &str, line: Line) {
+    pub(super) fn note_served(&self, channel: &str, line: Line) {
         if let Some(channel) = lock_registry(&self.registry).get_mut(channel) {
             channel.in_line = line.more_waiting || (channel.in_line && !line.queued);
             channel.granted = false;
@@ -331,7 +208,7 @@ impl WakeUps {
 
     /// Whether this process may be in Redis's line for the lock: then a
     /// successful try must take it out.
-    fn may_be_in_line(&self, channel: &str) -> bool {
+    pub(super) fn may_be_in_line(&self, channel: &str) -> bool {
         lock_registry(&self.registry)
             .get(channel)
             .is_some_and(|channel| channel.in_line || channel.granted || !channel.line.is_empty())
@@ -344,7 +221,7 @@ impl WakeUps {
             .is_some_and(|channel| !channel.line.is_empty())
     }
 
-    fn expiry(&self, channel: &str) -> Option<Instant> {
+    pub(super) fn expiry(&self, channel: &str) -> Option<Instant> {
         lock_registry(&self.registry)
             .get(channel)
             .and_then(|channel| channel.expiry)
@@ -377,7 +254,7 @@ impl WakeUps {
     }
 
     /// Puts the current task at the end of the lock's line.
-    fn enqueue(&self, keys: &Arc<Keys>) -> Waiter<'_> {
+    pub(super) fn enqueue(&self, keys: &Arc<Keys>) -> Waiter<'_> {
         let slot = Arc::new(Slot {
             wake: Notify::new(),
             try_now: AtomicBool::new(false),
@@ -399,7 +276,7 @@ impl WakeUps {
     /// sends SUBSCRIBE and waits for Redis to confirm it; the others find it
     /// done. Only a confirmed subscription counts: that is what makes the
     /// "subscribe, then try" order hold.
-    async fn subscribe(&self, channel: &str) -> Result<(), LockError> {
+    pub(super) async fn subscribe(&self, channel: &str) -> Result<(), LockError> {
         let subscribed = lock_registry(&self.registry)
             .get(channel)
             .map(|entry| entry.subscribed.clone())
@@ -533,16 +410,16 @@ fn remove_if_unused(registry: &mut HashMap<String, Channel>, name: &str) {
 
 /// A task's place in line. Leaving the line happens in `Drop`, so that a
 /// waiter that is cancelled, times out or fails cannot forget to.
-struct Waiter<'a> {
+pub(super) struct Waiter<'a> {
     wakeups: &'a WakeUps,
     channel: String,
-    slot: Arc<Slot>,
+    pub(super) slot: Arc<Slot>,
     left: bool,
 }
 
 impl Waiter<'_> {
     /// Whether this task is the head of its line, and how many wait behind it.
-    fn position(&self) -> (bool, usize) {
+    pub(super) fn position(&self) -> (bool, usize) {
         let registry = lock_registry(&self.wakeups.registry);
         let Some(channel) = registry.get(&self.channel) else {
             return (false, 0);
@@ -555,7 +432,7 @@ impl Waiter<'_> {
     }
 
     /// Leaves the line holding the lock, whose lease ends at `expiry`.
-    fn leave_with_lock(mut self, expiry: Instant) {
+    pub(super) fn leave_with_lock(mut self, expiry: Instant) {
         self.leave(Some(expiry));
     }
 

@@ -1,0 +1,250 @@
+//! [`LockClient`]: the connection to Redis that hands out locks, the scripts
+//! it runs, and the check that a Redis can hold locks at all.
+
+use std::fmt;
+use std::sync::Arc;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{FromRedisValue, IntoConnectionInfo as _, ProtocolVersion, Script, ScriptInvocation};
+
+use super::redis_lock::Keys;
+use super::{wakeups, LockError, LockOptions, RedisLock};
+
+/// The client's scripts (the subscriber has a fifth, `pass.lua`), built once per client. `redis::Script` sends the
+/// script's SHA1 (`EVALSHA`) and uploads the text only when Redis does not know
+/// it yet, for instance after a restart.
+pub(super) struct Scripts {
+    pub(super) acquire: Script,
+    pub(super) release: Script,
+    pub(super) renew: Script,
+    pub(super) abandon: Script,
+    pub(super) floor: Script,
+}
+
+/// A connection to Redis that hands out locks. Cheap to clone; clones share
+/// the connections and the per-process subscriptions.
+///
+/// Must be created inside a Tokio runtime. It connects lazily: creating it
+/// never fails because Redis is down, the first lock attempt does.
+#[derive(Clone)]
+pub struct LockClient {
+    pub(super) inner: Arc<ClientInner>,
+}
+
+pub(super) struct ClientInner {
+    pub(super) instance: String,
+    pub(super) options: LockOptions,
+    /// Commands (scripts, PING). A `ConnectionManager` is one multiplexed
+    /// connection that reconnects by itself after Redis comes back.
+    pub(super) commands: ConnectionManager,
+    /// The subscriber connection and the local waiting lines.
+    pub(super) wakeups: wakeups::WakeUps,
+    pub(super) scripts: Scripts,
+}
+
+impl fmt::Debug for LockClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LockClient")
+            .field("instance", &self.inner.instance)
+            .field("options", &self.inner.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LockClient {
+    /// A client for the Redis at `url`, naming its holds after `instance`
+    /// (which must be unique per process: two processes with one instance id
+    /// would count as one owner).
+    pub fn new(
+        url: &str,
+        instance: impl Into<String>,
+        options: LockOptions,
+    ) -> Result<Self, LockError> {
+        let info = url.into_connection_info().map_err(LockError::Redis)?;
+        // Fail fast while Redis is down: one connection attempt, short
+        // timeouts. The lock's callers decide what to do about an outage
+        // (answer 503); retrying inside the client would only make every
+        // buyer wait longer for the same answer.
+        let config = ConnectionManagerConfig::new()
+            .set_number_of_retries(0)
+            .set_connection_timeout(Some(options.connect_timeout))
+            .set_response_timeout(Some(options.response_timeout));
+        let commands = ConnectionManager::new_lazy_with_config(
+            redis::Client::open(info.clone()).map_err(LockError::Redis)?,
+            config.clone(),
+        )
+        .map_err(LockError::Redis)?;
+        // The subscriber speaks RESP3, in which a connection can receive
+        // pushed messages; the connection manager then re-subscribes by
+        // itself after a reconnect.
+        let resp3 = info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3);
+        let subscriber =
+            redis::Client::open(info.set_redis_settings(resp3)).map_err(LockError::Redis)?;
+        let instance: String = instance.into();
+        let wakeups = wakeups::WakeUps::new(subscriber, config, instance.clone())?;
+        Ok(Self {
+            inner: Arc::new(ClientInner {
+                instance,
+                options,
+                commands,
+                wakeups,
+                scripts: Scripts {
+                    acquire: Script::new(include_str!("acquire.lua")),
+                    release: Script::new(handing_on!("release.lua")),
+                    renew: Script::new(include_str!("renew.lua")),
+                    abandon: Script::new(handing_on!("abandon.lua")),
+                    floor: Script::new(include_str!("floor.lua")),
+                },
+            }),
+        })
+    }
+
+    /// The lock called `name`. Nothing is sent to Redis until it is taken.
+    pub fn lock(&self, name: &str) -> RedisLock {
+        let base = format!("{}:{{{name}}}", self.inner.options.key_prefix);
+        RedisLock {
+            client: self.clone(),
+            name: name.into(),
+            keys: Arc::new(Keys {
+                counter: format!("{base}:fence"),
+                receipt: format!("{base}:receipt"),
+                line: format!("{base}:line"),
+                channel: format!("{base}:released"),
+                lock: base,
+            }),
+        }
+    }
+
+    /// This client's instance id.
+    pub fn instance(&self) -> &str {
+        &self.inner.instance
+    }
+
+    /// The options it was created with.
+    pub fn options(&self) -> &LockOptions {
+        &self.inner.options
+    }
+
+    /// Asks Redis for a PONG: what `/health` calls.
+    pub async fn ping(&self) -> Result<(), LockError> {
+        let _: String = self.query(&redis::cmd("PING")).await?;
+        Ok(())
+    }
+
+    /// Loads every script of the lock into Redis's script cache. Optional:
+    /// a script Redis does not know yet is uploaded on first use anyway, at
+    /// the cost of one more round trip. Done ahead, that round trip cannot
+    /// land in a moment when Redis is slow, which matters for `abandon.lua`:
+    /// it is sent precisely when Redis was too slow to answer.
+    pub async fn load_scripts(&self) -> Result<(), LockError> {
+        let mut conn = self.inner.commands.clone();
+        let scripts = &self.inner.scripts;
+        // `pass.lua` is the subscriber's (see `wakeups.rs`); same text, same
+        // SHA1, so loading it from here serves it there.
+        let pass = Script::new(handing_on!("pass.lua"));
+        for script in [
+            &scripts.acquire,
+            &scripts.release,
+            &scripts.renew,
+            &scripts.abandon,
+            &scripts.floor,
+            &pass,
+        ] {
+            script
+                .load_async(&mut conn)
+                .await
+                .map_err(LockError::from_redis)?;
+        }
+        Ok(())
+    }
+
+    /// Checks, once at start, that this Redis can hold locks: its
+    /// `maxmemory-policy` must be `noeviction` ([`LockError::Evicting`]
+    /// otherwise), so that a lock key never vanishes under memory pressure.
+    /// Then loads the scripts ([`LockClient::load_scripts`]). Reads the
+    /// policy from `INFO memory`, which managed Redis services that disable
+    /// `CONFIG` still answer.
+    pub async fn check_redis(&self) -> Result<(), LockError> {
+        let info: String = self.query(redis::cmd("INFO").arg("memory")).await?;
+        match eviction_policy(&info) {
+            Some("noeviction") => {}
+            Some(policy) => {
+                return Err(LockError::Evicting {
+                    policy: policy.to_owned(),
+                })
+            }
+            // An INFO without the field (very old Redis, or a proxy): say
+            // nothing rather than refuse to start.
+            None => tracing::warn!(
+                "Redis did not report its maxmemory-policy; make sure it is noeviction"
+            ),
+        }
+        self.load_scripts().await
+    }
+
+    /// Who the current task is, as an owner: `<instance>:<task id>`. Outside
+    /// any task (a `block_on` in `main`) the thread stands in for the task.
+    /// Always contains a ':', so it can never be the hash's `fence` field.
+    pub fn current_owner(&self) -> String {
+        match tokio::task::try_id() {
+            Some(task) => format!("{}:task-{task}", self.inner.instance),
+            None => format!("{}:{:?}", self.inner.instance, std::thread::current().id()),
+        }
+    }
+
+    /// Runs a script. See [`LockClient::query`] for the one retry.
+    pub(super) async fn invoke<T: FromRedisValue>(
+        &self,
+        script: &ScriptInvocation<'_>,
+    ) -> Result<T, LockError> {
+        let mut conn = self.inner.commands.clone();
+        match script.invoke_async(&mut conn).await {
+            Err(err) if err.is_connection_refusal() => script
+                .invoke_async(&mut conn)
+                .await
+                .map_err(LockError::from_redis),
+            other => other.map_err(LockError::from_redis),
+        }
+    }
+
+    /// Sends one plain command.
+    ///
+    /// After Redis comes back, the connection manager still holds the failed
+    /// connection attempt from the outage; the first command to touch it gets
+    /// that old error and makes the manager start a fresh connection. A
+    /// *refused* connection never carried our command, so sending it once more
+    /// is safe, and it means the first lock attempt after an outage succeeds.
+    /// Any other error (a reply that never came) is not retried here: the
+    /// command may have run.
+    pub(super) async fn query<T: FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, LockError> {
+        let mut conn = self.inner.commands.clone();
+        match cmd.query_async(&mut conn).await {
+            Err(err) if err.is_connection_refusal() => cmd
+                .query_async(&mut conn)
+                .await
+                .map_err(LockError::from_redis),
+            other => other.map_err(LockError::from_redis),
+        }
+    }
+}
+
+/// The `maxmemory_policy` field of an `INFO memory` answer.
+fn eviction_policy(info: &str) -> Option<&str> {
+    info.lines()
+        .find_map(|line| line.trim_end().strip_prefix("maxmemory_policy:"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_eviction_policy_is_read_from_info_memory() {
+        let info = "# Memory\r\nused_memory:1000\r\nmaxmemory_policy:volatile-lru\r\nother:1\r\n";
+        assert_eq!(eviction_policy(info), Some("volatile-lru"));
+        assert_eq!(eviction_policy("# Memory\r\nused_memory:1\r\n"), None);
+    }
+}
