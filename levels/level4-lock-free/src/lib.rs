@@ -105,6 +105,7 @@ pub mod load;
 pub mod persist;
 pub mod reconcile;
 pub mod redis_lua;
+pub mod reset;
 pub mod store;
 
 use std::process::ExitCode;

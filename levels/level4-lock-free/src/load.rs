@@ -102,6 +102,10 @@ impl SaleStore {
             .await?;
             epoch
         } else {
+            // Still under the row lock, so no reset is between its fence
+            // and its COMMIT: a fence above the current sale was left by a
+            // reset that rolled back (see `reset.rs`).
+            self.lift_stale_fence(ticket, sale_epoch).await?;
             sale_epoch
         };
         tx.commit().await?;

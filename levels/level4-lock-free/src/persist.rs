@@ -36,10 +36,21 @@
 //! - **Dead letters, with the reason.** An entry that cannot be persisted is
 //!   copied to the stream `…:dead-letters` with a `reason` field and
 //!   acknowledged, in one MULTI/EXEC: a poison entry must not stop everything
-//!   behind it, and it must not vanish either. Entries of a sale that has
-//!   since been reset (their epoch is no longer the ticket's), entries for a
-//!   ticket that no longer exists, and entries whose holders kept dying
-//!   (delivered more than `--persist-max-deliveries` times) go there too.
+//!   behind it, and it must not vanish either. Entries for a ticket that no
+//!   longer exists go there too, and so do entries of a ticket reset in
+//!   PostgreSQL alone (without [`crate::reset`]'s fence), which may have
+//!   been sold after that reset.
+//! - **Voided, not dead.** An entry of an older epoch than the ticket's
+//!   belongs to a sale a reset has closed; [`crate::reset`] fences Redis
+//!   before it commits, so the sale was made before the reset, which voids
+//!   it like the orders it deletes. It is acknowledged and counted as
+//!   voided.
+//! - **Holders that keep dying.** An entry delivered more than
+//!   `--persist-max-deliveries` times (counted for claimed entries and for
+//!   a restarted worker's own) may be the one that stops whoever holds it,
+//!   or may only have shared a batch with it. Each such entry is tried
+//!   alone, marked in `…:isolated` meanwhile; only an entry found still
+//!   marked (its worker died holding it alone) goes to the dead letters.
 //!
 //! - **Peak shaving, if asked.** `--persist-max-rate` caps how many orders
 //!   per second a worker writes. The original projects put a queue between
@@ -267,6 +278,7 @@ pub struct WorkerStats {
     redelivered: AtomicU64,
     claimed: AtomicU64,
     dead_lettered: AtomicU64,
+    voided: AtomicU64,
     retries: AtomicU64,
     batches: AtomicU64,
 }
@@ -282,6 +294,8 @@ pub struct StatsSnapshot {
     pub claimed: u64,
     /// Entries moved to the dead letters.
     pub dead_lettered: u64,
+    /// Entries of a sale a reset had closed (acknowledged, not inserted).
+    pub voided: u64,
     /// Retries after a failed transaction.
     pub retries: u64,
     /// Committed transactions.
@@ -297,6 +311,7 @@ impl WorkerStats {
             redelivered: get(&self.redelivered),
             claimed: get(&self.claimed),
             dead_lettered: get(&self.dead_lettered),
+            voided: get(&self.voided),
             retries: get(&self.retries),
             batches: get(&self.batches),
         }
@@ -398,6 +413,8 @@ struct Outcome {
     persisted: Vec<String>,
     /// Already there: delivered before.
     redelivered: Vec<String>,
+    /// Sold in a sale a reset has since closed: void, like its orders.
+    voided: Vec<String>,
     /// Refused for good, with the reason.
     refused: Vec<DeadLetter>,
 }
@@ -406,8 +423,20 @@ impl Outcome {
     fn merge(&mut self, other: Outcome) {
         self.persisted.extend(other.persisted);
         self.redelivered.extend(other.redelivered);
+        self.voided.extend(other.voided);
         self.refused.extend(other.refused);
     }
+}
+
+/// How entries came to this worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delivery {
+    /// Read new (`XREADGROUP ... >`): delivered once, to this worker.
+    First,
+    /// Delivered before: this consumer's own pending entries after a
+    /// restart, or entries claimed from a worker that stopped. Their
+    /// delivery counts are read.
+    Again,
 }
 
 /// Why a batch failed.
@@ -549,7 +578,7 @@ impl Worker {
                 Some(last) => {
                     state.own_cursor = Some(last.id.clone());
                     self.pace(state, entries.len());
-                    self.process(entries, false, shutdown).await?;
+                    self.process(entries, Delivery::Again, shutdown).await?;
                 }
             }
             return Ok(());
@@ -561,7 +590,7 @@ impl Worker {
             }
             if !claimed.is_empty() {
                 self.pace(state, claimed.len());
-                self.process(claimed, true, shutdown).await?;
+                self.process(claimed, Delivery::Again, shutdown).await?;
                 return Ok(());
             }
         }
@@ -588,7 +617,7 @@ impl Worker {
         }
         if !entries.is_empty() {
             self.pace(state, entries.len());
-            self.process(entries, false, shutdown).await?;
+            self.process(entries, Delivery::First, shutdown).await?;
         }
         Ok(())
     }
@@ -712,34 +741,94 @@ impl Worker {
             .collect())
     }
 
-    /// Persists one batch of entries, then dead-letters and acknowledges
-    /// them. While it works, it renews its claim on them.
+    /// Persists entries read from the stream. Entries delivered more than
+    /// `max_deliveries` times (their holders kept stopping: perhaps one of
+    /// them stops whoever holds it) are not dead-lettered for that alone:
+    /// the good ones only shared a batch with the bad one. Each is tried
+    /// alone, marked in `…:isolated` while it is; an entry found marked
+    /// again stopped the worker that held it alone, and only that one goes
+    /// to the dead letters.
     async fn process(
         &self,
         entries: Vec<StreamId>,
-        claimed: bool,
+        delivery: Delivery,
         shutdown: &mut watch::Receiver<bool>,
     ) -> redis::RedisResult<()> {
-        let mut events = Vec::with_capacity(entries.len());
-        let mut dead = Vec::new();
-        let deliveries = if claimed {
-            self.deliveries(&entries).await?
-        } else {
-            HashMap::new()
+        let deliveries = match delivery {
+            Delivery::First => HashMap::new(),
+            Delivery::Again => self.deliveries(&entries).await?,
         };
-        for entry in &entries {
-            let delivered = deliveries.get(&entry.id).copied().unwrap_or(1);
-            if delivered > self.options.max_deliveries {
-                dead.push(DeadLetter::of_entry(
-                    entry,
+        let delivered = |entry: &StreamId| deliveries.get(&entry.id).copied().unwrap_or(1);
+        let (suspects, healthy): (Vec<StreamId>, Vec<StreamId>) = entries
+            .into_iter()
+            .partition(|entry| delivered(entry) > self.options.max_deliveries);
+        if suspects.is_empty() {
+            return self.process_batch(healthy, shutdown).await.map(|_| ());
+        }
+        let isolated = self.store.keys().isolated();
+        let ids: Vec<&str> = suspects.iter().map(|e| e.id.as_str()).collect();
+        let marked: Vec<Option<String>> = self
+            .store
+            .redis()
+            .query(redis::cmd("HMGET").arg(&isolated).arg(&ids))
+            .await?;
+        let mut dead = Outcome::default();
+        let mut alone = Vec::new();
+        for (entry, mark) in suspects.into_iter().zip(marked) {
+            if mark.is_some() {
+                let times = delivered(&entry);
+                dead.refused.push(DeadLetter::of_entry(
+                    &entry,
                     format!(
-                        "delivered {delivered} times and never acknowledged: the workers that \
-                         took it kept stopping"
+                        "delivered {times} times and never acknowledged: the worker that \
+                         held it alone stopped too"
                     ),
                     0,
                 ));
-                continue;
+            } else {
+                alone.push(entry);
             }
+        }
+        self.acknowledge(dead, shutdown).await?;
+        self.process_batch(healthy, shutdown).await?;
+        for entry in alone {
+            let id = entry.id.clone();
+            let _: () = self
+                .store
+                .redis()
+                .query(
+                    redis::cmd("HSET")
+                        .arg(&isolated)
+                        .arg(&id)
+                        .arg(&self.options.consumer),
+                )
+                .await?;
+            // Acknowledged or stopped on request: either way it did not stop
+            // this worker, so the mark goes (a crash leaves it).
+            self.process_batch(vec![entry], shutdown).await?;
+            let _: () = self
+                .store
+                .redis()
+                .query(redis::cmd("HDEL").arg(&isolated).arg(&id))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Persists one batch of entries, then dead-letters and acknowledges
+    /// them. While it works, it renews its claim on them. Returns whether
+    /// it got as far as acknowledging (not stopped before COMMIT).
+    async fn process_batch(
+        &self,
+        entries: Vec<StreamId>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> redis::RedisResult<bool> {
+        if entries.is_empty() {
+            return Ok(true);
+        }
+        let mut events = Vec::with_capacity(entries.len());
+        let mut dead = Vec::new();
+        for entry in &entries {
             match OrderEvent::parse(entry) {
                 Ok(event) => events.push(event),
                 Err(reason) => dead.push(DeadLetter::of_entry(entry, reason, 0)),
@@ -762,10 +851,11 @@ impl Worker {
         let Some(mut outcome) = outcome else {
             // Stopped before COMMIT: the entries stay pending, and this
             // consumer (after a restart) or another one will have them.
-            return Ok(());
+            return Ok(false);
         };
         outcome.refused.extend(dead);
-        self.acknowledge(outcome, shutdown).await
+        self.acknowledge(outcome, shutdown).await?;
+        Ok(true)
     }
 
     /// Keeps other workers' hands off entries this one is still working on:
@@ -909,9 +999,14 @@ impl Worker {
             .map(|(id, epoch, version)| (id, (epoch, version)))
             .collect();
 
-        // Only orders of the ticket's current sale. An order from a sale
-        // that has been reset since (`version = 0`, or a newer epoch) was
-        // voided with it; it goes to the dead letters, not into the new sale.
+        // Only orders of the ticket's current sale go in. An order of an
+        // older epoch belongs to a sale a reset has closed: `reset.rs`
+        // fences Redis before it commits, so that sale was made before the
+        // reset, which voids it as it voids the orders it deletes. It is
+        // acknowledged as voided, not counted against the new sale. An
+        // order of the current epoch on a ticket reset in PostgreSQL alone
+        // (`version = 0`, no fence) may have been sold after that reset: a
+        // 201 nobody can keep, so it goes to the dead letters, for a person.
         let mut insert = Vec::with_capacity(events.len());
         for event in events {
             match current.get(&event.ticket) {
@@ -920,11 +1015,15 @@ impl Worker {
                     format!("ticket {} no longer exists", event.ticket),
                     1,
                 )),
+                Some(&(epoch, _)) if event.epoch < epoch => {
+                    outcome.voided.push(event.entry_id.clone());
+                }
                 Some(&(epoch, version)) if epoch != event.epoch || version == 0 => {
                     outcome.refused.push(DeadLetter::of_event(
                         event,
                         format!(
-                            "sold in sale {} of ticket {}, which has been reset since (now sale {}{})",
+                            "sold in sale {} of ticket {}, which was put on sale again in \
+                             PostgreSQL without fencing Redis (now sale {}{})",
                             event.epoch,
                             event.ticket,
                             epoch,
@@ -1062,6 +1161,7 @@ impl Worker {
     ) -> redis::RedisResult<()> {
         if outcome.persisted.is_empty()
             && outcome.redelivered.is_empty()
+            && outcome.voided.is_empty()
             && outcome.refused.is_empty()
         {
             return Ok(());
@@ -1102,6 +1202,7 @@ impl Worker {
             .persisted
             .iter()
             .chain(&outcome.redelivered)
+            .chain(&outcome.voided)
             .collect();
         for chunk in acked.chunks(1000) {
             pipe.cmd("XACK").arg(&orders).arg(GROUP).arg(chunk).ignore();
@@ -1129,6 +1230,12 @@ impl Worker {
         self.stats
             .dead_lettered
             .fetch_add(count(outcome.refused.len()), Ordering::Relaxed);
+        self.stats
+            .voided
+            .fetch_add(count(outcome.voided.len()), Ordering::Relaxed);
+        for _ in 0..outcome.voided.len() {
+            self.metrics.event("persist_voided");
+        }
         for _ in 0..outcome.persisted.len() {
             self.metrics.event("persisted");
         }

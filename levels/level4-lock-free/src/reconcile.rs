@@ -630,19 +630,26 @@ async fn requeue(
 }
 
 /// Sets PostgreSQL's stock to its total minus its orders, under the row
-/// lock the worker takes too, and only if the sale is still `epoch`.
-async fn repair_database_stock(
+/// lock the worker takes too, and only if the sale is still `epoch` and
+/// still loaded. Returns whether it did.
+///
+/// A ticket reset since reconcile read it (`version = 0`: put on sale, not
+/// loaded since) is left alone even when its epoch has not changed: the
+/// repair bumps `version`, and a reset whose `version = 0` is overwritten
+/// is a reset the loader never sees, so Redis would go on serving the old
+/// sale.
+pub async fn repair_database_stock(
     store: &SaleStore,
     ticket: TicketId,
     epoch: i64,
 ) -> Result<bool, StoreError> {
     let mut tx = store.pool().begin().await?;
-    let locked: Option<i64> =
-        sqlx::query_scalar("SELECT sale_epoch FROM tickets WHERE id = $1 FOR UPDATE")
+    let locked: Option<(i64, i64)> =
+        sqlx::query_as("SELECT sale_epoch, version FROM tickets WHERE id = $1 FOR UPDATE")
             .bind(ticket.get())
             .fetch_optional(&mut *tx)
             .await?;
-    if locked != Some(epoch) {
+    if !matches!(locked, Some((current, version)) if current == epoch && version > 0) {
         return Ok(false);
     }
     sqlx::query(

@@ -145,6 +145,7 @@ pub(crate) struct Scripts {
     pub(crate) maintain: Script,
     pub(crate) repair: Script,
     pub(crate) cancel: Script,
+    pub(crate) fence: Script,
 }
 
 impl Scripts {
@@ -155,6 +156,7 @@ impl Scripts {
             maintain: Script::new(include_str!("lua/maintain.lua")),
             repair: Script::new(include_str!("lua/repair.lua")),
             cancel: Script::new(include_str!("lua/cancel.lua")),
+            fence: Script::new(include_str!("lua/fence.lua")),
         }
     }
 }
@@ -344,6 +346,21 @@ impl SaleStore {
                 )))
             }
         })
+    }
+
+    /// Whether Redis sells `ticket`: it holds a sale that no reset has
+    /// closed (see [`crate::reset`]).
+    pub async fn redis_serving(&self, ticket: TicketId) -> Result<bool, StoreError> {
+        let (epoch, fence): (Option<i64>, Option<i64>) = self
+            .redis
+            .query(
+                redis::cmd("HMGET")
+                    .arg(self.keys.sale(ticket))
+                    .arg("epoch")
+                    .arg("fence"),
+            )
+            .await?;
+        Ok(epoch.is_some_and(|epoch| fence.is_none_or(|fence| epoch >= fence)))
     }
 
     /// Whether Redis holds a sale (of any epoch) for `ticket`, and which.

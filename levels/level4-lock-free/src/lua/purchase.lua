@@ -22,14 +22,20 @@
 --                              lost: answer it again, spending nothing
 --   {'already_purchased', id}  this buyer already holds the ticket (order id)
 --   {'sold_out', '0'}
---   {'not_loaded', '0'}        Redis holds no sale for this ticket yet
+--   {'not_loaded', '0'}        Redis holds no sale for this ticket yet, or
+--                              only one a reset has closed (fence.lua)
 --
 -- Ids travel as strings: Lua's numbers are doubles, and a double printed by
 -- Redis may come out as 1.7e+15. string.format('%d') keeps every digit.
 
-local sale = redis.call('HMGET', KEYS[1], 'epoch', 'stock')
+local sale = redis.call('HMGET', KEYS[1], 'epoch', 'stock', 'fence')
 local epoch = sale[1]
 if not epoch then
+  return {'not_loaded', '0'}
+end
+-- A reset has closed this sale (fence.lua): the ticket is being put on sale
+-- again. Sell nothing more from the old sale; the caller loads the new one.
+if sale[3] and tonumber(sale[3]) > tonumber(epoch) then
   return {'not_loaded', '0'}
 end
 

@@ -1,6 +1,9 @@
 //! What the Level 4 crate's tests share: two stores on a fresh database.
 
-#![allow(dead_code, reason = "each test binary uses its own part of the helpers")]
+#![allow(
+    dead_code,
+    reason = "each test binary uses its own part of the helpers"
+)]
 
 use std::time::Duration;
 
@@ -42,7 +45,6 @@ pub fn ticket() -> TicketId {
 pub fn user(id: i64) -> UserId {
     UserId::parse(i128::from(id)).unwrap()
 }
-
 
 /// Buys as the server's strategy does: decide, and when Redis serves no
 /// sale (not loaded yet, or closed by a reset), load it and decide again.
