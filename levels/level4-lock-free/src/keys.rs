@@ -72,8 +72,9 @@ impl Keys {
         format!("{}:buyers:{ticket}", self.prefix)
     }
 
-    /// The idempotency keys of `ticket`'s sale: key → order id, written by
-    /// the purchase script with the sale it made under that key.
+    /// The idempotency keys of `ticket`'s sale: `<user id>:<key>` → order
+    /// id, written by the purchase script with the sale it made under that
+    /// key (scoped by buyer: two buyers' keys never collide).
     pub fn idempotency(&self, ticket: TicketId) -> String {
         format!("{}:idempotency:{ticket}", self.prefix)
     }

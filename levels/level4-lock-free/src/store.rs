@@ -166,8 +166,9 @@ impl Scripts {
 pub enum Decision {
     /// Sold, with this order id; the order is queued for PostgreSQL.
     Sold(i64),
-    /// This request (its idempotency key) was sold this order id before,
-    /// and is asking again: its first answer was lost. Nothing was spent.
+    /// This request (its buyer's idempotency key) was sold this order id
+    /// before, and is asking again: its first answer was lost. Nothing was
+    /// spent. A key answers one order, ever: even one cancelled since.
     Resold(i64),
     /// The buyer already holds the ticket, under this order id.
     AlreadyPurchased(i64),
