@@ -32,7 +32,10 @@ pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// the second will fail the same way every time.
 pub fn is_unavailable(err: &redis::RedisError) -> bool {
     use redis::{ErrorKind, ServerErrorKind};
-    err.is_io_error()
+    // BUSY: a script has run past `busy-reply-threshold` (5 s by default);
+    // Redis refuses every other command, unrun, until it ends.
+    err.code() == Some("BUSY")
+        || err.is_io_error()
         || err.is_timeout()
         || err.is_connection_dropped()
         || err.is_connection_refusal()
