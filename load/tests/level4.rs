@@ -774,9 +774,10 @@ async fn a_purchase_whose_redis_reply_is_late_is_answered_its_own_order() {
             .unwrap();
         })
     };
-    let store = store(&database, &redis).await;
-    // The stall has begun once Redis stops answering.
-    while tokio::time::timeout(Duration::from_millis(200), store.redis_epoch(ticket()))
+    // The stall has begun once Redis stops answering (asked on a store of
+    // its own: an abandoned request leaves its connection behind).
+    let probe = store(&database, &redis).await;
+    while tokio::time::timeout(Duration::from_millis(200), probe.redis_epoch(ticket()))
         .await
         .is_ok()
     {
@@ -785,6 +786,8 @@ async fn a_purchase_whose_redis_reply_is_late_is_answered_its_own_order() {
 
     let (status, body) = buy(1).await;
     stall.await.unwrap();
+    probe.pool().close().await;
+    let store = store(&database, &redis).await;
 
     assert_eq!(status, 201, "{body}");
     let body: serde_json::Value = serde_json::from_str(&body).unwrap();

@@ -10,12 +10,12 @@
 //! *afterwards*. What does "sold" mean when Redis has it and PostgreSQL does
 //! not yet?
 //!
-//! **The mechanism.** Three parts, one file each:
+//! **The mechanism.** Three parts:
 //!
 //! | part | file | in one sentence |
 //! | --- | --- | --- |
 //! | decide | [`redis_lua`], `lua/purchase.lua` | one script per purchase: refuse a buyer already in the ticket's buyers (before touching stock), refuse when stock is 0, else decrement, record the buyer, take an order id and `XADD` the order to a stream, atomically |
-//! | load | [`load`], `lua/load.lua` | a sale's stock goes from PostgreSQL into Redis exactly once per sale (an *epoch* decided under the ticket's row lock); a reset is announced by PostgreSQL (`NOTIFY`, [`listen`]) |
+//! | load | [`load`], `lua/load.lua` | a sale's stock goes from PostgreSQL into Redis exactly once per sale (an *epoch* decided under the ticket's row lock); [`reset`] fences Redis before PostgreSQL commits a reset, so the old sale sells nothing after it; a reset made in PostgreSQL alone is announced (`NOTIFY`, [`listen`]) |
 //! | persist | [`persist`] | a Redis Streams consumer group: batches of `INSERT ... ON CONFLICT DO NOTHING` plus the matching stock decrement, `XACK` only after COMMIT, `XAUTOCLAIM` for a dead worker's entries, exponential backoff, dead letters with the reason |
 //!
 //! Cancelling an order ([`cancel`]) puts its unit back in both stores,
@@ -53,8 +53,11 @@
 //! Once the stream is drained: exactly that many order rows, none twice
 //! (the insert is idempotent, so redelivery is harmless), and PostgreSQL's
 //! stock equal to total minus orders. PostgreSQL may be down during the
-//! sale: buyers are answered as usual and the orders land when it returns.
-//! A sold-out ticket never touches PostgreSQL.
+//! sale of a ticket already loaded into Redis: buyers without an
+//! Idempotency-Key are answered as usual and the orders land when it
+//! returns (a keyed request is claimed in PostgreSQL first, and loading a
+//! sale needs it: those get 503). A sold-out ticket never touches
+//! PostgreSQL.
 //!
 //! **What it does not guarantee.** A 201 means *decided*, not *recorded*:
 //! until the worker has committed it, the order exists only in Redis's
@@ -62,7 +65,13 @@
 //! How much can be lost is Redis's `appendfsync`: `always` loses nothing
 //! answered (each write reaches the disk before the answer), `everysec` up
 //! to a second of sales on a machine crash, no persistence everything not
-//! yet persisted. `reconcile` finds and repairs the drift that *is* visible
+//! yet persisted. With RDB snapshots only, Redis does not even come back
+//! empty: it restarts from an older snapshot that still holds the current
+//! epoch, so the sale is not reloaded, its stock is too high, its buyers are
+//! missing, and it re-sells units the worker had already persisted. After a
+//! failover with asynchronous replication the same happens, and "never more
+//! buyers than units" no longer holds. Redis must run with
+//! `maxmemory-policy noeviction`: an evicted key is a sale forgotten. `reconcile` finds and repairs the drift that *is* visible
 //! (orders PostgreSQL has and Redis forgot, which would otherwise be sold
 //! again); sales lost from both stores are visible only to the buyers who
 //! hold their 201. PostgreSQL lags Redis by the persistence lag; reading

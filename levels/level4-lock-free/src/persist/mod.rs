@@ -58,8 +58,9 @@
 //!   the burst, PostgreSQL sees a steady write rate, and the backlog (the
 //!   persistence lag) drains after the rush. Off by default.
 //!
-//! The stream is trimmed behind the slowest pending entry, so it holds what
-//! is not yet persisted and little else.
+//! The stream is trimmed behind both the oldest pending entry and the
+//! group's last-delivered id (`maintain.lua`), so it holds what is not yet
+//! persisted and little else.
 
 mod ack;
 mod backoff;
