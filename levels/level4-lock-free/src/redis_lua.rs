@@ -43,11 +43,6 @@ use crate::persist::{Backoff, Worker};
 use crate::store::{Decision, RedisConn, SaleStore, StoreError, RESPONSE_TIMEOUT};
 use crate::Level4Config;
 
-/// How many times one purchase asks Redis again after a reply that did not
-/// come within [`RESPONSE_TIMEOUT`] (under the same key, so never selling
-/// twice) before answering 503.
-const LATE_REPLIES_TOLERATED: u32 = 2;
-
 /// Sells from Redis with one Lua script per purchase.
 pub struct RedisLua {
     ctx: StrategyContext,
@@ -176,21 +171,13 @@ impl SellTickets for RedisLua {
     async fn purchase(&self, ticket: TicketId, user: UserId) -> Result<Order, PurchaseError> {
         let store = self.store.get().await.map_err(|e| self.failed(e))?;
         self.ctx.think().await;
-        // A request without a key of its own gets one for its lifetime. When
-        // Redis's reply is late, the script may have run all the same: asking
-        // again under the same key answers that sale (`resold`) instead of
-        // selling twice or telling the buyer `already_purchased` about their
-        // own purchase.
-        let key = ticket_core::idempotency::current_key()
-            .unwrap_or_else(|| format!("request-{:032x}", rand::random::<u128>()));
-        // At most three decisions: if the sale is not in Redis, load it and
-        // decide again (a sale that vanishes again between the load and the
-        // next decision, Redis restarted without its data, is answered
-        // busy). And at most LATE_REPLIES_TOLERATED late replies.
-        let (mut decisions, mut late) = (0, 0);
-        loop {
-            decisions += 1;
-            match store.decide_keyed(ticket, user, Some(&key)).await {
+        // At most three rounds: decide; if the sale is not in Redis, load it
+        // and decide again. A sale that vanishes again between the load and
+        // the second decision (Redis restarted without its data, twice in a
+        // row) is answered busy.
+        let key = ticket_core::idempotency::current_key();
+        for _ in 0..3 {
+            match store.decide_keyed(ticket, user, key.as_deref()).await {
                 Ok(decision @ (Decision::Sold(id) | Decision::Resold(id))) => {
                     if matches!(decision, Decision::Resold(_)) {
                         // This request's own sale, whose answer was lost.
@@ -204,23 +191,14 @@ impl SellTickets for RedisLua {
                 }
                 Ok(Decision::AlreadyPurchased(_)) => return Err(PurchaseError::AlreadyPurchased),
                 Ok(Decision::SoldOut) => return Err(PurchaseError::SoldOut),
-                Ok(Decision::NotLoaded) if decisions < 3 => {
+                Ok(Decision::NotLoaded) => {
                     self.ctx.metrics.event("not_loaded");
                     self.load(store, ticket).await?;
-                }
-                Ok(Decision::NotLoaded) => {
-                    return Err(PurchaseError::busy("the sale is being loaded into Redis"))
-                }
-                Err(StoreError::RedisUnavailable(err))
-                    if err.is_timeout() && late < LATE_REPLIES_TOLERATED =>
-                {
-                    late += 1;
-                    decisions -= 1;
-                    self.ctx.metrics.event("redis_reply_late");
                 }
                 Err(err) => return Err(self.failed(err)),
             }
         }
+        Err(PurchaseError::busy("the sale is being loaded into Redis"))
     }
 
     /// Level 4 cannot use the shared database-only cancellation: Redis
