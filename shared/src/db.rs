@@ -303,6 +303,19 @@ pub async fn reset_ticket(
     stock: i32,
 ) -> anyhow::Result<()> {
     let mut tx = pool.begin().await.context("begin reset")?;
+    reset_ticket_in(&mut tx, ticket, name, stock).await?;
+    tx.commit().await.context("commit reset")?;
+    Ok(())
+}
+
+/// [`reset_ticket`] inside the caller's transaction (Level 4 fences Redis
+/// between taking the ticket's row lock and this).
+pub async fn reset_ticket_in(
+    conn: &mut PgConnection,
+    ticket: TicketId,
+    name: &str,
+    stock: i32,
+) -> anyhow::Result<()> {
     for forget in [
         "DELETE FROM ticket_orders WHERE ticket_id = $1",
         "DELETE FROM cancelled_orders WHERE ticket_id = $1",
@@ -310,7 +323,7 @@ pub async fn reset_ticket(
     ] {
         sqlx::query(forget)
             .bind(ticket.get())
-            .execute(&mut *tx)
+            .execute(&mut *conn)
             .await
             .context("forget the ticket's previous sale")?;
     }
@@ -321,10 +334,9 @@ pub async fn reset_ticket(
     .bind(ticket.get())
     .bind(name)
     .bind(stock)
-    .execute(&mut *tx)
+    .execute(&mut *conn)
     .await
     .context("reset the ticket's stock")?;
-    tx.commit().await.context("commit reset")?;
     Ok(())
 }
 

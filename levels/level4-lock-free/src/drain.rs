@@ -113,23 +113,41 @@ impl SaleStatus {
 
 impl SaleStore {
     /// Reads both stores' view of `ticket`'s sale, and the queue.
+    ///
+    /// **The queue is read first.** A worker acknowledges an entry only
+    /// after its COMMIT, so every entry the queue no longer holds is a row
+    /// committed before the queue was read, and a database read that starts
+    /// afterwards sees it. Read the other way round, a batch that commits
+    /// and is acknowledged between the two reads leaves a status that says
+    /// "drained" beside a row count from before that batch (the cause of a
+    /// drain that reported 150 of 200 orders).
     pub async fn status(&self, ticket: TicketId) -> Result<SaleStatus, StoreError> {
-        let database: Option<(i32, i32, i64, i64, i64)> = sqlx::query_as(
-            "SELECT t.total, t.stock, t.version, t.sale_epoch, \
-                    (SELECT count(*) FROM ticket_orders o WHERE o.ticket_id = t.id) \
-             FROM tickets t WHERE t.id = $1",
-        )
-        .bind(ticket.get())
-        .fetch_optional(self.pool())
-        .await?;
-        let database = database.map(|(total, stock, version, sale_epoch, orders)| DatabaseSale {
-            total,
-            stock,
-            orders,
-            version,
-            sale_epoch,
-        });
+        self.status_between(ticket, async {}).await
+    }
 
+    /// [`SaleStore::status`], running `between` after the queue has been
+    /// read and before either sale is: what a worker may do in that moment.
+    /// For tests of the read order; [`SaleStore::status`] is the one to use.
+    #[doc(hidden)]
+    pub async fn status_between(
+        &self,
+        ticket: TicketId,
+        between: impl std::future::Future<Output = ()>,
+    ) -> Result<SaleStatus, StoreError> {
+        let queue = self.queue_status().await?;
+        between.await;
+        let redis = self.redis_sale(ticket).await?;
+        let database = self.database_sale(ticket).await?;
+        Ok(SaleStatus {
+            ticket: ticket.get(),
+            redis,
+            database,
+            queue,
+        })
+    }
+
+    /// The sale as Redis holds it (`None`: not loaded).
+    async fn redis_sale(&self, ticket: TicketId) -> Result<Option<RedisSale>, StoreError> {
         let keys = self.keys();
         let (sale, buyers): (HashMap<String, i64>, i64) = self
             .redis()
@@ -142,22 +160,38 @@ impl SaleStore {
                     .arg(keys.buyers(ticket)),
             )
             .await?;
-        let redis = match (sale.get("epoch"), sale.get("total"), sale.get("stock")) {
-            (Some(&epoch), Some(&total), Some(&stock)) => Some(RedisSale {
-                epoch,
+        Ok(
+            match (sale.get("epoch"), sale.get("total"), sale.get("stock")) {
+                (Some(&epoch), Some(&total), Some(&stock)) => Some(RedisSale {
+                    epoch,
+                    total,
+                    stock,
+                    buyers,
+                }),
+                _ => None,
+            },
+        )
+    }
+
+    /// The sale as PostgreSQL holds it (`None`: no such ticket).
+    async fn database_sale(&self, ticket: TicketId) -> Result<Option<DatabaseSale>, StoreError> {
+        let database: Option<(i32, i32, i64, i64, i64)> = sqlx::query_as(
+            "SELECT t.total, t.stock, t.version, t.sale_epoch, \
+                    (SELECT count(*) FROM ticket_orders o WHERE o.ticket_id = t.id) \
+             FROM tickets t WHERE t.id = $1",
+        )
+        .bind(ticket.get())
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(
+            database.map(|(total, stock, version, sale_epoch, orders)| DatabaseSale {
                 total,
                 stock,
-                buyers,
+                orders,
+                version,
+                sale_epoch,
             }),
-            _ => None,
-        };
-
-        Ok(SaleStatus {
-            ticket: ticket.get(),
-            redis,
-            database,
-            queue: self.queue_status().await?,
-        })
+        )
     }
 
     /// The stream's state: length, pending, undelivered, dead letters.

@@ -8,11 +8,12 @@
 //!
 //! | key | type | holds |
 //! | --- | --- | --- |
-//! | `…:sale:<ticket>` | hash `{epoch, total, stock}` | the sale Redis decides from |
+//! | `…:sale:<ticket>` | hash `{epoch, total, stock}`, and `fence` while a reset closes it | the sale Redis decides from |
 //! | `…:buyers:<ticket>` | hash `user id → order id` | who holds the ticket: the duplicate check, and the order id to answer again |
 //! | `…:orders` | stream | one entry per sale, until the worker has persisted it |
 //! | `…:dead-letters` | stream | entries PostgreSQL refused, with the reason |
 //! | `…:order-id` | integer | the last order id handed out |
+//! | `…:isolated` | hash `entry id → consumer` | entries persisted alone after their holders kept stopping |
 //!
 //! One Redis server is assumed. On a Redis Cluster a script may only touch
 //! keys of one hash slot: the sale, its buyers and its stream would then need
@@ -71,8 +72,9 @@ impl Keys {
         format!("{}:buyers:{ticket}", self.prefix)
     }
 
-    /// The idempotency keys of `ticket`'s sale: key → order id, written by
-    /// the purchase script with the sale it made under that key.
+    /// The idempotency keys of `ticket`'s sale: `<user id>:<key>` → order
+    /// id, written by the purchase script with the sale it made under that
+    /// key (scoped by buyer: two buyers' keys never collide).
     pub fn idempotency(&self, ticket: TicketId) -> String {
         format!("{}:idempotency:{ticket}", self.prefix)
     }
@@ -85,6 +87,12 @@ impl Keys {
     /// The stream of entries that could not be persisted.
     pub fn dead_letters(&self) -> String {
         format!("{}:dead-letters", self.prefix)
+    }
+
+    /// Entries a worker is persisting alone because their holders kept
+    /// stopping (entry id → consumer); see `persist.rs`.
+    pub fn isolated(&self) -> String {
+        format!("{}:isolated", self.prefix)
     }
 
     /// The order id counter.

@@ -23,10 +23,12 @@
 //! every Level 4 ticket in both stores and reloads the ones that differ.
 //!
 //! **What is not guaranteed.** The notification arrives milliseconds after
-//! the reset commits. A buyer in those milliseconds is answered from the old
-//! sale (sold out). A real sale is put on sale once; resets exist so that
-//! runs can be repeated, and the load tool's buyers connect first, which
-//! takes longer than the notification.
+//! the reset commits. For a reset made in PostgreSQL alone, a buyer in those
+//! milliseconds is sold from the old sale: sold out if it was, and if it had
+//! stock, a 201 for an order the worker will dead-letter. A reset through
+//! [`SaleStore::reset_sale`](crate::reset) has no such window: it fences
+//! Redis before it commits, and buyers load the new sale themselves; this
+//! listener then only saves them the wait.
 
 use std::collections::HashMap;
 use std::time::Duration;

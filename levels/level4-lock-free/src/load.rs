@@ -102,25 +102,17 @@ impl SaleStore {
             .await?;
             epoch
         } else {
+            // Still under the row lock, so no reset is between its fence
+            // and its COMMIT: a fence above the current sale was left by a
+            // reset that rolled back (see `reset.rs`).
+            self.lift_stale_fence(ticket, sale_epoch).await?;
             sale_epoch
         };
         tx.commit().await?;
 
-        let keys = self.keys();
-        let mut invocation = self.scripts().load.prepare_invoke();
-        invocation
-            .key(keys.sale(ticket))
-            .key(keys.buyers(ticket))
-            .key(keys.order_id())
-            .key(keys.idempotency(ticket))
-            .arg(epoch)
-            .arg(total)
-            .arg(available)
-            .arg(max_order_id);
-        for (user, id) in &orders {
-            invocation.arg(*user).arg(*id);
-        }
-        let wrote: i64 = self.redis().invoke(&invocation).await?;
+        let wrote = self
+            .write_sale(ticket, epoch, total, available, max_order_id, &orders)
+            .await?;
         let loaded = Loaded {
             epoch,
             started: starts_new_sale,
@@ -139,5 +131,33 @@ impl SaleStore {
             );
         }
         Ok(loaded)
+    }
+
+    /// `load.lua`: writes the sale into Redis unless it holds this epoch (or
+    /// a newer one, or a fence above it) already. Returns 1 when it wrote.
+    async fn write_sale(
+        &self,
+        ticket: TicketId,
+        epoch: i64,
+        total: i32,
+        available: i64,
+        max_order_id: i64,
+        orders: &[(i64, i64)],
+    ) -> Result<i64, StoreError> {
+        let keys = self.keys();
+        let mut invocation = self.scripts().load.prepare_invoke();
+        invocation
+            .key(keys.sale(ticket))
+            .key(keys.buyers(ticket))
+            .key(keys.order_id())
+            .key(keys.idempotency(ticket))
+            .arg(epoch)
+            .arg(total)
+            .arg(available)
+            .arg(max_order_id);
+        for (user, id) in orders {
+            invocation.arg(*user).arg(*id);
+        }
+        Ok(self.redis().invoke(&invocation).await?)
     }
 }

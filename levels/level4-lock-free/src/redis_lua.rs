@@ -250,10 +250,9 @@ impl RedisLua {
         // Whoever held the gate before us may have loaded it: ask Redis
         // (cheap) before asking PostgreSQL (one row lock per server).
         if store
-            .redis_epoch(ticket)
+            .redis_serving(ticket)
             .await
             .map_err(|e| self.failed(e))?
-            .is_some()
         {
             return Ok(());
         }

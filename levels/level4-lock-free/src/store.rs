@@ -32,7 +32,10 @@ pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// the second will fail the same way every time.
 pub fn is_unavailable(err: &redis::RedisError) -> bool {
     use redis::{ErrorKind, ServerErrorKind};
-    err.is_io_error()
+    // BUSY: a script has run past `busy-reply-threshold` (5 s by default);
+    // Redis refuses every other command, unrun, until it ends.
+    err.code() == Some("BUSY")
+        || err.is_io_error()
         || err.is_timeout()
         || err.is_connection_dropped()
         || err.is_connection_refusal()
@@ -145,6 +148,7 @@ pub(crate) struct Scripts {
     pub(crate) maintain: Script,
     pub(crate) repair: Script,
     pub(crate) cancel: Script,
+    pub(crate) fence: Script,
 }
 
 impl Scripts {
@@ -155,6 +159,7 @@ impl Scripts {
             maintain: Script::new(include_str!("lua/maintain.lua")),
             repair: Script::new(include_str!("lua/repair.lua")),
             cancel: Script::new(include_str!("lua/cancel.lua")),
+            fence: Script::new(include_str!("lua/fence.lua")),
         }
     }
 }
@@ -164,8 +169,9 @@ impl Scripts {
 pub enum Decision {
     /// Sold, with this order id; the order is queued for PostgreSQL.
     Sold(i64),
-    /// This request (its idempotency key) was sold this order id before,
-    /// and is asking again: its first answer was lost. Nothing was spent.
+    /// This request (its buyer's idempotency key) was sold this order id
+    /// before, and is asking again: its first answer was lost. Nothing was
+    /// spent. A key answers one order, ever: even one cancelled since.
     Resold(i64),
     /// The buyer already holds the ticket, under this order id.
     AlreadyPurchased(i64),
@@ -344,6 +350,21 @@ impl SaleStore {
                 )))
             }
         })
+    }
+
+    /// Whether Redis sells `ticket`: it holds a sale that no reset has
+    /// closed (see [`crate::reset`]).
+    pub async fn redis_serving(&self, ticket: TicketId) -> Result<bool, StoreError> {
+        let (epoch, fence): (Option<i64>, Option<i64>) = self
+            .redis
+            .query(
+                redis::cmd("HMGET")
+                    .arg(self.keys.sale(ticket))
+                    .arg("epoch")
+                    .arg("fence"),
+            )
+            .await?;
+        Ok(epoch.is_some_and(|epoch| fence.is_none_or(|fence| epoch >= fence)))
     }
 
     /// Whether Redis holds a sale (of any epoch) for `ticket`, and which.

@@ -23,6 +23,13 @@ local current = tonumber(redis.call('HGET', KEYS[1], 'epoch') or '0')
 if current >= tonumber(ARGV[1]) then
   return 0
 end
+-- A reset has fenced off every epoch below its own (fence.lua): a loader
+-- that read PostgreSQL just before that reset must not bring the closed sale
+-- back.
+local fence = tonumber(redis.call('HGET', KEYS[1], 'fence') or '0')
+if tonumber(ARGV[1]) < fence then
+  return 0
+end
 
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[4])
 redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'total', ARGV[2], 'stock', ARGV[3])

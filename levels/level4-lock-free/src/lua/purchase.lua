@@ -10,39 +10,56 @@
 -- KEYS[2]  buyers hash    user id -> order id
 -- KEYS[3]  orders stream  what the persistence worker writes to PostgreSQL
 -- KEYS[4]  the last order id handed out
--- KEYS[5]  idempotency hash  idempotency key -> the order id sold under it
+-- KEYS[5]  idempotency hash  '<user id>:<idempotency key>' -> the order id
+--          sold under it
 -- ARGV[1]  ticket id
 -- ARGV[2]  user id
 -- ARGV[3]  the request's idempotency key, or '' for none
 --
 -- Returns {outcome, order id}:
 --   {'sold', id}               sold: the sale is decided, and queued
---   {'resold', id}             this very request (same idempotency key) was
---                              sold this order before, and its answer was
---                              lost: answer it again, spending nothing
+--   {'resold', id}             this very request (same buyer, same
+--                              idempotency key) was sold this order before,
+--                              and its answer was lost: answer it again,
+--                              spending nothing (even if cancelled since)
 --   {'already_purchased', id}  this buyer already holds the ticket (order id)
 --   {'sold_out', '0'}
---   {'not_loaded', '0'}        Redis holds no sale for this ticket yet
+--   {'not_loaded', '0'}        Redis holds no sale for this ticket yet, or
+--                              only one a reset has closed (fence.lua)
 --
 -- Ids travel as strings: Lua's numbers are doubles, and a double printed by
 -- Redis may come out as 1.7e+15. string.format('%d') keeps every digit.
 
-local sale = redis.call('HMGET', KEYS[1], 'epoch', 'stock')
+local sale = redis.call('HMGET', KEYS[1], 'epoch', 'stock', 'fence')
 local epoch = sale[1]
 if not epoch then
   return {'not_loaded', '0'}
+end
+-- A reset has closed this sale (fence.lua): the ticket is being put on sale
+-- again. Sell nothing more from the old sale; the caller loads the new one.
+if sale[3] and tonumber(sale[3]) > tonumber(epoch) then
+  return {'not_loaded', '0'}
+end
+
+-- A key answers one order, ever. This very request may have sold before:
+-- a first try whose answer never reached PostgreSQL (its server died, or
+-- its Redis reply timed out). The key was written with that sale, so this
+-- is known, not guessed: answer that order again, spending nothing, even if
+-- it has been cancelled since (the retry asks for the same purchase, not a
+-- new one). Keys are scoped by buyer: another buyer's key of the same name
+-- is another request.
+local scoped_key = ARGV[2] .. ':' .. ARGV[3]
+if ARGV[3] ~= '' then
+  local keyed = redis.call('HGET', KEYS[5], scoped_key)
+  if keyed then
+    return {'resold', keyed}
+  end
 end
 
 -- The duplicate check comes before the stock: a buyer's second click must
 -- never spend a unit.
 local held = redis.call('HGET', KEYS[2], ARGV[2])
 if held then
-  -- The buyer's order may come from this very request: a first try that
-  -- sold, whose server died before the answer was recorded in PostgreSQL.
-  -- The key was written with that sale, so this is known, not guessed.
-  if ARGV[3] ~= '' and redis.call('HGET', KEYS[5], ARGV[3]) == held then
-    return {'resold', held}
-  end
   return {'already_purchased', held}
 end
 
@@ -71,7 +88,7 @@ local order = string.format('%d', id)
 redis.call('HINCRBY', KEYS[1], 'stock', -1)
 redis.call('HSET', KEYS[2], ARGV[2], order)
 if ARGV[3] ~= '' then
-  redis.call('HSET', KEYS[5], ARGV[3], order)
+  redis.call('HSET', KEYS[5], scoped_key, order)
 end
 redis.call('XADD', KEYS[3], '*',
   'order', order,
