@@ -19,7 +19,7 @@ use ticket_core::db::{self, DbTruth};
 use ticket_core::metrics::Metrics;
 use ticket_core::services::{Postgres, Redis};
 use ticket_core::strategy::StrategyContext;
-use ticket_core::{CancelError, Order, TicketId, UserId};
+use ticket_core::{CancelError, Order, Purchase, TicketId, UserId};
 
 struct Setup {
     sale: LockedSale,
@@ -65,7 +65,7 @@ impl Setup {
     async fn buy(&self, user: i64) -> anyhow::Result<Order> {
         Ok(self
             .sale
-            .purchase(self.ticket, UserId::parse(user.into())?)
+            .purchase(&Purchase::new(self.ticket, UserId::parse(user.into())?))
             .await?)
     }
 
@@ -191,7 +191,7 @@ async fn a_fencing_counter_that_went_back_never_gets_a_token_accepted_twice() ->
 
         let refused = setup
             .sale
-            .purchase(setup.ticket, UserId::parse(user.into())?)
+            .purchase(&Purchase::new(setup.ticket, UserId::parse(user.into())?))
             .await;
         assert!(
             matches!(&refused, Err(err) if err.code() == "busy"),
