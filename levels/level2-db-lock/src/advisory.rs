@@ -40,7 +40,10 @@ use std::time::Instant;
 use async_trait::async_trait;
 use sqlx::PgConnection;
 use ticket_core::strategy::StrategyContext;
-use ticket_core::{Order, Purchase, PurchaseError, SellTickets};
+use ticket_core::{
+    db, CancelError, Cancellation, Order, OrderId, Purchase, PurchaseError, SellTickets, TicketId,
+    UserId,
+};
 
 use crate::pessimistic::{look_before_locking, sell_locked_row};
 use crate::retry::{settle, Failure};
@@ -80,24 +83,81 @@ impl SellTickets for Advisory {
         });
         settle(&self.ctx.metrics, sale.await)
     }
+
+    async fn cancel(
+        &self,
+        ticket: TicketId,
+        order: OrderId,
+        user: UserId,
+    ) -> Option<Result<Cancellation, CancelError>> {
+        // Sales write an absolute stock (`read - 1`) under the named lock and
+        // lock no row; a restock outside the lock could land between a sale's
+        // read and write and be overwritten. So a cancel takes the lock too.
+        Some(self.cancel_under_lock(ticket, order, user).await)
+    }
 }
 
 impl Advisory {
-    async fn sell(&self, tx: &mut PgConnection, purchase: &Purchase) -> Result<Order, Failure> {
-        let ticket = purchase.ticket;
-        // A late buyer is told "sold out" without queueing for the lock.
-        look_before_locking(tx, ticket).await?;
+    /// Cancels `order` inside the ticket's named lock: the same queries as
+    /// [`db::cancel_order`], after `pg_advisory_xact_lock`.
+    async fn cancel_under_lock(
+        &self,
+        ticket: TicketId,
+        order: OrderId,
+        user: UserId,
+    ) -> Result<Cancellation, CancelError> {
+        let mut tx = self.ctx.pool.begin().await.map_err(PurchaseError::from)?;
+        self.take_lock(&mut tx, ticket)
+            .await
+            .map_err(PurchaseError::from)?;
+        match db::lock_order_owner(&mut tx, ticket, order)
+            .await
+            .map_err(PurchaseError::from)?
+        {
+            Some(owner) if owner != user.get() => Err(CancelError::Forbidden),
+            Some(_) => {
+                db::move_to_cancelled(&mut tx, ticket, order)
+                    .await
+                    .map_err(PurchaseError::from)?;
+                tx.commit().await.map_err(PurchaseError::from)?;
+                Ok(Cancellation {
+                    order_id: order,
+                    ticket_id: ticket,
+                    user_id: user,
+                    status: "cancelled",
+                })
+            }
+            // Not a live order: already cancelled (the same answer again),
+            // another buyer's, or unknown. Nothing to restock, no lock needed.
+            None => {
+                drop(tx);
+                db::cancel_order(&self.ctx.pool, ticket, order, user).await
+            }
+        }
+    }
+
+    /// Waits, at most `--lock-timeout-ms`, for the ticket's named lock, held
+    /// until the transaction ends.
+    async fn take_lock(&self, tx: &mut PgConnection, ticket: TicketId) -> sqlx::Result<()> {
         sqlx::query("SELECT set_config('lock_timeout', $1, true)")
             .bind(&self.lock_timeout)
             .execute(&mut *tx)
             .await?;
-
-        // The lock: wait here for the ticket's number, until COMMIT.
-        let waiting = Instant::now();
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(ticket.get())
             .execute(&mut *tx)
             .await?;
+        Ok(())
+    }
+
+    async fn sell(&self, tx: &mut PgConnection, purchase: &Purchase) -> Result<Order, Failure> {
+        let ticket = purchase.ticket;
+        // A late buyer is told "sold out" without queueing for the lock.
+        look_before_locking(tx, ticket).await?;
+
+        // The lock: wait here for the ticket's number, until COMMIT.
+        let waiting = Instant::now();
+        self.take_lock(tx, ticket).await?;
         self.ctx.metrics.lock_wait(waiting.elapsed());
 
         // Level 0's read, now under the lock: nobody can sell in between.

@@ -269,15 +269,16 @@ async fn wait_until_someone_waits_for_a_lock(pool: &PgPool) -> anyhow::Result<()
 #[tokio::test]
 async fn skip_locked_gives_concurrent_buyers_different_free_seats_without_waiting(
 ) -> anyhow::Result<()> {
-    // Arrange: five free seats.
+    // Arrange: five free seats, in a table of this test's own (Level 5's
+    // `seats` table has another shape).
     let pool = database(10).await?;
-    sqlx::query("CREATE TABLE seats (id INT PRIMARY KEY, holder BIGINT)")
+    sqlx::query("CREATE TABLE demo_seats (id INT PRIMARY KEY, holder BIGINT)")
         .execute(&pool)
         .await?;
-    sqlx::query("INSERT INTO seats SELECT g, NULL FROM generate_series(1, 5) g")
+    sqlx::query("INSERT INTO demo_seats SELECT g, NULL FROM generate_series(1, 5) g")
         .execute(&pool)
         .await?;
-    const NEXT_FREE_SEAT: &str = "SELECT id FROM seats WHERE holder IS NULL \
+    const NEXT_FREE_SEAT: &str = "SELECT id FROM demo_seats WHERE holder IS NULL \
          ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED";
     let mut alice = pool.begin().await?;
     let mut bob = pool.begin().await?;
@@ -299,7 +300,7 @@ async fn skip_locked_gives_concurrent_buyers_different_free_seats_without_waitin
     // Assert
     assert_eq!((alices, bobs), (1, 2), "bob skipped alice's seat");
     for (tx, seat, user) in [(&mut alice, alices, 1_i64), (&mut bob, bobs, 2)] {
-        sqlx::query("UPDATE seats SET holder = $2 WHERE id = $1")
+        sqlx::query("UPDATE demo_seats SET holder = $2 WHERE id = $1")
             .bind(seat)
             .bind(user)
             .execute(&mut **tx)
@@ -307,7 +308,7 @@ async fn skip_locked_gives_concurrent_buyers_different_free_seats_without_waitin
     }
     alice.commit().await?;
     bob.commit().await?;
-    let held: i64 = sqlx::query_scalar("SELECT count(DISTINCT holder) FROM seats")
+    let held: i64 = sqlx::query_scalar("SELECT count(DISTINCT holder) FROM demo_seats")
         .fetch_one(&pool)
         .await?;
     assert_eq!(held, 2);
