@@ -12,6 +12,7 @@
 //! | `GET /wallets/{user_id}` | 200 `{"user_id", "balance"}` |
 //! | `POST /holds/{hold_id}/payments` `{"user_id"}` | 201 the payment |
 //! | `GET /users/{user_id}/reservations` | 200 `{"reservations": [...]}` |
+//! | `GET /metrics` | 200 Prometheus text: holds created and refused, the pool |
 //!
 //! Handlers parse everything first ([`crate::input`]), then call one domain
 //! function; failures are [`BoxError`]s, turned into problem+json by `?`.
@@ -30,6 +31,7 @@ use axum::{Json, Router};
 use serde_json::Value;
 use sqlx::PgPool;
 use ticket_core::idempotency;
+use ticket_core::metrics::Metrics;
 use ticket_core::UserId;
 
 use crate::error::{BoxError, Reply};
@@ -53,6 +55,8 @@ pub struct AppState {
     pub admin_token: Option<Arc<str>>,
     /// How `Idempotency-Key` is handled.
     pub idempotency: idempotency::Settings,
+    /// This server's counters (`GET /metrics`), ticket-core's as on every level.
+    pub metrics: Metrics,
 }
 
 /// Builds the router; kept apart from start-up so tests can serve it.
@@ -69,6 +73,7 @@ pub fn app(state: AppState) -> Router {
         .route("/users/{user_id}/reservations", get(user_reservations))
         .route("/health", get(health))
         .route("/livez", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
         .fallback(|| async { BoxError::NotFound("resource") })
         .method_not_allowed_fallback(|| async {
             BoxError::Invalid {
@@ -98,6 +103,20 @@ async fn create_show(State(state): State<AppState>, headers: HeaderMap, body: Bo
     }
 }
 
+/// `GET /metrics`: this server's counters, as Prometheus text.
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let text = state
+        .metrics
+        .render(state.pool.size(), state.pool.num_idle());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+}
+
 async fn list_shows(State(state): State<AppState>) -> Result<Json<Value>, BoxError> {
     Ok(Json(shows::list(&state.pool).await?))
 }
@@ -123,8 +142,12 @@ async fn hold(
         user: input::user(&object)?,
         seats: input::seat_list(&object, state.settings.max_seats)?,
     };
-    let hold = state.holds.hold(&request).await?;
-    Ok((StatusCode::CREATED, Json(hold)).into_response())
+    let hold = state.holds.hold(&request).await;
+    state.metrics.event(match hold {
+        Ok(_) => "hold_created",
+        Err(_) => "hold_refused",
+    });
+    Ok((StatusCode::CREATED, Json(hold?)).into_response())
 }
 
 async fn release(

@@ -99,6 +99,7 @@ pub async fn start(cli: Cli) -> anyhow::Result<BoxOffice> {
             wait: Duration::from_millis(args.idempotency_wait_ms),
             ..idempotency::Settings::default()
         },
+        metrics: ticket_core::metrics::Metrics::new(),
     });
     let mut stopped_serving = stopped;
     let serving = tokio::spawn(async move {

@@ -187,3 +187,26 @@ async fn a_hold_is_all_or_nothing_limited_per_user_and_released_seats_go_back_on
     }
     Ok(())
 }
+
+/// `/metrics` counts holds by outcome, as ticket-core's counters do on every
+/// level: one created, one refused for a taken seat.
+#[tokio::test]
+async fn metrics_count_the_holds_created_and_refused() -> anyhow::Result<()> {
+    let office = Office::start(1, &["--strategy", "pessimistic"]).await?;
+    let show = office.create_show(&[("vip", 100, 4)]).await?;
+    assert_eq!(office.hold(0, show, 1, &[1]).await?.status, 201);
+    assert_eq!(office.hold(0, show, 2, &[1]).await?.status, 409);
+
+    let text = office.send(0, Method::GET, "/metrics", None, &[]).await?;
+    let text = text.body.as_str().unwrap_or_default().to_owned();
+    let count = |event: &str| {
+        ticket_core::metrics::samples(&text)
+            .filter(|s| s.label("event") == Some(event))
+            .map(|s| s.value)
+            .sum::<f64>()
+    };
+    assert_eq!(count("hold_created"), 1.0, "{text}");
+    assert_eq!(count("hold_refused"), 1.0, "{text}");
+    office.stop().await?;
+    Ok(())
+}
