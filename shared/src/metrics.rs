@@ -137,6 +137,21 @@ impl Metrics {
             .expect("encoding metrics into a String");
         out
     }
+
+    /// The answer to `GET /metrics`: [`Metrics::render`] with `pool`'s gauges,
+    /// as OpenMetrics text. Every level's router serves this one.
+    pub fn response(&self, pool: &sqlx::PgPool) -> axum::response::Response {
+        use axum::response::IntoResponse as _;
+        let text = self.render(pool.size(), pool.num_idle());
+        (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response()
+    }
 }
 
 /// One sample line of Prometheus text: `name{labels} value`.

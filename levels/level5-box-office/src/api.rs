@@ -104,17 +104,8 @@ async fn create_show(State(state): State<AppState>, headers: HeaderMap, body: Bo
 }
 
 /// `GET /metrics`: this server's counters, as Prometheus text.
-async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    let text = state
-        .metrics
-        .render(state.pool.size(), state.pool.num_idle());
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        text,
-    )
+async fn metrics(State(state): State<AppState>) -> Response {
+    state.metrics.response(&state.pool)
 }
 
 async fn list_shows(State(state): State<AppState>) -> Result<Json<Value>, BoxError> {

@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
+use axum::http::StatusCode;
+use axum::response::Response;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 
@@ -90,17 +90,8 @@ async fn livez() -> &'static str {
 }
 
 /// `GET /metrics`: this server's counters, as Prometheus text.
-async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    let text = state
-        .metrics
-        .render(state.pool.size(), state.pool.num_idle());
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        text,
-    )
+async fn metrics(State(state): State<AppState>) -> Response {
+    state.metrics.response(&state.pool)
 }
 
 async fn not_found() -> Problem {
