@@ -1,0 +1,103 @@
+//! The servers' own counters, read from their `/metrics` before and after a
+//! run, for the report's `server_metrics`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Reads every server's `/metrics` and sums the counters the report shows.
+/// A server that does not answer adds nothing (the report still stands on
+/// the database).
+pub async fn scrape_metrics(targets: &[String]) -> BTreeMap<String, f64> {
+    let client = reqwest::Client::new();
+    let mut totals = BTreeMap::new();
+    for target in targets {
+        let Ok(response) = client
+            .get(format!("{target}/metrics"))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+        else {
+            continue;
+        };
+        let Ok(text) = response.text().await else {
+            continue;
+        };
+        for (key, value) in counters(&text) {
+            *totals.entry(key).or_insert(0.0) += value;
+        }
+    }
+    totals
+}
+
+/// What the counters did between two scrapes: `after - before`, per key.
+pub fn metrics_delta(
+    before: &BTreeMap<String, f64>,
+    after: &BTreeMap<String, f64>,
+) -> BTreeMap<String, f64> {
+    after
+        .iter()
+        .map(|(key, value)| (key.clone(), value - before.get(key).copied().unwrap_or(0.0)))
+        .collect()
+}
+
+/// Picks the purchase and strategy-event counters out of Prometheus text, as
+/// `purchases:<outcome>` and `event:<event>`.
+pub fn counters(text: &str) -> Vec<(String, f64)> {
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(value) = value.parse::<f64>() else {
+            continue;
+        };
+        for (metric, label, prefix) in [
+            ("ticket_rush_purchases_total", "outcome=\"", "purchases"),
+            ("ticket_rush_strategy_events_total", "event=\"", "event"),
+        ] {
+            if let Some(labels) = series
+                .strip_prefix(metric)
+                .and_then(|r| r.strip_prefix('{'))
+            {
+                if let Some(rest) = labels.split(label).nth(1) {
+                    if let Some(name) = rest.split('"').next() {
+                        out.push((format!("{prefix}:{name}"), value));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_counters_are_reported_per_round() {
+        let before = BTreeMap::from([("event:retry".to_owned(), 7.0)]);
+        let after = BTreeMap::from([
+            ("event:retry".to_owned(), 10.0),
+            ("purchases:created".to_owned(), 100.0),
+        ]);
+        let delta = metrics_delta(&before, &after);
+        assert_eq!(delta["event:retry"], 3.0);
+        assert_eq!(delta["purchases:created"], 100.0);
+    }
+
+    #[test]
+    fn counters_are_read_from_prometheus_text() {
+        let text = "# HELP x\n\
+            ticket_rush_purchases_total{outcome=\"created\"} 100\n\
+            ticket_rush_strategy_events_total{event=\"retry\"} 7\n\
+            ticket_rush_purchase_duration_seconds_sum 1.5\n";
+        assert_eq!(
+            counters(text),
+            vec![
+                ("purchases:created".to_owned(), 100.0),
+                ("event:retry".to_owned(), 7.0)
+            ]
+        );
+    }
+}
