@@ -43,31 +43,17 @@ pub fn metrics_delta(
 /// Picks the purchase and strategy-event counters out of Prometheus text, as
 /// `purchases:<outcome>` and `event:<event>`.
 pub fn counters(text: &str) -> Vec<(String, f64)> {
-    let mut out = Vec::new();
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some((series, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let Ok(value) = value.parse::<f64>() else {
-            continue;
-        };
-        for (metric, label, prefix) in [
-            ("ticket_rush_purchases_total", "outcome=\"", "purchases"),
-            ("ticket_rush_strategy_events_total", "event=\"", "event"),
-        ] {
-            if let Some(labels) = series
-                .strip_prefix(metric)
-                .and_then(|r| r.strip_prefix('{'))
-            {
-                if let Some(rest) = labels.split(label).nth(1) {
-                    if let Some(name) = rest.split('"').next() {
-                        out.push((format!("{prefix}:{name}"), value));
-                    }
-                }
-            }
-        }
-    }
-    out
+    ticket_core::metrics::samples(text)
+        .filter_map(|sample| {
+            let (label, prefix) = match sample.name {
+                "ticket_rush_purchases_total" => ("outcome", "purchases"),
+                "ticket_rush_strategy_events_total" => ("event", "event"),
+                _ => return None,
+            };
+            let name = sample.label(label)?;
+            Some((format!("{prefix}:{name}"), sample.value))
+        })
+        .collect()
 }
 
 #[cfg(test)]
