@@ -42,7 +42,7 @@ pub fn latency_cdf(histogram: &Histogram<u64>) -> Vec<[f64; 2]> {
 }
 
 /// Everything a rush measured. Serialized as the `--json` output; the field
-/// names are part of the contract (DESIGN.md, "Load tool").
+/// names are part of the contract (docs/load.md, "JSON (`load run --json`)").
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
     /// The level, when known.

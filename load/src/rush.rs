@@ -13,6 +13,10 @@
 //!    at most `max_attempts` times;
 //! 5. stops at the first other answer.
 //!
+//! The answers it reads (201, 409 `sold_out`/`already_purchased`, 503 `busy`
+//! with `retry_after_ms`) are the API's, in docs/api.md; what it reports is
+//! in docs/load.md.
+//!
 //! A buyer's latency runs from the barrier to its final answer, retries
 //! included: it is what that person waited.
 
