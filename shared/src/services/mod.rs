@@ -25,6 +25,7 @@
 //! runs as the `postgres` user.
 
 use std::net::{Ipv4Addr, TcpListener};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -71,4 +72,28 @@ pub fn free_port() -> anyhow::Result<u16> {
     let listener =
         TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("cannot find a free port")?;
     Ok(listener.local_addr()?.port())
+}
+
+/// The server a URL in environment variable `var` names (`external`), or,
+/// when it is unset or blank, the one `throwaway` starts.
+fn from_env_or<T>(
+    external: fn(String) -> T,
+    var: &str,
+    throwaway: fn() -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    match std::env::var(var) {
+        Ok(url) if !url.trim().is_empty() => Ok(external(url)),
+        _ => throwaway(),
+    }
+}
+
+/// The one value `cell` holds for this process, made by `start` on first
+/// use; a failed start is kept and reported to every caller.
+fn once<T>(
+    cell: &'static OnceLock<Result<T, String>>,
+    start: fn() -> anyhow::Result<T>,
+) -> anyhow::Result<&'static T> {
+    cell.get_or_init(|| start().map_err(|e| format!("{e:#}")))
+        .as_ref()
+        .map_err(|e| anyhow::anyhow!("{e}"))
 }

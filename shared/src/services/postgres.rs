@@ -49,10 +49,7 @@ impl Postgres {
 
     /// `DATABASE_URL` if set, otherwise a throwaway server.
     pub fn from_env_or_throwaway() -> anyhow::Result<Self> {
-        match std::env::var("DATABASE_URL") {
-            Ok(url) if !url.trim().is_empty() => Ok(Self::external(url)),
-            _ => Self::throwaway(),
-        }
+        super::from_env_or(Self::external, "DATABASE_URL", Self::throwaway)
     }
 
     /// One server per process, started on first use: tests call this so that
@@ -60,10 +57,7 @@ impl Postgres {
     /// [`fresh_database`](Self::fresh_database) of its own.
     pub fn shared() -> anyhow::Result<&'static Postgres> {
         static SHARED: OnceLock<Result<Postgres, String>> = OnceLock::new();
-        SHARED
-            .get_or_init(|| Self::from_env_or_throwaway().map_err(|e| format!("{e:#}")))
-            .as_ref()
-            .map_err(|e| anyhow::anyhow!("{e}"))
+        super::once(&SHARED, Self::from_env_or_throwaway)
     }
 
     /// Starts a throwaway PostgreSQL on a free loopback port. Tuned for speed

@@ -45,19 +45,13 @@ impl Redis {
 
     /// `REDIS_URL` if set, otherwise a throwaway server.
     pub fn from_env_or_throwaway() -> anyhow::Result<Self> {
-        match std::env::var("REDIS_URL") {
-            Ok(url) if !url.trim().is_empty() => Ok(Self::external(url)),
-            _ => Self::throwaway(),
-        }
+        super::from_env_or(Self::external, "REDIS_URL", Self::throwaway)
     }
 
     /// One server per process, started on first use (see [`Postgres::shared`](super::Postgres::shared)).
     pub fn shared() -> anyhow::Result<&'static Redis> {
         static SHARED: OnceLock<Result<Redis, String>> = OnceLock::new();
-        SHARED
-            .get_or_init(|| Self::from_env_or_throwaway().map_err(|e| format!("{e:#}")))
-            .as_ref()
-            .map_err(|e| anyhow::anyhow!("{e}"))
+        super::once(&SHARED, Self::from_env_or_throwaway)
     }
 
     /// Starts a throwaway Redis on a free loopback port, without persistence.
