@@ -1,5 +1,6 @@
-//! The connections the load tool opens: one HTTP client per buyer, and a
-//! small pool to the database it judges from.
+//! The connections the load tool opens: one HTTP client per buyer (and the
+//! open-file limit they need), and a small pool to the database it judges
+//! from.
 
 use std::time::Duration;
 
@@ -31,4 +32,15 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// at it themselves.
 pub async fn open_database(url: &str) -> anyhow::Result<PgPool> {
     db::connect(url, 2, Duration::from_secs(10)).await
+}
+
+/// Raises this process's open-file limit to its hard limit: every buyer
+/// holds a socket, and in-process servers hold the other end.
+pub fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
+    }
 }

@@ -255,7 +255,7 @@ fn main() -> ExitCode {
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     // Every buyer holds a socket, and servers started from here inherit the
     // limit: raise the soft open-file limit to the hard one, first.
-    load::rush::raise_fd_limit();
+    load::client::raise_fd_limit();
     match command {
         Command::Run(args) => run_command(args).await,
         Command::Tour(args) => tour_command(args).await,

@@ -35,7 +35,7 @@ use ticket_core::verify::{judge_run, Evidence, ExpectedOrders, Identities};
 use ticket_core::{db, TicketId};
 use tokio::sync::Barrier;
 
-use crate::client::buyer_client_waiting;
+use crate::client::{buyer_client_waiting, raise_fd_limit};
 use crate::failures::Failures;
 use crate::model::latency_cdf;
 // Other crates and tests name these through `rush`, where they were born.
@@ -185,17 +185,6 @@ enum Final {
     AlreadyPurchased,
     GaveUp,
     Error,
-}
-
-/// Raises this process's open-file limit to its hard limit: every buyer
-/// holds a socket, and in-process servers hold the other end.
-pub fn raise_fd_limit() {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        if soft < hard {
-            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
-        }
-    }
 }
 
 /// Runs the rush and judges it from the database.

@@ -304,7 +304,7 @@ pub struct SustainPlan {
 pub async fn sustain(plan: &SustainPlan) -> anyhow::Result<Report> {
     anyhow::ensure!(!plan.targets.is_empty(), "no servers to send buyers to");
     let ticket = TicketId::parse(i128::from(plan.ticket_id))?;
-    crate::rush::raise_fd_limit();
+    crate::client::raise_fd_limit();
     let pool = db::connect(&plan.database_url, 2, Duration::from_secs(10)).await?;
     db::reset_ticket(&pool, ticket, "Sustained", SUSTAINED_STOCK).await?;
     let metrics_before = scrape_metrics(&plan.targets).await;
