@@ -13,7 +13,7 @@ use std::str::FromStr;
 
 use ticket_core::Verdict;
 
-use crate::rush::Report;
+use crate::model::Report;
 
 /// Exit status: every expectation met.
 pub const EXIT_MET: u8 = 0;
@@ -117,7 +117,7 @@ impl Expectations {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rush::Latency;
+    use crate::model::Latency;
     use ticket_core::verify::Judgement;
 
     fn report(verdict: Verdict, p99: f64, errors: u64, rps: f64) -> Report {

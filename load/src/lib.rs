@@ -11,21 +11,31 @@
 //! | [`servers`] | starting servers in this process (tests) or as child processes (runs, tour) |
 //! | [`expect`] | `--expect` and thresholds, and the exit codes they give |
 //! | [`failures`] | failed answers by kind (refused, timeout, 4xx, 5xx), one sample each |
-//! | [`rush`] | the buyers, the start barrier, retries on 503, latency, the report |
-//! | [`run`] | `load run` and `load tour`: services, servers, rounds |
+//! | [`model`] | the report a run produces: counts, verdict, latency, ceilings |
+//! | [`client`] | a buyer's HTTP client, the database pool |
+//! | [`scrape`] | the servers' `/metrics` counters, before and after |
+//! | [`rush`] | the buyers, the start barrier, retries on 503, the judgement |
+//! | [`run`] | `load run`: services, servers, rounds |
+//! | [`tour`] | `load tour`: every level and strategy, judged against its promise |
 //! | [`output`] | the text tables |
 //! | [`sustain`] | sustained throughput runs and the ceilings they are measured against |
+//! | [`machine`] | the machine and services a run measured on |
 //! | [`report`] | the HTML report with plots, and the JSON behind it |
 //!
 //! The verdict rules live in [`ticket_core::verify`], so that tests and the
 //! tool judge the same way.
 
+pub mod client;
 pub mod expect;
 pub mod failures;
 pub mod levels;
+pub mod machine;
+pub mod model;
 pub mod output;
 pub mod report;
 pub mod run;
 pub mod rush;
+pub mod scrape;
 pub mod servers;
 pub mod sustain;
+pub mod tour;

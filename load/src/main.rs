@@ -18,7 +18,8 @@ use clap::{Args, Parser, Subcommand};
 use load::expect::{ExpectVerdict, Expectations, EXIT_MET, EXIT_NOT_MET, EXIT_TOOL_FAILED};
 use load::output::{render_report, tour_header, tour_row, verdict_label};
 use load::report::{ReportData, ReportRow};
-use load::run::{run, tour, RunOptions, RushSettings, Sustained, TourOptions};
+use load::run::{run, RunOptions, RushSettings, Sustained};
+use load::tour::{tour, TourOptions};
 
 /// Rush a ticket-rush server with many buyers at once and check, from the
 /// database, whether exactly the right number of tickets sold.
@@ -254,7 +255,7 @@ fn main() -> ExitCode {
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     // Every buyer holds a socket, and servers started from here inherit the
     // limit: raise the soft open-file limit to the hard one, first.
-    load::rush::raise_fd_limit();
+    load::client::raise_fd_limit();
     match command {
         Command::Run(args) => run_command(args).await,
         Command::Tour(args) => tour_command(args).await,
@@ -375,7 +376,7 @@ async fn tour_command(args: TourArgs) -> anyhow::Result<ExitCode> {
                 shape.concurrency,
                 shape.duration.as_secs(),
                 shape.concurrency,
-                servers = load::run::SUSTAINED_TOUR_SERVERS,
+                servers = load::tour::SUSTAINED_TOUR_SERVERS,
             ),
         }
         println!("{}", tour_header(options.rush.sustained.is_some()));

@@ -4,8 +4,8 @@ use std::fmt::Write as _;
 
 use ticket_core::Verdict;
 
-use crate::run::TourRow;
-use crate::rush::Report;
+use crate::model::{Ceiling, Report};
+use crate::tour::TourRow;
 
 /// A short block describing one rush.
 pub fn render_report(report: &Report, round: Option<u32>) -> String {
@@ -233,7 +233,7 @@ pub fn tour_row(row: &TourRow) -> String {
 
 /// How a ceiling was measured, in words: "64 concurrent on 2 servers",
 /// "20 connections".
-pub fn ceiling_shape(c: &crate::sustain::Ceiling) -> String {
+pub fn ceiling_shape(c: &Ceiling) -> String {
     match (c.name.as_str(), c.servers) {
         ("postgres_purchase", _) => format!("{} connections", c.concurrency),
         (_, 0) => format!("{} concurrent", c.concurrency),
@@ -243,7 +243,7 @@ pub fn ceiling_shape(c: &crate::sustain::Ceiling) -> String {
 }
 
 /// The ceilings of a sustained run, one line each.
-pub fn ceilings_table(ceilings: &[crate::sustain::Ceiling]) -> String {
+pub fn ceilings_table(ceilings: &[Ceiling]) -> String {
     let mut out = String::from(
         "ceilings, measured first in the same run (PostgreSQL: the better of as many \
          connections as buyers and as the servers' pools open):\n",

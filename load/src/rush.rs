@@ -13,10 +13,14 @@
 //!    at most `max_attempts` times;
 //! 5. stops at the first other answer.
 //!
+//! The answers it reads (201, 409 `sold_out`/`already_purchased`, 503 `busy`
+//! with `retry_after_ms`) are the API's, in docs/api.md; what it reports is
+//! in docs/load.md.
+//!
 //! A buyer's latency runs from the barrier to its final answer, retries
 //! included: it is what that person waited.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,13 +30,18 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
-use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
-use ticket_core::verify::{judge_run, Evidence, ExpectedOrders, Identities, Judgement};
-use ticket_core::{db, TicketId, Verdict};
+use ticket_core::verify::{judge_run, Evidence, ExpectedOrders, Identities};
+use ticket_core::{db, TicketId};
 use tokio::sync::Barrier;
 
-use crate::failures::{FailureKind, Failures};
+use crate::client::{buyer_client_waiting, raise_fd_limit};
+use crate::failures::Failures;
+use crate::model::latency_cdf;
+// Other crates and tests name these through `rush`, where they were born.
+pub use crate::client::open_database;
+pub use crate::model::{Latency, Report};
+use crate::scrape::{metrics_delta, scrape_metrics};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -145,241 +154,10 @@ impl RushPlan {
 /// retries) still sell out: their buyers simply click again.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 500;
 
-/// Latency percentiles, in milliseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
-pub struct Latency {
-    /// Median.
-    pub p50: f64,
-    /// 95th percentile.
-    pub p95: f64,
-    /// 99th percentile.
-    pub p99: f64,
-    /// Slowest buyer.
-    pub max: f64,
-}
-
-/// The percentiles drawn in latency plots.
-const CDF_PERCENTILES: &[f64] = &[
-    0.0, 1.0, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 95.0, 99.0, 99.9, 100.0,
-];
-
-/// `[percentile, milliseconds]` points of a latency distribution, for plots.
-pub fn latency_cdf(histogram: &Histogram<u64>) -> Vec<[f64; 2]> {
-    if histogram.is_empty() {
-        return Vec::new();
-    }
-    CDF_PERCENTILES
-        .iter()
-        .map(|&p| [p, histogram.value_at_percentile(p) as f64 / 1000.0])
-        .collect()
-}
-
-/// Everything a rush measured. Serialized as the `--json` output; the field
-/// names are part of the contract (DESIGN.md, "Load tool").
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Report {
-    /// The level, when known.
-    pub level: Option<u8>,
-    /// The strategy, when known.
-    pub strategy: Option<String>,
-    /// How many servers the buyers were spread over.
-    pub servers: usize,
-    /// Concurrent buyers.
-    pub buyers: usize,
-    /// Units put on sale.
-    pub tickets: i32,
-    /// Different people among the buyers.
-    pub distinct_users: usize,
-    /// The ticket raced for.
-    pub ticket_id: i64,
-    /// The servers' think time, when the caller set it.
-    pub think_time_ms: Option<u64>,
-
-    /// Buyers answered 201.
-    pub succeeded: u64,
-    /// Buyers answered 409 sold_out.
-    pub sold_out: u64,
-    /// Buyers answered 409 already_purchased.
-    pub already_purchased: u64,
-    /// 503 busy answers (every attempt counts).
-    pub busy: u64,
-    /// Buyers who got anything else: 404, 5xx other than 503, a transport
-    /// error, a timeout.
-    pub errors: u64,
-    /// Buyers still busy after `max_attempts`.
-    pub gave_up: u64,
-    /// Purchase requests sent, retries included.
-    pub attempts: u64,
-    /// 5xx answers other than 503 (always a bug).
-    pub server_errors: u64,
-    /// Failed answers by kind (`refused`, `timeout`, `4xx`, `5xx`,
-    /// `transport`), each with the first message seen.
-    #[serde(default)]
-    pub error_kinds: BTreeMap<String, FailureKind>,
-
-    /// Order rows in the database.
-    pub db_orders: i64,
-    /// The stock column after the run.
-    pub db_stock: i32,
-    /// `tickets.total` after the run: must be what the run put on sale.
-    #[serde(default)]
-    pub db_total: i32,
-    /// Orders beyond the tickets on sale.
-    pub oversold: i64,
-    /// 201 answers beyond the tickets on sale, whether or not the database
-    /// took them (distinct from `oversold`, which counts rows).
-    #[serde(default)]
-    pub oversold_answers: i64,
-    /// Rows beyond one per buyer.
-    pub duplicate_orders: i64,
-    /// Buyers answered 201 who hold no order row.
-    #[serde(default)]
-    pub answered_without_order: i64,
-    /// Order rows whose buyer was never answered 201 (and did not lose the
-    /// answer to an error).
-    #[serde(default)]
-    pub orders_without_answer: i64,
-    /// The judgement.
-    pub verdict: Verdict,
-    /// What broke, in words.
-    pub problems: Vec<String>,
-
-    /// Per-buyer latency, barrier to final answer.
-    pub latency_ms: Latency,
-    /// The whole latency distribution, `[percentile, ms]`, for plots.
-    #[serde(default)]
-    pub latency_cdf_ms: Vec<[f64; 2]>,
-    /// Barrier to last answer.
-    pub elapsed_ms: f64,
-    /// HTTP answers per second (attempts / elapsed).
-    pub throughput_rps: f64,
-    /// Successful purchases per second.
-    pub sales_per_sec: f64,
-
-    /// The servers' own counters after the run, summed over servers:
-    /// `event:retry`, `event:conflict`, `purchases:created`...
-    pub server_metrics: BTreeMap<String, f64>,
-
-    /// `sell_out` (N buyers race for a small stock) or `sustained` (a fixed
-    /// number of buyers buy for a fixed time from a stock that never runs
-    /// out; latency is then per request).
-    #[serde(default = "sell_out")]
-    pub mode: String,
-    /// Ceilings measured in the same run, for sustained runs.
-    #[serde(default)]
-    pub ceilings: Vec<crate::sustain::Ceiling>,
-    /// For levels that persist asynchronously: from the last 201 to the
-    /// newest order row in PostgreSQL, in milliseconds.
-    #[serde(default)]
-    pub persistence_lag_ms: Option<f64>,
-    /// Peak memory of the load process and of each server it started.
-    #[serde(default)]
-    pub memory: Option<Memory>,
-    /// The services' durability settings as they reported them, e.g.
-    /// `PostgreSQL fsync=on full_page_writes=on synchronous_commit=on`
-    /// (filled in by `load run`; empty when not read).
-    #[serde(default)]
-    pub settings: String,
-}
-
-/// Peak resident memory (VmHWM), in MiB.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Memory {
-    /// The load tool itself (all buyers' connections live here).
-    pub load_peak_rss_mib: f64,
-    /// Each server the load tool started, in order.
-    pub servers_peak_rss_mib: Vec<f64>,
-}
-
-/// A process's peak resident memory in MiB, from /proc (Linux).
-pub fn peak_rss_mib(pid: Option<u32>) -> Option<f64> {
-    let path = match pid {
-        Some(pid) => format!("/proc/{pid}/status"),
-        None => "/proc/self/status".to_owned(),
-    };
-    let status = std::fs::read_to_string(path).ok()?;
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()?;
-    Some(kib / 1024.0)
-}
-
-fn sell_out() -> String {
-    "sell_out".to_owned()
-}
-
 /// Locks a std mutex, ignoring poison (a buyer that panicked leaves its
 /// numbers valid).
 fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-impl Report {
-    /// A report holding only `judgement`'s fields, for the rest to be
-    /// filled in with `..Report::judged(judgement)`.
-    pub fn judged(judgement: Judgement) -> Self {
-        let Judgement {
-            verdict,
-            oversold,
-            oversold_answers,
-            duplicate_orders,
-            answered_without_order,
-            orders_without_answer,
-            problems,
-        } = judgement;
-        Self {
-            level: None,
-            strategy: None,
-            servers: 0,
-            buyers: 0,
-            tickets: 0,
-            distinct_users: 0,
-            ticket_id: 0,
-            think_time_ms: None,
-            succeeded: 0,
-            sold_out: 0,
-            already_purchased: 0,
-            busy: 0,
-            errors: 0,
-            gave_up: 0,
-            attempts: 0,
-            server_errors: 0,
-            error_kinds: BTreeMap::new(),
-            db_orders: 0,
-            db_stock: 0,
-            db_total: 0,
-            oversold,
-            oversold_answers,
-            duplicate_orders,
-            answered_without_order,
-            orders_without_answer,
-            verdict,
-            problems,
-            latency_ms: Latency::default(),
-            latency_cdf_ms: Vec::new(),
-            elapsed_ms: 0.0,
-            throughput_rps: 0.0,
-            sales_per_sec: 0.0,
-            server_metrics: BTreeMap::new(),
-            mode: sell_out(),
-            ceilings: Vec::new(),
-            persistence_lag_ms: None,
-            memory: None,
-            settings: String::new(),
-        }
-    }
-
-    /// This run's sales per second as a fraction of the named ceiling.
-    pub fn ratio_to(&self, ceiling: &str) -> Option<f64> {
-        self.ceilings
-            .iter()
-            .find(|c| c.name == ceiling && c.ops_per_sec > 0.0)
-            .map(|c| self.sales_per_sec / c.ops_per_sec)
-    }
 }
 
 #[derive(Default)]
@@ -407,17 +185,6 @@ enum Final {
     AlreadyPurchased,
     GaveUp,
     Error,
-}
-
-/// Raises this process's open-file limit to its hard limit: every buyer
-/// holds a socket, and in-process servers hold the other end.
-pub fn raise_fd_limit() {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        if soft < hard {
-            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
-        }
-    }
 }
 
 /// Runs the rush and judges it from the database.
@@ -602,27 +369,6 @@ struct Buyer {
     seed: u64,
 }
 
-/// One buyer's own HTTP client: one connection, kept, no proxy. Sustained
-/// runs and ceilings use the same.
-pub(crate) fn buyer_client() -> reqwest::Result<reqwest::Client> {
-    buyer_client_waiting(REQUEST_TIMEOUT)
-}
-
-/// A buyer's client whose requests give up after `timeout`.
-fn buyer_client_waiting(timeout: Duration) -> reqwest::Result<reqwest::Client> {
-    reqwest::Client::builder()
-        .pool_max_idle_per_host(1)
-        .timeout(timeout)
-        .no_proxy()
-        .build()
-}
-
-/// How long one request of a sustained run may take before it counts as an
-/// error. A sell-out's buyers wait as long as the rush may last (its
-/// `timeout`): a slow answer there is the server's latency, which the report
-/// shows, not a failure; a server that never answers ends the rush.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
-
 impl Buyer {
     /// One client per buyer, with its connection opened before the start.
     async fn connect(&self) -> anyhow::Result<reqwest::Client> {
@@ -705,78 +451,6 @@ impl Buyer {
     }
 }
 
-/// Reads every server's `/metrics` and sums the counters the report shows.
-/// A server that does not answer adds nothing (the report still stands on
-/// the database).
-pub async fn scrape_metrics(targets: &[String]) -> BTreeMap<String, f64> {
-    let client = reqwest::Client::new();
-    let mut totals = BTreeMap::new();
-    for target in targets {
-        let Ok(response) = client
-            .get(format!("{target}/metrics"))
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await
-        else {
-            continue;
-        };
-        let Ok(text) = response.text().await else {
-            continue;
-        };
-        for (key, value) in counters(&text) {
-            *totals.entry(key).or_insert(0.0) += value;
-        }
-    }
-    totals
-}
-
-/// What the counters did between two scrapes: `after - before`, per key.
-pub fn metrics_delta(
-    before: &BTreeMap<String, f64>,
-    after: &BTreeMap<String, f64>,
-) -> BTreeMap<String, f64> {
-    after
-        .iter()
-        .map(|(key, value)| (key.clone(), value - before.get(key).copied().unwrap_or(0.0)))
-        .collect()
-}
-
-/// Picks the purchase and strategy-event counters out of Prometheus text, as
-/// `purchases:<outcome>` and `event:<event>`.
-pub fn counters(text: &str) -> Vec<(String, f64)> {
-    let mut out = Vec::new();
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some((series, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let Ok(value) = value.parse::<f64>() else {
-            continue;
-        };
-        for (metric, label, prefix) in [
-            ("ticket_rush_purchases_total", "outcome=\"", "purchases"),
-            ("ticket_rush_strategy_events_total", "event=\"", "event"),
-        ] {
-            if let Some(labels) = series
-                .strip_prefix(metric)
-                .and_then(|r| r.strip_prefix('{'))
-            {
-                if let Some(rest) = labels.split(label).nth(1) {
-                    if let Some(name) = rest.split('"').next() {
-                        out.push((format!("{prefix}:{name}"), value));
-                    }
-                }
-            }
-        }
-    }
-    out
-}
-
-/// Opens a small pool to the rush's database, for callers that need to look
-/// at it themselves.
-pub async fn open_database(url: &str) -> anyhow::Result<PgPool> {
-    db::connect(url, 2, Duration::from_secs(10)).await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -802,32 +476,5 @@ mod tests {
             ..plan.clone()
         };
         assert_ne!(plan.user_ids(), other.user_ids());
-    }
-
-    #[test]
-    fn server_counters_are_reported_per_round() {
-        let before = BTreeMap::from([("event:retry".to_owned(), 7.0)]);
-        let after = BTreeMap::from([
-            ("event:retry".to_owned(), 10.0),
-            ("purchases:created".to_owned(), 100.0),
-        ]);
-        let delta = metrics_delta(&before, &after);
-        assert_eq!(delta["event:retry"], 3.0);
-        assert_eq!(delta["purchases:created"], 100.0);
-    }
-
-    #[test]
-    fn counters_are_read_from_prometheus_text() {
-        let text = "# HELP x\n\
-            ticket_rush_purchases_total{outcome=\"created\"} 100\n\
-            ticket_rush_strategy_events_total{event=\"retry\"} 7\n\
-            ticket_rush_purchase_duration_seconds_sum 1.5\n";
-        assert_eq!(
-            counters(text),
-            vec![
-                ("purchases:created".to_owned(), 100.0),
-                ("event:retry".to_owned(), 7.0)
-            ]
-        );
     }
 }

@@ -25,12 +25,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use hdrhistogram::Histogram;
-use serde::{Deserialize, Serialize};
 use ticket_core::verify::{judge_run, Evidence, ExpectedOrders, Identities};
 use ticket_core::{db, TicketId};
 
+use crate::client::buyer_client;
 use crate::failures::Failures;
-use crate::rush::{buyer_client, scrape_metrics, Latency, Report};
+pub use crate::model::Ceiling;
+use crate::model::{latency_cdf, Latency, Report};
+use crate::scrape::{metrics_delta, scrape_metrics};
 
 /// Latencies and counts of one worker; merged at the end.
 struct Meter {
@@ -76,27 +78,6 @@ impl Meter {
             max: self.histogram.max() as f64 / 1000.0,
         }
     }
-}
-
-/// A ceiling: what the bare mechanism does at the same concurrency.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Ceiling {
-    /// `postgres_purchase`, `http_noop` or `redis_lua`.
-    pub name: String,
-    /// Concurrent workers (for `postgres_purchase`: connections).
-    pub concurrency: usize,
-    /// Servers the workers were dealt over (`http_noop`; 0 for the ceilings
-    /// that use no server).
-    #[serde(default)]
-    pub servers: usize,
-    /// Successful operations per second.
-    pub ops_per_sec: f64,
-    /// Successful operations.
-    pub operations: u64,
-    /// Failed operations.
-    pub errors: u64,
-    /// Per-operation latency.
-    pub latency_ms: Latency,
 }
 
 fn ceiling(name: &str, concurrency: usize, meter: &Meter, elapsed: Duration) -> Ceiling {
@@ -323,7 +304,7 @@ pub struct SustainPlan {
 pub async fn sustain(plan: &SustainPlan) -> anyhow::Result<Report> {
     anyhow::ensure!(!plan.targets.is_empty(), "no servers to send buyers to");
     let ticket = TicketId::parse(i128::from(plan.ticket_id))?;
-    crate::rush::raise_fd_limit();
+    crate::client::raise_fd_limit();
     let pool = db::connect(&plan.database_url, 2, Duration::from_secs(10)).await?;
     db::reset_ticket(&pool, ticket, "Sustained", SUSTAINED_STOCK).await?;
     let metrics_before = scrape_metrics(&plan.targets).await;
@@ -393,11 +374,11 @@ pub async fn sustain(plan: &SustainPlan) -> anyhow::Result<Report> {
         db_stock: truth.stock,
         db_total: truth.total,
         latency_ms: meter.latency(),
-        latency_cdf_ms: crate::rush::latency_cdf(&meter.histogram),
+        latency_cdf_ms: latency_cdf(&meter.histogram),
         elapsed_ms: elapsed.as_secs_f64() * 1000.0,
         throughput_rps: attempts as f64 / seconds,
         sales_per_sec: succeeded as f64 / seconds,
-        server_metrics: crate::rush::metrics_delta(&metrics_before, &metrics_after),
+        server_metrics: metrics_delta(&metrics_before, &metrics_after),
         mode: "sustained".to_owned(),
         persistence_lag_ms,
         ..Report::judged(judgement)

@@ -12,7 +12,8 @@ use common::{fresh_database, servers, stop};
 use load::servers::ServerSpec;
 use serde_json::Value;
 
-/// Every field DESIGN.md promises in `load run --json`.
+/// Every field docs/load.md ("JSON (`load run --json`)") promises in
+/// `load run --json`.
 const CONTRACT_FIELDS: &[&str] = &[
     "level",
     "strategy",

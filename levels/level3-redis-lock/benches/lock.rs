@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
 use level3::lock::{Lease, LockClient, LockError, LockOptions, WaitForRelease, Waiting};
-use level3::spin::Backoff;
+use level3::spin::SPIN_BACKOFF;
 use ticket_core::services::Redis;
 use tokio::runtime::Runtime;
 
@@ -243,7 +243,7 @@ fn contenders(url: &str) -> Vec<(&'static str, Contender)> {
         ),
         (
             "level3/spin",
-            Contender::level3(url, Arc::new(Backoff::default()), fixed),
+            Contender::level3(url, Arc::new(SPIN_BACKOFF), fixed),
         ),
         ("rslock/default", Contender::rslock(url, None)),
         (

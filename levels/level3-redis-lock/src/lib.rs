@@ -249,19 +249,8 @@ pub struct Cli {
 impl Cli {
     /// Starts the server this command line describes.
     pub async fn start(self) -> anyhow::Result<RunningServer> {
-        let (redis_url, throwaway_redis) = match self.redis_url {
-            Some(url) => (url, None),
-            None => {
-                tracing::warn!(
-                    "no --redis-url or REDIS_URL: starting a private throwaway Redis; \
-                     a second server would not share it"
-                );
-                let redis = tokio::task::spawn_blocking(Redis::throwaway)
-                    .await
-                    .context("starting a throwaway Redis")??;
-                (redis.url().to_owned(), Some(Arc::new(redis)))
-            }
-        };
+        let (redis_url, throwaway_redis) =
+            ticket_core::server::redis_or_throwaway(self.redis_url).await?;
         check_redis(&redis_url).await?;
         let config = Level3Config {
             wait: Duration::from_millis(self.wait_ms),

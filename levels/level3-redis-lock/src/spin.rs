@@ -38,6 +38,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+// The workspace's one backoff; re-exported because tests and benches wait
+// with it too.
+pub use ticket_core::backoff::Backoff;
 use ticket_core::strategy::StrategyContext;
 use ticket_core::{
     CancelError, Cancellation, Order, OrderId, Purchase, PurchaseError, SellTickets, TicketId,
@@ -60,7 +63,7 @@ pub fn build(
     config: &Level3Config,
 ) -> anyhow::Result<Arc<dyn SellTickets>> {
     Ok(Arc::new(Spin {
-        sale: LockedSale::new(context, config, Arc::new(Backoff::default()))?,
+        sale: LockedSale::new(context, config, Arc::new(SPIN_BACKOFF))?,
     }))
 }
 
@@ -88,36 +91,13 @@ impl SellTickets for Spin {
     }
 }
 
-/// Exponential backoff with jitter: the n-th sleep is drawn at random from
-/// the upper half of `min(first * 2^n, max)`, and never outlasts the holder's
-/// remaining lease or the caller's wait budget.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Backoff {
-    /// The ceiling of the first sleep.
-    pub first: Duration,
-    /// The largest ceiling the sleeps grow to.
-    pub max: Duration,
-}
-
-impl Default for Backoff {
-    /// 1 ms doubling up to 64 ms: quick on a short hold, at most ~16 tries a
-    /// second per waiter on a long one.
-    fn default() -> Self {
-        Self {
-            first: Duration::from_millis(1),
-            max: Duration::from_millis(64),
-        }
-    }
-}
-
-impl Backoff {
-    /// The sleep after a failed try, given the current ceiling ("equal
-    /// jitter": half fixed, half random, so a sleep is never near zero).
-    fn sleep_for(ceiling: Duration) -> Duration {
-        let half = ceiling / 2;
-        half + half.mul_f64(rand::random::<f64>())
-    }
-}
+/// How `spin` waits between tries: 1 ms doubling up to 64 ms, with equal
+/// jitter (half fixed, half random, so a sleep is never near zero): quick on
+/// a short hold, at most ~16 tries a second per waiter on a long one. A
+/// sleep never outlasts the holder's remaining lease or the caller's wait
+/// budget (see `poll`).
+pub const SPIN_BACKOFF: Backoff =
+    Backoff::equal_jitter(Duration::from_millis(1), Duration::from_millis(64));
 
 /// Waiting by polling: the backoff is the whole policy.
 #[async_trait]
@@ -142,7 +122,8 @@ async fn poll(
     deadline: Instant,
     backoff: Backoff,
 ) -> Result<(u64, Instant), LockError> {
-    let mut ceiling = backoff.first;
+    // The try number the pause is for, counting from 1.
+    let mut retry = 0;
     loop {
         let sent = Instant::now();
         // A spinner does not join the line of waiting processes: nobody will
@@ -160,11 +141,11 @@ async fn poll(
         }
         // No point sleeping past the holder's lease or our own budget; a try
         // at the very end of the budget is the last one.
-        let mut pause = Backoff::sleep_for(ceiling).min(deadline - now);
+        retry += 1;
+        let mut pause = backoff.delay(retry).min(deadline - now);
         if let Some(pttl) = pttl {
             pause = pause.min(pttl);
         }
         tokio::time::sleep(pause).await;
-        ceiling = (ceiling * 2).min(backoff.max);
     }
 }

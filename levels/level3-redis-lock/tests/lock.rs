@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use level3::lock::{Lease, LockClient, LockError, LockOptions, Released, WaitForRelease, Waiting};
-use level3::spin::Backoff;
+use level3::spin::SPIN_BACKOFF;
 use ticket_core::services::Redis;
 
 fn redis_url() -> String {
@@ -55,10 +55,7 @@ fn pubsub() -> Waiting {
 
 /// Waiting by polling (the `spin` strategy's).
 fn spin() -> Waiting {
-    Arc::new(Backoff {
-        first: Duration::from_millis(1),
-        max: Duration::from_millis(64),
-    })
+    Arc::new(SPIN_BACKOFF)
 }
 
 /// The read-modify-write every test of mutual exclusion runs: read a counter

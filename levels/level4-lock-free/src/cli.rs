@@ -2,12 +2,9 @@
 //! reconcile`.
 
 use std::process::ExitCode;
-use std::sync::Arc;
 
-use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use ticket_core::server::{strategy_parser, ServerArgs};
-use ticket_core::services::Redis;
 use ticket_core::{RunningServer, TicketId};
 
 use crate::persist::{PersistArgs, Worker};
@@ -130,19 +127,8 @@ impl Cli {
             self.command.is_none(),
             "`level4 persist` and `level4 reconcile` do not start a server"
         );
-        let (redis_url, throwaway_redis) = match self.redis_url {
-            Some(url) => (url, None),
-            None => {
-                tracing::warn!(
-                    "no --redis-url or REDIS_URL: starting a private throwaway Redis; \
-                     a second server would not share it"
-                );
-                let redis = tokio::task::spawn_blocking(Redis::throwaway)
-                    .await
-                    .context("starting a throwaway Redis")??;
-                (redis.url().to_owned(), Some(Arc::new(redis)))
-            }
-        };
+        let (redis_url, throwaway_redis) =
+            ticket_core::server::redis_or_throwaway(self.redis_url).await?;
         let config = Level4Config {
             redis_url,
             run_worker: !self.no_persist,

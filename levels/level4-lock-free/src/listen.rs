@@ -38,7 +38,7 @@ use ticket_core::metrics::Metrics;
 use ticket_core::TicketId;
 use tokio::sync::watch;
 
-use crate::persist::Backoff;
+use crate::persist::{sleep_unless, Backoff};
 use crate::store::{SaleStore, StoreError};
 
 /// The channel the trigger notifies on.
@@ -54,7 +54,8 @@ pub async fn follow_resets(
     metrics: Metrics,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let backoff = Backoff::equal_jitter(Duration::from_millis(100), Duration::from_secs(5));
+    let mut retry = 0;
     // A dedicated connection (its own pool of one): LISTEN must not borrow
     // one of the server's connections forever.
     let options = (*store.pool().connect_options()).clone();
@@ -73,13 +74,14 @@ pub async fn follow_resets(
             Ok(listener) => listener,
             Err(err) => {
                 tracing::debug!(%err, "cannot LISTEN for sale resets yet");
-                if !backoff.sleep_unless(&mut shutdown).await {
+                retry += 1;
+                if !sleep_unless(backoff.delay(retry), &mut shutdown).await {
                     return;
                 }
                 continue;
             }
         };
-        backoff.reset();
+        retry = 0;
         // Notifications sent while we were not listening are lost: compare
         // the two stores once we are.
         sync_epochs(&store, &metrics).await;
@@ -111,7 +113,8 @@ pub async fn follow_resets(
             }
         }
         pool.close().await;
-        if !backoff.sleep_unless(&mut shutdown).await {
+        retry += 1;
+        if !sleep_unless(backoff.delay(retry), &mut shutdown).await {
             return;
         }
     }
@@ -121,7 +124,8 @@ pub async fn follow_resets(
 /// sale (a few tries, the outage may be brief; the periodic sync catches
 /// whatever is left).
 async fn reload_if_held(store: &SaleStore, metrics: &Metrics, ticket: TicketId) {
-    let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_millis(500));
+    let backoff = Backoff::equal_jitter(Duration::from_millis(20), Duration::from_millis(500));
+    let mut retry = 0;
     for _ in 0..5 {
         let outcome = async {
             if store.redis_epoch(ticket).await?.is_none() {
@@ -140,7 +144,8 @@ async fn reload_if_held(store: &SaleStore, metrics: &Metrics, ticket: TicketId) 
             Err(StoreError::NotFound) => return,
             Err(err) => {
                 tracing::warn!(%ticket, %err, "cannot reload a reset sale yet");
-                backoff.sleep().await;
+                retry += 1;
+                tokio::time::sleep(backoff.delay(retry)).await;
             }
         }
     }

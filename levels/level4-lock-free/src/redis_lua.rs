@@ -40,7 +40,7 @@ use ticket_core::{
 };
 use tokio::sync::watch;
 
-use crate::persist::{Backoff, Worker};
+use crate::persist::{sleep_unless, Backoff, Worker};
 use crate::store::{Decision, RedisConn, SaleStore, StoreError, RESPONSE_TIMEOUT};
 use crate::Level4Config;
 
@@ -91,16 +91,18 @@ impl LazyStore {
 
     /// Waits for the store, retrying until `shutdown`.
     async fn wait(&self, shutdown: &mut watch::Receiver<bool>) -> Option<SaleStore> {
-        let mut backoff = Backoff::new(
+        let backoff = Backoff::equal_jitter(
             std::time::Duration::from_millis(50),
             std::time::Duration::from_secs(2),
         );
+        let mut retry = 0;
         loop {
             match self.get().await {
                 Ok(store) => return Some(store.clone()),
                 Err(err) => {
                     tracing::warn!(%err, "cannot open the sale store yet");
-                    if !backoff.sleep_unless(shutdown).await {
+                    retry += 1;
+                    if !sleep_unless(backoff.delay(retry), shutdown).await {
                         return None;
                     }
                 }

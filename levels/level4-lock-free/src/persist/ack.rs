@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 
 use super::event::Outcome;
-use super::{Backoff, Worker};
+use super::{sleep_unless, Backoff, Worker};
 use crate::keys::GROUP;
 use crate::store::is_unavailable;
 
@@ -29,7 +29,8 @@ impl Worker {
         }
         let orders = self.store.keys().orders();
         let dead_letters = self.store.keys().dead_letters();
-        let mut backoff = Backoff::new(self.options.backoff_base, self.options.backoff_max);
+        let backoff = Backoff::equal_jitter(self.options.backoff_base, self.options.backoff_max);
+        let mut retry = 0;
         let failed_at = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
@@ -73,7 +74,8 @@ impl Worker {
                 Ok(()) => break,
                 Err(err) if is_unavailable(&err) => {
                     tracing::warn!(%err, "cannot acknowledge persisted entries yet");
-                    if !backoff.sleep_unless(shutdown).await {
+                    retry += 1;
+                    if !sleep_unless(backoff.delay(retry), shutdown).await {
                         return Ok(());
                     }
                 }

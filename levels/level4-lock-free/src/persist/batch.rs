@@ -8,7 +8,7 @@ use sqlx::PgConnection;
 use tokio::sync::watch;
 
 use super::event::{DeadLetter, OrderEvent, Outcome};
-use super::{Backoff, Worker};
+use super::{sleep_unless, Backoff, Worker};
 use crate::store::pg_is_transient;
 
 /// Why a batch failed.
@@ -43,14 +43,16 @@ impl Worker {
         if events.is_empty() {
             return Some(Outcome::default());
         }
-        let mut backoff = Backoff::new(self.options.backoff_base, self.options.backoff_max);
+        let backoff = Backoff::equal_jitter(self.options.backoff_base, self.options.backoff_max);
+        let mut retry = 0;
         loop {
             match self.write_batch(events, &mut shutdown).await {
                 Ok(outcome) => return Some(outcome),
                 Err(BatchError::Stopped) => return None,
                 Err(BatchError::Transient(err)) => {
                     self.retrying(&err, events.len());
-                    if !backoff.sleep_unless(&mut shutdown).await {
+                    retry += 1;
+                    if !sleep_unless(backoff.delay(retry), &mut shutdown).await {
                         return None;
                     }
                 }
@@ -90,7 +92,8 @@ impl Worker {
         first_error: sqlx::Error,
         mut shutdown: watch::Receiver<bool>,
     ) -> Option<Outcome> {
-        let mut backoff = Backoff::new(self.options.backoff_base, self.options.backoff_max);
+        let backoff = Backoff::equal_jitter(self.options.backoff_base, self.options.backoff_max);
+        let mut retry = 0;
         let mut refusals = u32::from(!pg_is_transient(&first_error));
         let mut last_error = first_error;
         loop {
@@ -102,7 +105,8 @@ impl Worker {
                 });
             }
             self.retrying(&last_error, 1);
-            if !backoff.sleep_unless(&mut shutdown).await {
+            retry += 1;
+            if !sleep_unless(backoff.delay(retry), &mut shutdown).await {
                 return None;
             }
             match self

@@ -70,7 +70,7 @@ mod handle;
 mod options;
 mod worker;
 
-pub use backoff::Backoff;
+pub use backoff::{sleep_unless, Backoff};
 pub use event::OrderEvent;
 pub use handle::{StatsSnapshot, WorkerHandle, WorkerStats};
 pub use options::{

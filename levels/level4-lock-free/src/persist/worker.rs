@@ -12,7 +12,7 @@ use tokio::sync::watch;
 
 use super::event::{DeadLetter, OrderEvent, Outcome};
 use super::handle::{AbortOnDrop, WorkerHandle, WorkerStats};
-use super::{Backoff, PersistOptions};
+use super::{sleep_unless, Backoff, PersistOptions};
 use crate::keys::GROUP;
 use crate::store::{RedisConn, SaleStore, RESPONSE_TIMEOUT};
 
@@ -85,14 +85,16 @@ impl Worker {
     /// inside (a bug) restarts the work after a pause instead of silently
     /// ending persistence for this server.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        let mut backoff = Backoff::new(self.options.backoff_base, self.options.backoff_max);
+        let backoff = Backoff::equal_jitter(self.options.backoff_base, self.options.backoff_max);
+        let mut retry = 0;
         loop {
             let work = AbortOnDrop(tokio::spawn(self.clone().work(shutdown.clone())));
             match work.join().await {
                 Ok(()) => return,
                 Err(err) if err.is_panic() => {
                     tracing::error!(consumer = %self.options.consumer, "the persistence worker panicked; restarting it");
-                    if !backoff.sleep_unless(&mut shutdown).await {
+                    retry += 1;
+                    if !sleep_unless(backoff.delay(retry), &mut shutdown).await {
                         return;
                     }
                 }
@@ -102,12 +104,13 @@ impl Worker {
     }
 
     pub(super) async fn work(self, mut shutdown: watch::Receiver<bool>) {
-        let mut backoff = Backoff::new(self.options.backoff_base, self.options.backoff_max);
+        let backoff = Backoff::equal_jitter(self.options.backoff_base, self.options.backoff_max);
+        let mut retry = 0;
         let mut state = ReadState::new();
         tracing::info!(consumer = %self.options.consumer, "persistence worker started");
         while !*shutdown.borrow() {
             match self.step(&mut state, &mut shutdown).await {
-                Ok(()) => backoff.reset(),
+                Ok(()) => retry = 0,
                 Err(err) => {
                     if err.code() == Some("NOGROUP") {
                         // The group is gone (first start, or Redis lost its
@@ -117,7 +120,8 @@ impl Worker {
                         tracing::warn!(consumer = %self.options.consumer, %err, "the persistence worker cannot reach Redis");
                     }
                     self.metrics.event("persist_redis_error");
-                    if !backoff.sleep_unless(&mut shutdown).await {
+                    retry += 1;
+                    if !sleep_unless(backoff.delay(retry), &mut shutdown).await {
                         break;
                     }
                 }

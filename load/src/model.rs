@@ -1,0 +1,265 @@
+//! The report model: what a rush or a sustained run measured, serialized as
+//! `load run --json` (fields listed in docs/load.md), with its latency
+//! summary and the ceilings it is compared against. Rush, sustain, output and
+//! the HTML report all read it; it reads none of them.
+
+use std::collections::BTreeMap;
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+use ticket_core::verify::Judgement;
+use ticket_core::Verdict;
+
+use crate::failures::FailureKind;
+
+/// Latency percentiles, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+pub struct Latency {
+    /// Median.
+    pub p50: f64,
+    /// 95th percentile.
+    pub p95: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Slowest buyer.
+    pub max: f64,
+}
+
+/// The percentiles drawn in latency plots.
+const CDF_PERCENTILES: &[f64] = &[
+    0.0, 1.0, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 95.0, 99.0, 99.9, 100.0,
+];
+
+/// `[percentile, milliseconds]` points of a latency distribution, for plots.
+pub fn latency_cdf(histogram: &Histogram<u64>) -> Vec<[f64; 2]> {
+    if histogram.is_empty() {
+        return Vec::new();
+    }
+    CDF_PERCENTILES
+        .iter()
+        .map(|&p| [p, histogram.value_at_percentile(p) as f64 / 1000.0])
+        .collect()
+}
+
+/// Everything a rush measured. Serialized as the `--json` output; the field
+/// names are part of the contract (docs/load.md, "JSON (`load run --json`)").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// The level, when known.
+    pub level: Option<u8>,
+    /// The strategy, when known.
+    pub strategy: Option<String>,
+    /// How many servers the buyers were spread over.
+    pub servers: usize,
+    /// Concurrent buyers.
+    pub buyers: usize,
+    /// Units put on sale.
+    pub tickets: i32,
+    /// Different people among the buyers.
+    pub distinct_users: usize,
+    /// The ticket raced for.
+    pub ticket_id: i64,
+    /// The servers' think time, when the caller set it.
+    pub think_time_ms: Option<u64>,
+
+    /// Buyers answered 201.
+    pub succeeded: u64,
+    /// Buyers answered 409 sold_out.
+    pub sold_out: u64,
+    /// Buyers answered 409 already_purchased.
+    pub already_purchased: u64,
+    /// 503 busy answers (every attempt counts).
+    pub busy: u64,
+    /// Buyers who got anything else: 404, 5xx other than 503, a transport
+    /// error, a timeout.
+    pub errors: u64,
+    /// Buyers still busy after `max_attempts`.
+    pub gave_up: u64,
+    /// Purchase requests sent, retries included.
+    pub attempts: u64,
+    /// 5xx answers other than 503 (always a bug).
+    pub server_errors: u64,
+    /// Failed answers by kind (`refused`, `timeout`, `4xx`, `5xx`,
+    /// `transport`), each with the first message seen.
+    #[serde(default)]
+    pub error_kinds: BTreeMap<String, FailureKind>,
+
+    /// Order rows in the database.
+    pub db_orders: i64,
+    /// The stock column after the run.
+    pub db_stock: i32,
+    /// `tickets.total` after the run: must be what the run put on sale.
+    #[serde(default)]
+    pub db_total: i32,
+    /// Orders beyond the tickets on sale.
+    pub oversold: i64,
+    /// 201 answers beyond the tickets on sale, whether or not the database
+    /// took them (distinct from `oversold`, which counts rows).
+    #[serde(default)]
+    pub oversold_answers: i64,
+    /// Rows beyond one per buyer.
+    pub duplicate_orders: i64,
+    /// Buyers answered 201 who hold no order row.
+    #[serde(default)]
+    pub answered_without_order: i64,
+    /// Order rows whose buyer was never answered 201 (and did not lose the
+    /// answer to an error).
+    #[serde(default)]
+    pub orders_without_answer: i64,
+    /// The judgement.
+    pub verdict: Verdict,
+    /// What broke, in words.
+    pub problems: Vec<String>,
+
+    /// Per-buyer latency, barrier to final answer.
+    pub latency_ms: Latency,
+    /// The whole latency distribution, `[percentile, ms]`, for plots.
+    #[serde(default)]
+    pub latency_cdf_ms: Vec<[f64; 2]>,
+    /// Barrier to last answer.
+    pub elapsed_ms: f64,
+    /// HTTP answers per second (attempts / elapsed).
+    pub throughput_rps: f64,
+    /// Successful purchases per second.
+    pub sales_per_sec: f64,
+
+    /// The servers' own counters after the run, summed over servers:
+    /// `event:retry`, `event:conflict`, `purchases:created`...
+    pub server_metrics: BTreeMap<String, f64>,
+
+    /// `sell_out` (N buyers race for a small stock) or `sustained` (a fixed
+    /// number of buyers buy for a fixed time from a stock that never runs
+    /// out; latency is then per request).
+    #[serde(default = "sell_out")]
+    pub mode: String,
+    /// Ceilings measured in the same run, for sustained runs.
+    #[serde(default)]
+    pub ceilings: Vec<Ceiling>,
+    /// For levels that persist asynchronously: from the last 201 to the
+    /// newest order row in PostgreSQL, in milliseconds.
+    #[serde(default)]
+    pub persistence_lag_ms: Option<f64>,
+    /// Peak memory of the load process and of each server it started.
+    #[serde(default)]
+    pub memory: Option<Memory>,
+    /// The services' durability settings as they reported them, e.g.
+    /// `PostgreSQL fsync=on full_page_writes=on synchronous_commit=on`
+    /// (filled in by `load run`; empty when not read).
+    #[serde(default)]
+    pub settings: String,
+}
+
+/// Peak resident memory (VmHWM), in MiB.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Memory {
+    /// The load tool itself (all buyers' connections live here).
+    pub load_peak_rss_mib: f64,
+    /// Each server the load tool started, in order.
+    pub servers_peak_rss_mib: Vec<f64>,
+}
+
+/// A process's peak resident memory in MiB, from /proc (Linux).
+pub fn peak_rss_mib(pid: Option<u32>) -> Option<f64> {
+    let path = match pid {
+        Some(pid) => format!("/proc/{pid}/status"),
+        None => "/proc/self/status".to_owned(),
+    };
+    let status = std::fs::read_to_string(path).ok()?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
+}
+
+fn sell_out() -> String {
+    "sell_out".to_owned()
+}
+
+impl Report {
+    /// A report holding only `judgement`'s fields, for the rest to be
+    /// filled in with `..Report::judged(judgement)`.
+    pub fn judged(judgement: Judgement) -> Self {
+        let Judgement {
+            verdict,
+            oversold,
+            oversold_answers,
+            duplicate_orders,
+            answered_without_order,
+            orders_without_answer,
+            problems,
+        } = judgement;
+        Self {
+            level: None,
+            strategy: None,
+            servers: 0,
+            buyers: 0,
+            tickets: 0,
+            distinct_users: 0,
+            ticket_id: 0,
+            think_time_ms: None,
+            succeeded: 0,
+            sold_out: 0,
+            already_purchased: 0,
+            busy: 0,
+            errors: 0,
+            gave_up: 0,
+            attempts: 0,
+            server_errors: 0,
+            error_kinds: BTreeMap::new(),
+            db_orders: 0,
+            db_stock: 0,
+            db_total: 0,
+            oversold,
+            oversold_answers,
+            duplicate_orders,
+            answered_without_order,
+            orders_without_answer,
+            verdict,
+            problems,
+            latency_ms: Latency::default(),
+            latency_cdf_ms: Vec::new(),
+            elapsed_ms: 0.0,
+            throughput_rps: 0.0,
+            sales_per_sec: 0.0,
+            server_metrics: BTreeMap::new(),
+            mode: sell_out(),
+            ceilings: Vec::new(),
+            persistence_lag_ms: None,
+            memory: None,
+            settings: String::new(),
+        }
+    }
+
+    /// This run's sales per second as a fraction of the named ceiling.
+    pub fn ratio_to(&self, ceiling: &str) -> Option<f64> {
+        self.ceilings
+            .iter()
+            .find(|c| c.name == ceiling && c.ops_per_sec > 0.0)
+            .map(|c| self.sales_per_sec / c.ops_per_sec)
+    }
+}
+
+/// A ceiling: what the bare mechanism does at the same concurrency.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ceiling {
+    /// `postgres_purchase`, `http_noop` or `redis_lua`.
+    pub name: String,
+    /// Concurrent workers (for `postgres_purchase`: connections).
+    pub concurrency: usize,
+    /// Servers the workers were dealt over (`http_noop`; 0 for the ceilings
+    /// that use no server).
+    #[serde(default)]
+    pub servers: usize,
+    /// Successful operations per second.
+    pub ops_per_sec: f64,
+    /// Successful operations.
+    pub operations: u64,
+    /// Failed operations.
+    pub errors: u64,
+    /// Per-operation latency.
+    pub latency_ms: Latency,
+}

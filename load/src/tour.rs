@@ -1,0 +1,203 @@
+//! `load tour`: every level and strategy, on one server and on two, each
+//! row judged against the verdict its level promises.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+use ticket_core::Verdict;
+
+use crate::levels::{levels, LevelInfo};
+use crate::machine::Machine;
+use crate::model::Report;
+use crate::run::{
+    check_database, default_pool_size, default_think_time, measure_ceilings, memory_of, one_round,
+    stop_all, RushSettings, Services,
+};
+use crate::servers::{start_processes, ServerSpec};
+
+/// `load tour`: every level and strategy, on one server and on two.
+#[derive(Debug, Clone)]
+pub struct TourOptions {
+    /// Only these levels (`None`: all).
+    pub levels: Option<Vec<u8>>,
+    /// Override every level's think time.
+    pub think_time_ms: Option<u64>,
+    /// Rounds per row: the verdict must hold in every one.
+    pub rounds: u32,
+    /// PostgreSQL (`None`: environment or throwaway).
+    pub database_url: Option<String>,
+    /// Redis (`None`: environment or throwaway, if any level needs it).
+    pub redis_url: Option<String>,
+    /// The `load` executable.
+    pub exe: PathBuf,
+    /// The rush itself.
+    pub rush: RushSettings,
+}
+
+/// Servers every strategy of a sustained tour runs on (and the HTTP ceiling
+/// is measured on).
+pub const SUSTAINED_TOUR_SERVERS: usize = 2;
+
+/// One row of the tour.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TourRow {
+    /// Level number.
+    pub level: u8,
+    /// Strategy name.
+    pub strategy: String,
+    /// Servers.
+    pub servers: usize,
+    /// The servers' think time.
+    pub think_time_ms: u64,
+    /// The verdict the level promises.
+    pub expected: Verdict,
+    /// Every round's report.
+    pub rounds: Vec<Report>,
+    /// Whether every round earned the expected verdict.
+    pub as_expected: bool,
+}
+
+/// The whole tour.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Tour {
+    /// The machine and services it ran on.
+    pub machine: Machine,
+    /// One row per (level, strategy, servers).
+    pub rows: Vec<TourRow>,
+    /// Whether every row earned its expected verdict.
+    pub as_expected: bool,
+}
+
+/// Runs the tour. `on_row` sees each row as soon as it is done.
+pub async fn tour(options: &TourOptions, mut on_row: impl FnMut(&TourRow)) -> anyhow::Result<Tour> {
+    let chosen: Vec<LevelInfo> = levels()
+        .into_iter()
+        .filter(|l| {
+            options
+                .levels
+                .as_ref()
+                .is_none_or(|only| only.contains(&l.number))
+        })
+        .collect();
+    anyhow::ensure!(!chosen.is_empty(), "no such levels in this build");
+    let need_redis = chosen.iter().any(|l| l.needs_redis);
+    let services = Services::find(
+        options.database_url.clone(),
+        options.redis_url.clone(),
+        need_redis,
+        options.rush.durable,
+    )
+    .await?;
+    check_database(services.database_url()).await?;
+
+    // Sustained tours measure the ceilings once, first, against servers that
+    // do no work (Level 0's /livez), as many as every strategy then runs on
+    // (two), at the same concurrency.
+    let (ceilings, server_counts) = match options.rush.sustained {
+        Some(shape) => {
+            let servers = SUSTAINED_TOUR_SERVERS;
+            let idle = start_processes(
+                &options.exe,
+                &ServerSpec::new(0, "naive"),
+                services.database_url(),
+                None,
+                servers,
+            )
+            .await?;
+            let idle_urls: Vec<String> = idle.iter().map(|p| p.url().to_owned()).collect();
+            // Strategies run on two servers, each with its default pool.
+            let pools = servers * default_pool_size();
+            let measured = measure_ceilings(&services, &idle_urls, shape, pools, 999).await;
+            stop_all(idle).await;
+            (measured?, vec![servers])
+        }
+        None => (Vec::new(), vec![1usize, 2]),
+    };
+
+    let mut rows = Vec::new();
+    let mut ticket_id = 1_000;
+    for info in &chosen {
+        for strategy in &info.strategies {
+            for &servers in &server_counts {
+                ticket_id += 1;
+                let think = options
+                    .think_time_ms
+                    .unwrap_or(default_think_time(info, &options.rush));
+                let spec = ServerSpec::new(info.number, strategy.name).think_time_ms(think);
+                let processes = start_processes(
+                    &options.exe,
+                    &spec,
+                    services.database_url(),
+                    services.redis_url(),
+                    servers,
+                )
+                .await
+                .with_context(|| format!("starting level {} {}", info.number, strategy.name))?;
+                let targets: Vec<String> = processes.iter().map(|p| p.url().to_owned()).collect();
+                let expected = strategy.expected.for_servers(servers);
+                let mut rounds = Vec::new();
+                let mut failure = None;
+                for round in 0..options.rounds.max(1) {
+                    match one_round(
+                        &options.rush,
+                        info,
+                        &services,
+                        targets.clone(),
+                        ticket_id,
+                        round,
+                    )
+                    .await
+                    {
+                        Ok(mut report) => {
+                            report.ceilings = ceilings.clone();
+                            report.memory = memory_of(&processes);
+                            report.level = Some(info.number);
+                            report.strategy = Some(strategy.name.to_owned());
+                            report.think_time_ms = Some(think);
+                            rounds.push(report);
+                        }
+                        Err(err) => {
+                            failure = Some(err);
+                            break;
+                        }
+                    }
+                }
+                stop_all(processes).await;
+                if let Some(err) = failure {
+                    return Err(err.context(format!(
+                        "level {} {} on {servers} server(s)",
+                        info.number, strategy.name
+                    )));
+                }
+                // A sustained run never sells out, so only strategies meant
+                // to be correct are held to a verdict there; the racy ones
+                // are shown for their speed.
+                let as_expected = if options.rush.sustained.is_some() {
+                    expected != Verdict::Correct
+                        || rounds.iter().all(|r| r.verdict == Verdict::Correct)
+                } else {
+                    rounds.iter().all(|r| r.verdict == expected)
+                };
+                let row = TourRow {
+                    level: info.number,
+                    strategy: strategy.name.to_owned(),
+                    servers,
+                    think_time_ms: think,
+                    expected,
+                    rounds,
+                    as_expected,
+                };
+                on_row(&row);
+                rows.push(row);
+            }
+        }
+    }
+    let as_expected = rows.iter().all(|r| r.as_expected);
+    let machine = Machine::describe(services.database_url(), services.redis_url()).await;
+    Ok(Tour {
+        machine,
+        rows,
+        as_expected,
+    })
+}
