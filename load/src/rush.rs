@@ -31,7 +31,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 use sqlx::PgPool;
-use ticket_core::verify::{judge_run, Evidence, ExpectedOrders, Identities};
+use ticket_core::verify::{judge_run, Evidence, ExpectedOrders, Identities, Judgement};
 use ticket_core::{db, TicketId};
 use tokio::sync::Barrier;
 
@@ -187,43 +187,36 @@ enum Final {
     Error,
 }
 
-/// Runs the rush and judges it from the database.
-pub async fn rush(plan: &RushPlan) -> anyhow::Result<Report> {
-    anyhow::ensure!(!plan.targets.is_empty(), "no servers to send buyers to");
-    anyhow::ensure!(plan.buyers > 0, "at least one buyer is needed");
-    anyhow::ensure!(plan.tickets >= 0, "tickets cannot be negative");
-    let ticket = TicketId::parse(i128::from(plan.ticket_id))?;
-    raise_fd_limit();
+/// Where every buyer waits to be released at one instant, and that instant.
+struct StartLine {
+    barrier: Arc<Barrier>,
+    release: Arc<std::sync::OnceLock<Instant>>,
+}
 
-    let pool = db::connect(&plan.database_url, 2, Duration::from_secs(10)).await?;
-    if plan.reset {
-        db::reset_ticket(&pool, ticket, "Rush concert", plan.tickets).await?;
+/// The bar of answered buyers, or a hidden one without `--progress`.
+fn progress_bar(plan: &RushPlan) -> ProgressBar {
+    if !plan.progress {
+        return ProgressBar::hidden();
     }
-
-    // The servers' counters run from their start: read them now, so the
-    // report shows what this round did (servers reused across rounds, or
-    // started by someone else, have counted earlier runs too).
-    let metrics_before = scrape_metrics(&plan.targets).await;
-    let user_ids = plan.user_ids();
-    let distinct_users = user_ids.iter().collect::<HashSet<_>>().len();
-    let tally = Arc::new(Tally::default());
-    // +1: this task also waits, to take the start time at the release.
-    let barrier = Arc::new(Barrier::new(plan.buyers + 1));
-    let progress = if plan.progress {
-        let bar = ProgressBar::new(plan.buyers as u64);
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{spinner} buyers answered {pos}/{len} [{bar:40}] {elapsed}",
-            )
+    let bar = ProgressBar::new(plan.buyers as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} buyers answered {pos}/{len} [{bar:40}] {elapsed}")
             .expect("a valid template")
             .progress_chars("=> "),
-        );
-        bar
-    } else {
-        ProgressBar::hidden()
-    };
+    );
+    bar
+}
 
-    let release = Arc::new(std::sync::OnceLock::<Instant>::new());
+/// One task per buyer: connect, wait at the start line, buy, and count the
+/// final answer. Each task returns how long its buyer waited from the
+/// release.
+fn spawn_buyers(
+    plan: &RushPlan,
+    user_ids: &[i64],
+    tally: &Arc<Tally>,
+    start: &StartLine,
+    progress: &ProgressBar,
+) -> tokio::task::JoinSet<Duration> {
     let mut tasks = tokio::task::JoinSet::new();
     for (index, user_id) in user_ids.iter().copied().enumerate() {
         let target = plan.targets[index % plan.targets.len()].clone();
@@ -235,10 +228,10 @@ pub async fn rush(plan: &RushPlan) -> anyhow::Result<Report> {
             max_attempts: plan.max_attempts.max(1),
             seed: plan.seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
         };
-        let barrier = barrier.clone();
+        let barrier = start.barrier.clone();
+        let release = start.release.clone();
         let tally = tally.clone();
         let progress = progress.clone();
-        let release = release.clone();
         tasks.spawn(async move {
             let client = buyer.connect().await;
             barrier.wait().await;
@@ -271,9 +264,16 @@ pub async fn rush(plan: &RushPlan) -> anyhow::Result<Report> {
             took
         });
     }
+    tasks
+}
 
-    barrier.wait().await;
-    let started = *release.get_or_init(Instant::now);
+/// Waits for every buyer, at most `timeout`, and gathers how long each
+/// waited from the release.
+async fn collect_waits(
+    mut tasks: tokio::task::JoinSet<Duration>,
+    timeout: Duration,
+    buyers: usize,
+) -> anyhow::Result<Histogram<u64>> {
     let mut histogram =
         Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds");
     let collect = async {
@@ -283,32 +283,30 @@ pub async fn rush(plan: &RushPlan) -> anyhow::Result<Report> {
         }
         anyhow::Ok(())
     };
-    match tokio::time::timeout(plan.timeout, collect).await {
+    match tokio::time::timeout(timeout, collect).await {
         Ok(result) => result?,
         Err(_) => {
             tasks.abort_all();
             anyhow::bail!(
-                "the rush did not finish within {:?} ({} of {} buyers answered)",
-                plan.timeout,
-                histogram.len(),
-                plan.buyers
+                "the rush did not finish within {timeout:?} ({} of {buyers} buyers answered)",
+                histogram.len()
             );
         }
     }
-    // On the shared clock, so never shorter than the slowest buyer's wait.
-    let elapsed = started.elapsed();
-    progress.finish_and_clear();
+    Ok(histogram)
+}
 
-    let last_success = *lock(&tally.last_success);
-    let persistence_lag_ms = match &plan.settle {
-        Some(settle) => settle.run(&pool, ticket, last_success).await?,
-        None => None,
-    };
-    let truth = db::truth(&pool, ticket).await?;
-    let holders = db::order_holders(&pool, ticket).await?;
-    pool.close().await;
-    let succeeded = tally.succeeded.load(Ordering::Relaxed);
-    let errors = tally.errors.load(Ordering::Relaxed);
+/// Reads what the database holds after the rush and judges it: who was
+/// answered 201 against who holds a row, and every count beside.
+async fn judge_from_database(
+    pool: &PgPool,
+    ticket: TicketId,
+    plan: &RushPlan,
+    distinct_users: usize,
+    tally: &Tally,
+) -> anyhow::Result<(db::DbTruth, Judgement)> {
+    let truth = db::truth(pool, ticket).await?;
+    let holders = db::order_holders(pool, ticket).await?;
     let judgement = judge_run(&Evidence {
         tickets: i64::from(plan.tickets),
         expected: ExpectedOrders::SellOut {
@@ -319,9 +317,56 @@ pub async fn rush(plan: &RushPlan) -> anyhow::Result<Report> {
             failed: &lock(&tally.failed),
             holders: &holders,
         },
-        errors,
+        errors: tally.errors.load(Ordering::Relaxed),
         truth: &truth,
     });
+    Ok((truth, judgement))
+}
+
+/// Runs the rush and judges it from the database.
+pub async fn rush(plan: &RushPlan) -> anyhow::Result<Report> {
+    anyhow::ensure!(!plan.targets.is_empty(), "no servers to send buyers to");
+    anyhow::ensure!(plan.buyers > 0, "at least one buyer is needed");
+    anyhow::ensure!(plan.tickets >= 0, "tickets cannot be negative");
+    let ticket = TicketId::parse(i128::from(plan.ticket_id))?;
+    raise_fd_limit();
+
+    let pool = db::connect(&plan.database_url, 2, Duration::from_secs(10)).await?;
+    if plan.reset {
+        db::reset_ticket(&pool, ticket, "Rush concert", plan.tickets).await?;
+    }
+
+    // The servers' counters run from their start: read them now, so the
+    // report shows what this round did (servers reused across rounds, or
+    // started by someone else, have counted earlier runs too).
+    let metrics_before = scrape_metrics(&plan.targets).await;
+    let user_ids = plan.user_ids();
+    let distinct_users = user_ids.iter().collect::<HashSet<_>>().len();
+    let tally = Arc::new(Tally::default());
+    let start = StartLine {
+        // +1: this task also waits, to take the start time at the release.
+        barrier: Arc::new(Barrier::new(plan.buyers + 1)),
+        release: Arc::new(std::sync::OnceLock::new()),
+    };
+    let progress = progress_bar(plan);
+    let tasks = spawn_buyers(plan, &user_ids, &tally, &start, &progress);
+    start.barrier.wait().await;
+    let started = *start.release.get_or_init(Instant::now);
+    let histogram = collect_waits(tasks, plan.timeout, plan.buyers).await?;
+    // On the shared clock, so never shorter than the slowest buyer's wait.
+    let elapsed = started.elapsed();
+    progress.finish_and_clear();
+
+    let last_success = *lock(&tally.last_success);
+    let persistence_lag_ms = match &plan.settle {
+        Some(settle) => settle.run(&pool, ticket, last_success).await?,
+        None => None,
+    };
+    let (truth, judgement) =
+        judge_from_database(&pool, ticket, plan, distinct_users, &tally).await?;
+    pool.close().await;
+    let succeeded = tally.succeeded.load(Ordering::Relaxed);
+    let errors = tally.errors.load(Ordering::Relaxed);
     let server_metrics = metrics_delta(&metrics_before, &scrape_metrics(&plan.targets).await);
     let attempts = tally.attempts.load(Ordering::Relaxed);
     let seconds = elapsed.as_secs_f64().max(1e-9);

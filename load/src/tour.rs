@@ -7,12 +7,12 @@ use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 use ticket_core::Verdict;
 
-use crate::levels::{levels, LevelInfo};
+use crate::levels::{levels, LevelInfo, StrategyInfo};
 use crate::machine::Machine;
-use crate::model::Report;
+use crate::model::{Ceiling, Report};
 use crate::run::{
     check_database, default_pool_size, default_think_time, measure_ceilings, memory_of, one_round,
-    stop_all, RushSettings, Services,
+    stop_all, RushSettings, Services, Sustained,
 };
 use crate::servers::{start_processes, ServerSpec};
 
@@ -90,28 +90,11 @@ pub async fn tour(options: &TourOptions, mut on_row: impl FnMut(&TourRow)) -> an
     )
     .await?;
     check_database(services.database_url()).await?;
-
-    // Sustained tours measure the ceilings once, first, against servers that
-    // do no work (Level 0's /livez), as many as every strategy then runs on
-    // (two), at the same concurrency.
     let (ceilings, server_counts) = match options.rush.sustained {
-        Some(shape) => {
-            let servers = SUSTAINED_TOUR_SERVERS;
-            let idle = start_processes(
-                &options.exe,
-                &ServerSpec::new(0, "naive"),
-                services.database_url(),
-                None,
-                servers,
-            )
-            .await?;
-            let idle_urls: Vec<String> = idle.iter().map(|p| p.url().to_owned()).collect();
-            // Strategies run on two servers, each with its default pool.
-            let pools = servers * default_pool_size();
-            let measured = measure_ceilings(&services, &idle_urls, shape, pools, 999).await;
-            stop_all(idle).await;
-            (measured?, vec![servers])
-        }
+        Some(shape) => (
+            sustained_ceilings(options, &services, shape).await?,
+            vec![SUSTAINED_TOUR_SERVERS],
+        ),
         None => (Vec::new(), vec![1usize, 2]),
     };
 
@@ -121,73 +104,13 @@ pub async fn tour(options: &TourOptions, mut on_row: impl FnMut(&TourRow)) -> an
         for strategy in &info.strategies {
             for &servers in &server_counts {
                 ticket_id += 1;
-                let think = options
-                    .think_time_ms
-                    .unwrap_or(default_think_time(info, &options.rush));
-                let spec = ServerSpec::new(info.number, strategy.name).think_time_ms(think);
-                let processes = start_processes(
-                    &options.exe,
-                    &spec,
-                    services.database_url(),
-                    services.redis_url(),
+                let place = Place {
+                    info,
+                    strategy,
                     servers,
-                )
-                .await
-                .with_context(|| format!("starting level {} {}", info.number, strategy.name))?;
-                let targets: Vec<String> = processes.iter().map(|p| p.url().to_owned()).collect();
-                let expected = strategy.expected.for_servers(servers);
-                let mut rounds = Vec::new();
-                let mut failure = None;
-                for round in 0..options.rounds.max(1) {
-                    match one_round(
-                        &options.rush,
-                        info,
-                        &services,
-                        targets.clone(),
-                        ticket_id,
-                        round,
-                    )
-                    .await
-                    {
-                        Ok(mut report) => {
-                            report.ceilings = ceilings.clone();
-                            report.memory = memory_of(&processes);
-                            report.level = Some(info.number);
-                            report.strategy = Some(strategy.name.to_owned());
-                            report.think_time_ms = Some(think);
-                            rounds.push(report);
-                        }
-                        Err(err) => {
-                            failure = Some(err);
-                            break;
-                        }
-                    }
-                }
-                stop_all(processes).await;
-                if let Some(err) = failure {
-                    return Err(err.context(format!(
-                        "level {} {} on {servers} server(s)",
-                        info.number, strategy.name
-                    )));
-                }
-                // A sustained run never sells out, so only strategies meant
-                // to be correct are held to a verdict there; the racy ones
-                // are shown for their speed.
-                let as_expected = if options.rush.sustained.is_some() {
-                    expected != Verdict::Correct
-                        || rounds.iter().all(|r| r.verdict == Verdict::Correct)
-                } else {
-                    rounds.iter().all(|r| r.verdict == expected)
+                    ticket_id,
                 };
-                let row = TourRow {
-                    level: info.number,
-                    strategy: strategy.name.to_owned(),
-                    servers,
-                    think_time_ms: think,
-                    expected,
-                    rounds,
-                    as_expected,
-                };
+                let row = tour_row(options, &services, &ceilings, place).await?;
                 on_row(&row);
                 rows.push(row);
             }
@@ -198,6 +121,122 @@ pub async fn tour(options: &TourOptions, mut on_row: impl FnMut(&TourRow)) -> an
     Ok(Tour {
         machine,
         rows,
+        as_expected,
+    })
+}
+
+/// Sustained tours measure the ceilings once, first, against servers that
+/// do no work (Level 0's /livez), as many as every strategy then runs on
+/// (two), at the same concurrency.
+async fn sustained_ceilings(
+    options: &TourOptions,
+    services: &Services,
+    shape: Sustained,
+) -> anyhow::Result<Vec<Ceiling>> {
+    let servers = SUSTAINED_TOUR_SERVERS;
+    let idle = start_processes(
+        &options.exe,
+        &ServerSpec::new(0, "naive"),
+        services.database_url(),
+        None,
+        servers,
+    )
+    .await?;
+    let idle_urls: Vec<String> = idle.iter().map(|p| p.url().to_owned()).collect();
+    // Strategies run on two servers, each with its default pool.
+    let pools = servers * default_pool_size();
+    let measured = measure_ceilings(services, &idle_urls, shape, pools, 999).await;
+    stop_all(idle).await;
+    measured
+}
+
+/// Where one row of the tour runs: a strategy of a level, on some servers,
+/// selling its own ticket.
+struct Place<'a> {
+    info: &'a LevelInfo,
+    strategy: &'a StrategyInfo,
+    servers: usize,
+    ticket_id: i64,
+}
+
+/// Starts the row's servers, runs its rounds, stops the servers, and says
+/// whether every round earned the verdict the level promises.
+async fn tour_row(
+    options: &TourOptions,
+    services: &Services,
+    ceilings: &[Ceiling],
+    place: Place<'_>,
+) -> anyhow::Result<TourRow> {
+    let Place {
+        info,
+        strategy,
+        servers,
+        ticket_id,
+    } = place;
+    let think = options
+        .think_time_ms
+        .unwrap_or(default_think_time(info, &options.rush));
+    let spec = ServerSpec::new(info.number, strategy.name).think_time_ms(think);
+    let processes = start_processes(
+        &options.exe,
+        &spec,
+        services.database_url(),
+        services.redis_url(),
+        servers,
+    )
+    .await
+    .with_context(|| format!("starting level {} {}", info.number, strategy.name))?;
+    let targets: Vec<String> = processes.iter().map(|p| p.url().to_owned()).collect();
+    let expected = strategy.expected.for_servers(servers);
+    let mut rounds = Vec::new();
+    let mut failure = None;
+    for round in 0..options.rounds.max(1) {
+        let report = one_round(
+            &options.rush,
+            info,
+            services,
+            targets.clone(),
+            ticket_id,
+            round,
+        )
+        .await;
+        match report {
+            Ok(mut report) => {
+                report.ceilings = ceilings.to_vec();
+                report.memory = memory_of(&processes);
+                report.level = Some(info.number);
+                report.strategy = Some(strategy.name.to_owned());
+                report.think_time_ms = Some(think);
+                rounds.push(report);
+            }
+            Err(err) => {
+                failure = Some(err);
+                break;
+            }
+        }
+    }
+    stop_all(processes).await;
+    if let Some(err) = failure {
+        return Err(err.context(format!(
+            "level {} {} on {servers} server(s)",
+            info.number, strategy.name
+        )));
+    }
+    // A sustained run never sells out, so only strategies meant to be
+    // correct are held to a verdict there; the racy ones are shown for their
+    // speed.
+    let as_expected = if options.rush.sustained.is_some() {
+        expected != Verdict::Correct || rounds.iter().all(|r| r.verdict == Verdict::Correct)
+    } else {
+        rounds.iter().all(|r| r.verdict == expected)
+    };
+    Ok(TourRow {
+        level: info.number,
+        strategy: strategy.name.to_owned(),
+        servers,
+        think_time_ms: think,
+        expected,
+        rounds,
         as_expected,
     })
 }
