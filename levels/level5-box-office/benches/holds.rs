@@ -39,7 +39,8 @@ const BATCH: usize = 32;
 enum Contender {
     Strategy(Arc<dyn HoldSeats>),
     RawSql,
-    RawLua(redis::Client, redis::Script),
+    /// Boxed: a Redis client and script are large beside the other variants.
+    RawLua(Box<(redis::Client, redis::Script)>),
 }
 
 struct Setup {
@@ -105,7 +106,7 @@ fn contenders(setup: &Setup) -> Vec<(&'static str, Contender)> {
             strategy(&["--strategy", "optimistic", "--max-retries", "0"]),
         ),
         ("redis-lua", strategy(&["--strategy", "redis-lua"])),
-        ("raw-lua", Contender::RawLua(client, script)),
+        ("raw-lua", Contender::RawLua(Box::new((client, script)))),
     ]
 }
 
@@ -186,7 +187,8 @@ async fn run_one(contender: &Contender, pool: &PgPool, request: HoldRequest) {
             let _ = strategy.hold(&request).await;
         }
         Contender::RawSql => raw_sql(pool, &request).await,
-        Contender::RawLua(client, script) => {
+        Contender::RawLua(lua) => {
+            let (client, script) = lua.as_ref();
             let mut conn = client
                 .get_multiplexed_async_connection()
                 .await
