@@ -24,9 +24,10 @@
 //! --repair`) finishes the job. Redis first would let the unit be sold again
 //! while PostgreSQL still holds the old order: an oversell.
 
+use ticket_core::redis_checks::is_unavailable;
 use ticket_core::{db, CancelError, Cancellation, OrderId, PurchaseError, TicketId, UserId};
 
-use crate::store::{is_unavailable, SaleStore};
+use crate::store::SaleStore;
 
 impl SaleStore {
     /// Cancels `order` of `ticket` for `user` in both stores (see the

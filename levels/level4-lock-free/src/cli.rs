@@ -129,6 +129,7 @@ impl Cli {
         );
         let (redis_url, throwaway_redis) =
             ticket_core::server::redis_or_throwaway(self.redis_url).await?;
+        check_redis(&RedisConn::new(&redis_url, RESPONSE_TIMEOUT)?).await?;
         let config = Level4Config {
             redis_url,
             run_worker: !self.no_persist,
@@ -164,10 +165,28 @@ impl StoreArgs {
     }
 }
 
+/// Refuses to start on a Redis that may evict keys (see
+/// [`RedisConn::require_noeviction`]), as Level 3 does. A Redis that does
+/// not answer yet is only reported: a server starts, answers 503 and says
+/// so on `/health` until Redis is there, as it does when Redis stops later.
+async fn check_redis(redis: &RedisConn) -> anyhow::Result<()> {
+    use ticket_core::redis_checks::EvictionCheckError;
+    match redis.require_noeviction().await {
+        Ok(()) => Ok(()),
+        Err(EvictionCheckError::Unavailable(err)) => {
+            tracing::warn!(%err, "Redis does not answer yet; purchases are answered 503 until it does");
+            Ok(())
+        }
+        Err(err) => Err(anyhow::Error::new(err)
+            .context("the Redis given to decide the sales cannot be trusted with them")),
+    }
+}
+
 impl PersistCommand {
     /// Runs a worker until Ctrl-C or SIGTERM, then finishes its batch.
     pub async fn run(self) -> anyhow::Result<ExitCode> {
         let store = self.stores.open().await?;
+        check_redis(store.redis()).await?;
         let consumer = self.consumer.unwrap_or_else(|| {
             format!(
                 "persist-{}-{:08x}",

@@ -149,28 +149,30 @@ impl SaleStore {
     /// The sale as Redis holds it (`None`: not loaded).
     async fn redis_sale(&self, ticket: TicketId) -> Result<Option<RedisSale>, StoreError> {
         let keys = self.keys();
-        let (sale, buyers): (HashMap<String, i64>, i64) = self
+        type Sale = (Option<i64>, Option<i64>, Option<i64>);
+        let (sale, buyers): (Sale, i64) = self
             .redis()
             .pipe(
                 redis::pipe()
                     .atomic()
-                    .cmd("HGETALL")
+                    .cmd("HMGET")
                     .arg(keys.sale(ticket))
+                    .arg("epoch")
+                    .arg("total")
+                    .arg("stock")
                     .cmd("HLEN")
                     .arg(keys.buyers(ticket)),
             )
             .await?;
-        Ok(
-            match (sale.get("epoch"), sale.get("total"), sale.get("stock")) {
-                (Some(&epoch), Some(&total), Some(&stock)) => Some(RedisSale {
-                    epoch,
-                    total,
-                    stock,
-                    buyers,
-                }),
-                _ => None,
-            },
-        )
+        Ok(match sale {
+            (Some(epoch), Some(total), Some(stock)) => Some(RedisSale {
+                epoch,
+                total,
+                stock,
+                buyers,
+            }),
+            _ => None,
+        })
     }
 
     /// The sale as PostgreSQL holds it (`None`: no such ticket).

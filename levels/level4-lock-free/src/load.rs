@@ -32,6 +32,19 @@
 //! so that Redis never offers a unit PostgreSQL does not have, even when the
 //! two columns disagree.
 //!
+//! **A Redis that went back in time.** Redis signs each sale it loads with
+//! its process's `run_id` (new at every start of `redis-server`), and the
+//! purchase script sells only from a sale signed by the process it runs in.
+//! A Redis restarted from an old RDB snapshot, or from an AOF missing its
+//! last second, or a replica promoted after a failover, still holds the
+//! current epoch, so nothing looks unloaded; but its stock is too high and
+//! the buyers of its lost writes are missing, while PostgreSQL may already
+//! hold their orders. Unsigned, that sale answers `not_loaded`; the buyer
+//! comes here, and `load.lua` puts PostgreSQL's orders back among Redis's
+//! buyers, recomputes the stock from them and signs the sale. What it
+//! cannot bring back are sales lost from both stores: answered 201, never
+//! persisted (see `docs/05-lock-free.md`).
+//!
 //! A reset of a ticket whose previous sale is still in Redis is noticed by
 //! [`crate::listen`] (PostgreSQL announces it), not by buyers: a purchase
 //! never reads PostgreSQL, which is the point of this level.
@@ -53,6 +66,10 @@ pub struct Loaded {
     pub wrote_redis: bool,
     /// The stock Redis was given (when `wrote_redis`).
     pub stock: i64,
+    /// This call checked a sale that the running Redis process had not
+    /// loaded itself (it restarted, or was promoted, since), and put back
+    /// this many buyers it had forgotten, whose orders PostgreSQL holds.
+    pub rechecked: Option<i64>,
 }
 
 impl SaleStore {
@@ -110,15 +127,25 @@ impl SaleStore {
         };
         tx.commit().await?;
 
-        let wrote = self
+        let (outcome, restored) = self
             .write_sale(ticket, epoch, total, available, max_order_id, &orders)
             .await?;
         let loaded = Loaded {
             epoch,
             started: starts_new_sale,
-            wrote_redis: wrote == 1,
+            wrote_redis: outcome == 1,
             stock: available,
+            rechecked: (outcome == 2).then_some(restored),
         };
+        if let Some(restored) = loaded.rechecked {
+            tracing::warn!(
+                %ticket,
+                epoch,
+                restored,
+                "Redis held this sale from before its restart; checked it against PostgreSQL \
+                 and put back the buyers it had forgotten"
+            );
+        }
         if loaded.wrote_redis {
             tracing::info!(
                 %ticket,
@@ -134,7 +161,9 @@ impl SaleStore {
     }
 
     /// `load.lua`: writes the sale into Redis unless it holds this epoch (or
-    /// a newer one, or a fence above it) already. Returns 1 when it wrote.
+    /// a newer one, or a fence above it) already; checks a sale of this
+    /// epoch that the running Redis process has not signed. Returns (1, 0)
+    /// when it wrote, (2, buyers put back) when it checked, (0, 0) else.
     async fn write_sale(
         &self,
         ticket: TicketId,
@@ -143,7 +172,7 @@ impl SaleStore {
         available: i64,
         max_order_id: i64,
         orders: &[(i64, i64)],
-    ) -> Result<i64, StoreError> {
+    ) -> Result<(i64, i64), StoreError> {
         let keys = self.keys();
         let mut invocation = self.scripts().load.prepare_invoke();
         invocation

@@ -5,7 +5,8 @@
 //! listener, `reconcile` and the load tool's drain all use; [`RedisConn`] is
 //! its Redis half: one multiplexed connection that reconnects by itself, the
 //! scripts, and the line between "Redis is not there" (answer 503, retry
-//! later) and "Redis refused" (a bug).
+//! later) and "Redis refused" (a bug), drawn by
+//! [`ticket_core::redis_checks::is_unavailable`] for Levels 3 and 4 alike.
 
 use std::fmt;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{FromRedisValue, Script, ScriptInvocation};
 use sqlx::PgPool;
+use ticket_core::redis_checks::is_unavailable;
 use ticket_core::{TicketId, UserId};
 
 use crate::keys::Keys;
@@ -25,30 +27,6 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// script that runs in microseconds; a second without an answer means Redis
 /// is gone or stalled, and the buyer is better served by a 503 now.
 pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// Whether a Redis error means "Redis is not there right now" (stopped,
-/// unreachable, too slow, still loading its data after a restart) rather
-/// than "Redis refused what we sent". The first is worth trying again later;
-/// the second will fail the same way every time.
-pub fn is_unavailable(err: &redis::RedisError) -> bool {
-    use redis::{ErrorKind, ServerErrorKind};
-    // BUSY: a script has run past `busy-reply-threshold` (5 s by default);
-    // Redis refuses every other command, unrun, until it ends.
-    err.code() == Some("BUSY")
-        || err.is_io_error()
-        || err.is_timeout()
-        || err.is_connection_dropped()
-        || err.is_connection_refusal()
-        || matches!(
-            err.kind(),
-            ErrorKind::Server(
-                ServerErrorKind::BusyLoading
-                    | ServerErrorKind::TryAgain
-                    | ServerErrorKind::MasterDown
-                    | ServerErrorKind::ClusterDown
-            )
-        )
-}
 
 /// One connection to Redis, multiplexed: every request of a server shares
 /// it, and Redis answers them in order (a pipeline it did not have to ask
@@ -131,6 +109,16 @@ impl RedisConn {
             Err(err) if err.is_connection_refusal() => pipe.query_async(&mut conn).await,
             other => other,
         }
+    }
+
+    /// Checks that this Redis will not evict keys on its own
+    /// ([`ticket_core::redis_checks::require_noeviction`]): an evicted sale
+    /// or buyers hash is a sale forgotten, and sold again.
+    pub async fn require_noeviction(
+        &self,
+    ) -> Result<(), ticket_core::redis_checks::EvictionCheckError> {
+        let mut conn = self.manager.clone();
+        ticket_core::redis_checks::require_noeviction(&mut conn).await
     }
 
     /// Asks for a PONG: what `/health` calls.
@@ -353,18 +341,25 @@ impl SaleStore {
     }
 
     /// Whether Redis sells `ticket`: it holds a sale that no reset has
-    /// closed (see [`crate::reset`]).
+    /// closed (see [`crate::reset`]), signed by the running Redis process
+    /// (see [`crate::load`]). The same rule as `purchase.lua`'s.
     pub async fn redis_serving(&self, ticket: TicketId) -> Result<bool, StoreError> {
-        let (epoch, fence): (Option<i64>, Option<i64>) = self
+        type Sale = (Option<i64>, Option<i64>, Option<String>);
+        let ((epoch, fence, checked_by), info): (Sale, String) = self
             .redis
-            .query(
-                redis::cmd("HMGET")
+            .pipe(
+                redis::pipe()
+                    .cmd("HMGET")
                     .arg(self.keys.sale(ticket))
                     .arg("epoch")
-                    .arg("fence"),
+                    .arg("fence")
+                    .arg("checked_by")
+                    .cmd("INFO")
+                    .arg("server"),
             )
             .await?;
-        Ok(epoch.is_some_and(|epoch| fence.is_none_or(|fence| epoch >= fence)))
+        let open = epoch.is_some_and(|epoch| fence.is_none_or(|fence| epoch >= fence));
+        Ok(open && checked_by.is_some_and(|signed| run_id(&info) == Some(signed.as_str())))
     }
 
     /// Whether Redis holds a sale (of any epoch) for `ticket`, and which.
@@ -373,5 +368,26 @@ impl SaleStore {
             .redis
             .query(redis::cmd("HGET").arg(self.keys.sale(ticket)).arg("epoch"))
             .await?)
+    }
+}
+
+/// The `run_id` of an `INFO server` answer: drawn afresh at every start of
+/// `redis-server`, so a sale signed with another one was loaded by a Redis
+/// process that has since restarted (see [`crate::load`]).
+fn run_id(info: &str) -> Option<&str> {
+    info.lines()
+        .find_map(|line| line.trim_end().strip_prefix("run_id:"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_run_id_is_read_from_info_server() {
+        let info =
+            "# Server\r\nredis_version:7.0.15\r\nrun_id:52abfeb545396f4e\r\ntcp_port:6379\r\n";
+        assert_eq!(run_id(info), Some("52abfeb545396f4e"));
+        assert_eq!(run_id("# Server\r\nredis_version:7.0.15\r\n"), None);
     }
 }

@@ -163,25 +163,19 @@ impl LockClient {
 
     /// Checks, once at start, that this Redis can hold locks: its
     /// `maxmemory-policy` must be `noeviction` ([`LockError::Evicting`]
-    /// otherwise), so that a lock key never vanishes under memory pressure.
-    /// Then loads the scripts ([`LockClient::load_scripts`]). Reads the
-    /// policy from `INFO memory`, which managed Redis services that disable
-    /// `CONFIG` still answer.
+    /// otherwise), so that a lock key never vanishes under memory pressure
+    /// ([`ticket_core::redis_checks::require_noeviction`], which Level 4
+    /// asks too). Then loads the scripts ([`LockClient::load_scripts`]).
     pub async fn check_redis(&self) -> Result<(), LockError> {
-        let info: String = self.query(redis::cmd("INFO").arg("memory")).await?;
-        match eviction_policy(&info) {
-            Some("noeviction") => {}
-            Some(policy) => {
-                return Err(LockError::Evicting {
-                    policy: policy.to_owned(),
-                })
-            }
-            // An INFO without the field (very old Redis, or a proxy): say
-            // nothing rather than refuse to start.
-            None => tracing::warn!(
-                "Redis did not report its maxmemory-policy; make sure it is noeviction"
-            ),
-        }
+        use ticket_core::redis_checks::{require_noeviction, EvictionCheckError};
+        let mut conn = self.inner.commands.clone();
+        require_noeviction(&mut conn)
+            .await
+            .map_err(|err| match err {
+                EvictionCheckError::Unavailable(err) => LockError::Unavailable(err),
+                EvictionCheckError::Refused(err) => LockError::Redis(err),
+                EvictionCheckError::Evicting { policy } => LockError::Evicting { policy },
+            })?;
         self.load_scripts().await
     }
 
@@ -228,23 +222,5 @@ impl LockClient {
                 .map_err(LockError::from_redis),
             other => other.map_err(LockError::from_redis),
         }
-    }
-}
-
-/// The `maxmemory_policy` field of an `INFO memory` answer.
-fn eviction_policy(info: &str) -> Option<&str> {
-    info.lines()
-        .find_map(|line| line.trim_end().strip_prefix("maxmemory_policy:"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_eviction_policy_is_read_from_info_memory() {
-        let info = "# Memory\r\nused_memory:1000\r\nmaxmemory_policy:volatile-lru\r\nother:1\r\n";
-        assert_eq!(eviction_policy(info), Some("volatile-lru"));
-        assert_eq!(eviction_policy("# Memory\r\nused_memory:1\r\n"), None);
     }
 }

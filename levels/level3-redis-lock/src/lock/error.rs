@@ -58,23 +58,10 @@ pub enum LockError {
 
 impl LockError {
     /// Sorts a Redis client error into "Redis is not there right now" and
-    /// everything else.
+    /// everything else ([`ticket_core::redis_checks::is_unavailable`], the
+    /// one rule Level 4 uses too).
     pub(super) fn from_redis(err: redis::RedisError) -> Self {
-        use redis::{ErrorKind, ServerErrorKind};
-        let unavailable = err.is_io_error()
-            || err.is_timeout()
-            || err.is_connection_dropped()
-            || err.is_connection_refusal()
-            || matches!(
-                err.kind(),
-                ErrorKind::Server(
-                    ServerErrorKind::BusyLoading
-                        | ServerErrorKind::TryAgain
-                        | ServerErrorKind::MasterDown
-                        | ServerErrorKind::ClusterDown
-                )
-            );
-        if unavailable {
+        if ticket_core::redis_checks::is_unavailable(&err) {
             Self::Unavailable(err)
         } else {
             Self::Redis(err)

@@ -25,14 +25,28 @@
 --   {'already_purchased', id}  this buyer already holds the ticket (order id)
 --   {'sold_out', '0'}
 --   {'not_loaded', '0'}        Redis holds no sale for this ticket yet, or
---                              only one a reset has closed (fence.lua)
+--                              only one a reset has closed (fence.lua), or
+--                              one this Redis process has not checked
+--                              against PostgreSQL (load.lua)
 --
 -- Ids travel as strings: Lua's numbers are doubles, and a double printed by
 -- Redis may come out as 1.7e+15. string.format('%d') keeps every digit.
 
-local sale = redis.call('HMGET', KEYS[1], 'epoch', 'stock', 'fence')
+local sale = redis.call('HMGET', KEYS[1], 'epoch', 'stock', 'fence', 'checked_by')
 local epoch = sale[1]
 if not epoch then
+  return {'not_loaded', '0'}
+end
+-- Was this sale loaded, or checked against PostgreSQL, by this very Redis
+-- process? Each start of redis-server draws a new run_id. A Redis that
+-- restarted from an RDB snapshot or an AOF missing its last second, or a
+-- replica promoted after a failover, holds the sale as it was some time
+-- ago: the current epoch, but too much stock and too few buyers. Selling
+-- from it would sell units PostgreSQL already holds orders for. So it
+-- answers nothing until load.lua has compared it with PostgreSQL and
+-- signed it with this run_id. The price: one INFO per purchase.
+local run_id = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+if sale[4] ~= run_id then
   return {'not_loaded', '0'}
 end
 -- A reset has closed this sale (fence.lua): the ticket is being put on sale

@@ -3,12 +3,12 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use ticket_core::redis_checks::is_unavailable;
 use tokio::sync::watch;
 
 use super::event::Outcome;
 use super::{sleep_unless, Backoff, Worker};
 use crate::keys::GROUP;
-use crate::store::is_unavailable;
 
 impl Worker {
     /// After COMMIT: dead letters (each copied and acknowledged in one

@@ -282,7 +282,7 @@ async fn read_redis(store: &SaleStore, ticket: TicketId) -> Result<RedisSide, St
     // One MULTI/EXEC: the sale, its buyers and both streams as of one
     // instant, with no purchase in between.
     let (sale, buyers, queued, dead): (
-        HashMap<String, i64>,
+        HashMap<String, String>,
         HashMap<i64, i64>,
         StreamRangeReply,
         StreamRangeReply,
@@ -316,6 +316,11 @@ async fn read_redis(store: &SaleStore, ticket: TicketId) -> Result<RedisSide, St
         .iter()
         .filter(|entry| entry.get::<i64>("ticket") == Some(ticket.get()))
         .filter_map(|entry| Some((entry.get::<i64>("user")?, entry.get::<i64>("epoch")?)))
+        .collect();
+    // The figures; `checked_by` (a Redis run_id, see `load.rs`) is not one.
+    let sale = sale
+        .into_iter()
+        .filter_map(|(field, value)| Some((field, value.parse().ok()?)))
         .collect();
     Ok(RedisSide {
         sale,
