@@ -28,10 +28,13 @@ use hdrhistogram::Histogram;
 use ticket_core::verify::{judge_run, Evidence, ExpectedOrders, Identities};
 use ticket_core::{db, TicketId};
 
+use ticket_core::api::input::IDEMPOTENCY_KEY;
+
 use crate::client::buyer_client;
 use crate::failures::Failures;
 pub use crate::model::Ceiling;
 use crate::model::{latency_cdf, Latency, Report};
+use crate::rush::idempotency_key;
 use crate::scrape::{metrics_delta, scrape_metrics};
 
 /// Latencies and counts of one worker; merged at the end.
@@ -298,6 +301,8 @@ pub struct SustainPlan {
     pub duration: Duration,
     /// Waits for asynchronous persistence before the database is read.
     pub settle: Option<crate::rush::Settle>,
+    /// The level's own reset; `None`: PostgreSQL alone.
+    pub resetter: Option<crate::reset::Reset>,
 }
 
 /// Runs a sustained purchase load and judges it from the database.
@@ -306,9 +311,17 @@ pub async fn sustain(plan: &SustainPlan) -> anyhow::Result<Report> {
     let ticket = TicketId::parse(i128::from(plan.ticket_id))?;
     crate::client::raise_fd_limit();
     let pool = db::connect(&plan.database_url, 2, Duration::from_secs(10)).await?;
-    db::reset_ticket(&pool, ticket, "Sustained", SUSTAINED_STOCK).await?;
+    crate::reset::reset_ticket(
+        &pool,
+        plan.resetter.as_ref(),
+        ticket,
+        "Sustained",
+        SUSTAINED_STOCK,
+    )
+    .await?;
     let metrics_before = scrape_metrics(&plan.targets).await;
     let shared = Arc::new(Shared {
+        run: rand::random(),
         next_user: AtomicI64::new(SUSTAINED_FIRST_USER),
         counts: Counts::default(),
         failures: Failures::default(),
@@ -387,6 +400,8 @@ pub async fn sustain(plan: &SustainPlan) -> anyhow::Result<Report> {
 
 /// What every worker of a sustained run shares.
 struct Shared {
+    /// This run's number, in every idempotency key it sends.
+    run: u64,
     next_user: AtomicI64,
     counts: Counts,
     failures: Failures,
@@ -413,6 +428,8 @@ async fn buy_until(url: String, deadline: Instant, shared: Arc<Shared>) -> Meter
         let t = Instant::now();
         let answer = client
             .post(&url)
+            // One key per person, the same on every click of theirs.
+            .header(IDEMPOTENCY_KEY, idempotency_key(shared.run, user as u64))
             .json(&serde_json::json!({ "user_id": user }))
             .send()
             .await;
