@@ -201,20 +201,7 @@ pub async fn run(options: &RunOptions) -> anyhow::Result<RunResult> {
     check_database(services.database_url()).await?;
 
     let (think_time_ms, processes, targets) = if options.targets.is_empty() {
-        let think = options
-            .think_time_ms
-            .unwrap_or(default_think_time(&info, &options.rush));
-        let spec = ServerSpec::new(info.number, strategy)
-            .think_time_ms(think)
-            .args(options.server_args.iter().cloned());
-        let processes = start_processes(
-            &options.exe,
-            &spec,
-            services.database_url(),
-            services.redis_url(),
-            options.servers.max(1),
-        )
-        .await?;
+        let (think, processes) = start_servers(options, &info, strategy, &services).await?;
         let targets = processes.iter().map(|p| p.url().to_owned()).collect();
         (Some(think), processes, targets)
     } else {
@@ -254,6 +241,31 @@ pub async fn run(options: &RunOptions) -> anyhow::Result<RunResult> {
     stop_all(processes).await;
     result?;
     Ok(RunResult { reports, machine })
+}
+
+/// Starts `options.servers` servers of the level and strategy on
+/// `services`, and returns the think time they were given with them.
+async fn start_servers(
+    options: &RunOptions,
+    info: &LevelInfo,
+    strategy: &str,
+    services: &Services,
+) -> anyhow::Result<(u64, Vec<ServerProcess>)> {
+    let think = options
+        .think_time_ms
+        .unwrap_or(default_think_time(info, &options.rush));
+    let spec = ServerSpec::new(info.number, strategy)
+        .think_time_ms(think)
+        .args(options.server_args.iter().cloned());
+    let processes = start_processes(
+        &options.exe,
+        &spec,
+        services.database_url(),
+        services.redis_url(),
+        options.servers.max(1),
+    )
+    .await?;
+    Ok((think, processes))
 }
 
 /// What `load run` measured.

@@ -383,44 +383,55 @@ pub async fn rush(plan: &RushPlan) -> anyhow::Result<Report> {
     let (truth, judgement) =
         judge_from_database(&pool, ticket, plan, distinct_users, &tally).await?;
     pool.close().await;
-    let succeeded = tally.succeeded.load(Ordering::Relaxed);
-    let errors = tally.errors.load(Ordering::Relaxed);
     let server_metrics = metrics_delta(&metrics_before, &scrape_metrics(&plan.targets).await);
+    Ok(Report {
+        distinct_users,
+        db_orders: truth.orders,
+        db_stock: truth.stock,
+        db_total: truth.total,
+        latency_ms: latency_of(&histogram),
+        latency_cdf_ms: latency_cdf(&histogram),
+        server_metrics,
+        persistence_lag_ms,
+        ..counted(plan, &tally, elapsed, judgement)
+    })
+}
+
+/// p50, p95, p99 and max of a histogram of microseconds, in milliseconds.
+fn latency_of(histogram: &Histogram<u64>) -> Latency {
+    let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
+    Latency {
+        p50: ms(0.50),
+        p95: ms(0.95),
+        p99: ms(0.99),
+        max: histogram.max() as f64 / 1000.0,
+    }
+}
+
+/// The report's answer counts and rates, with the judgement.
+fn counted(plan: &RushPlan, tally: &Tally, elapsed: Duration, judgement: Judgement) -> Report {
+    let succeeded = tally.succeeded.load(Ordering::Relaxed);
     let attempts = tally.attempts.load(Ordering::Relaxed);
     let seconds = elapsed.as_secs_f64().max(1e-9);
-    let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
-    Ok(Report {
+    Report {
         servers: plan.targets.len(),
         buyers: plan.buyers,
         tickets: plan.tickets,
-        distinct_users,
         ticket_id: plan.ticket_id,
         succeeded,
         sold_out: tally.sold_out.load(Ordering::Relaxed),
         already_purchased: tally.already_purchased.load(Ordering::Relaxed),
         busy: tally.busy.load(Ordering::Relaxed),
-        errors,
+        errors: tally.errors.load(Ordering::Relaxed),
         gave_up: tally.gave_up.load(Ordering::Relaxed),
         attempts,
         server_errors: tally.server_errors.load(Ordering::Relaxed),
         error_kinds: tally.failures.snapshot(),
-        db_orders: truth.orders,
-        db_stock: truth.stock,
-        db_total: truth.total,
-        latency_ms: Latency {
-            p50: ms(0.50),
-            p95: ms(0.95),
-            p99: ms(0.99),
-            max: histogram.max() as f64 / 1000.0,
-        },
-        latency_cdf_ms: latency_cdf(&histogram),
         elapsed_ms: elapsed.as_secs_f64() * 1000.0,
         throughput_rps: attempts as f64 / seconds,
         sales_per_sec: succeeded as f64 / seconds,
-        server_metrics,
-        persistence_lag_ms,
         ..Report::judged(judgement)
-    })
+    }
 }
 
 /// The `Idempotency-Key` of buyer `index` of the run numbered `run`.
