@@ -15,7 +15,7 @@ use ticket_core::{Expected, RunningServer};
 pub type StartFn =
     fn(Vec<String>) -> Pin<Box<dyn Future<Output = anyhow::Result<RunningServer>> + Send>>;
 
-/// Where a level's writes can be found, for a [`SettleFn`].
+/// Where a level's sale lives, for a [`SettleFn`] or a [`ResetFn`].
 #[derive(Debug, Clone)]
 pub struct SettleArgs {
     /// The database the servers share.
@@ -30,6 +30,12 @@ pub struct SettleArgs {
 /// that persist asynchronously (Level 4) need this before the database can
 /// judge a run; the others write before they answer and need nothing.
 pub type SettleFn = fn(SettleArgs) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
+
+/// Puts a level's ticket on sale afresh (`name`, `stock` units) by the
+/// level's own path, for levels whose sale does not live in PostgreSQL alone
+/// (Level 4 fences Redis first; see [`crate::reset`]).
+pub type ResetFn =
+    fn(SettleArgs, &'static str, i32) -> Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
 
 /// One strategy, as the tour shows it.
 #[derive(Debug, Clone)]
@@ -60,6 +66,9 @@ pub struct LevelInfo {
     pub start: StartFn,
     /// Waits for asynchronous persistence to finish, for levels that have it.
     pub settle: Option<SettleFn>,
+    /// Its own reset, for levels that have one; the others are reset in
+    /// PostgreSQL alone.
+    pub reset: Option<ResetFn>,
 }
 
 impl std::fmt::Debug for LevelInfo {
@@ -96,12 +105,19 @@ impl LevelInfo {
             needs_redis,
             start,
             settle: None,
+            reset: None,
         }
     }
 
     /// The same level, with a settle step before verification.
     fn settle_with(mut self, settle: SettleFn) -> Self {
         self.settle = Some(settle);
+        self
+    }
+
+    /// The same level, reset by its own path before each rush.
+    fn reset_with(mut self, reset: ResetFn) -> Self {
+        self.reset = Some(reset);
         self
     }
 
@@ -190,6 +206,23 @@ pub fn levels() -> Vec<LevelInfo> {
                 )
                 .await
                 .map(|_| ())
+            })
+        })
+        // Redis sells; a reset in PostgreSQL alone would let a buyer be sold
+        // a unit of the sale being thrown away. Level 4's own reset fences
+        // Redis before PostgreSQL commits.
+        .reset_with(|args, name, stock| {
+            Box::pin(async move {
+                let redis_url = args.redis_url.context(
+                    "Level 4 needs the servers' Redis (--redis-url or REDIS_URL) to reset its sale",
+                )?;
+                let ticket = ticket_core::TicketId::parse(i128::from(args.ticket_id))?;
+                let store =
+                    level4::store::SaleStore::connect(&args.database_url, &redis_url).await?;
+                let reset = store.reset_sale(ticket, name, stock).await;
+                store.pool().close().await;
+                reset.context("resetting the Level 4 sale")?;
+                Ok(())
             })
         }),
     ]

@@ -15,6 +15,7 @@
 //! | [`client`] | a buyer's HTTP client, the database pool |
 //! | [`scrape`] | the servers' `/metrics` counters, before and after |
 //! | [`rush`] | the buyers, the start barrier, retries on 503, the judgement |
+//! | [`reset`] | putting the ticket on sale afresh, by the level's own path |
 //! | [`run`] | `load run`: services, servers, rounds |
 //! | [`tour`] | `load tour`: every level and strategy, judged against its promise |
 //! | [`output`] | the text tables |
@@ -33,6 +34,7 @@ pub mod machine;
 pub mod model;
 pub mod output;
 pub mod report;
+pub mod reset;
 pub mod run;
 pub mod rush;
 pub mod scrape;

@@ -363,23 +363,7 @@ async fn tour_command(args: TourArgs) -> anyhow::Result<ExitCode> {
     };
     let json = args.rush.json;
     if !json {
-        match options.rush.sustained {
-            None => println!(
-                "ticket-rush tour: {} buyers race for {} tickets on every level and strategy, one server and two.\n\
-                 Every verdict comes from the database.\n",
-                options.rush.buyers, options.rush.tickets
-            ),
-            Some(shape) => println!(
-                "ticket-rush sustained tour: {} concurrent buyers buy for {} s on {servers} servers, per strategy.\n\
-                 Ceilings are measured first, in the same run: HTTP at {} concurrent on {servers} idle servers, \
-                 PostgreSQL at the connections shown below.\n",
-                shape.concurrency,
-                shape.duration.as_secs(),
-                shape.concurrency,
-                servers = load::tour::SUSTAINED_TOUR_SERVERS,
-            ),
-        }
-        println!("{}", tour_header(options.rush.sustained.is_some()));
+        print_tour_intro(&options.rush);
     }
     let result = tour(&options, |row| {
         if !json {
@@ -387,80 +371,114 @@ async fn tour_command(args: TourArgs) -> anyhow::Result<ExitCode> {
         }
     })
     .await?;
-    if !json {
-        if let Some(ceilings) = result.rows.first().map(|r| &r.rounds[0].ceilings) {
-            if !ceilings.is_empty() {
-                println!("\n{}", load::output::ceilings_table(ceilings));
-            }
-        }
-    }
     if json {
         println!("{}", serde_json::to_string(&result)?);
     } else {
-        println!("\nMeasured with {}.", result.machine.settings_line());
-        println!();
-        let unexpected: Vec<_> = result.rows.iter().filter(|r| !r.as_expected).collect();
-        if unexpected.is_empty() {
-            if options.rush.sustained.is_some() {
-                println!("Every strategy meant to be correct stayed correct under sustained load.");
-            } else {
-                println!("Every strategy showed what its level teaches: races reproduced where expected, and every correct strategy sold exactly {} tickets.", options.rush.tickets);
-            }
-        } else {
-            for row in unexpected {
-                let got = row
-                    .rounds
-                    .iter()
-                    .find(|r| r.verdict != row.expected)
-                    .map(|r| r.verdict);
-                println!(
-                    "UNEXPECTED: level {} {} on {} server(s): expected {}, got {}",
-                    row.level,
-                    row.strategy,
-                    row.servers,
-                    verdict_label(row.expected),
-                    got.map(verdict_label).unwrap_or_default()
-                );
-            }
-        }
+        print_tour_summary(&result, &options.rush);
     }
     if let Some(dir) = &args.rush.report {
-        let rows = result
-            .rows
-            .iter()
-            .filter_map(|row| {
-                let shown = row
-                    .rounds
-                    .iter()
-                    .find(|r| r.verdict != row.expected)
-                    .or(row.rounds.last())?;
-                Some(ReportRow {
-                    expected: Some(row.expected),
-                    as_expected: Some(row.as_expected),
-                    report: shown.clone(),
-                })
-            })
-            .collect();
-        let title = match options.rush.sustained {
-            Some(shape) => format!(
-                "ticket-rush: sustained throughput, {} concurrent buyers for {} s",
-                shape.concurrency,
-                shape.duration.as_secs()
-            ),
-            None => format!(
-                "ticket-rush tour: {} buyers, {} tickets",
-                options.rush.buyers, options.rush.tickets
-            ),
-        };
-        let data = ReportData::new(title, result.machine.clone(), rows);
-        let page = load::report::write(dir, &data)?;
-        eprintln!("report written to {}", page.display());
+        write_tour_report(dir, &result, &options.rush)?;
     }
     Ok(ExitCode::from(if result.as_expected {
         EXIT_MET
     } else {
         EXIT_NOT_MET
     }))
+}
+
+/// What the tour is about to do, and the table's header.
+fn print_tour_intro(rush: &RushSettings) {
+    match rush.sustained {
+        None => println!(
+            "ticket-rush tour: {} buyers race for {} tickets on every level and strategy, one server and two.\n\
+             Every verdict comes from the database.\n",
+            rush.buyers, rush.tickets
+        ),
+        Some(shape) => println!(
+            "ticket-rush sustained tour: {} concurrent buyers buy for {} s on {servers} servers, per strategy.\n\
+             Ceilings are measured first, in the same run: HTTP at {} concurrent on {servers} idle servers, \
+             PostgreSQL at the connections shown below.\n",
+            shape.concurrency,
+            shape.duration.as_secs(),
+            shape.concurrency,
+            servers = load::tour::SUSTAINED_TOUR_SERVERS,
+        ),
+    }
+    println!("{}", tour_header(rush.sustained.is_some()));
+}
+
+/// The ceilings, the settings, and every row that was not as expected.
+fn print_tour_summary(result: &load::tour::Tour, rush: &RushSettings) {
+    if let Some(ceilings) = result.rows.first().map(|r| &r.rounds[0].ceilings) {
+        if !ceilings.is_empty() {
+            println!("\n{}", load::output::ceilings_table(ceilings));
+        }
+    }
+    println!("\nMeasured with {}.", result.machine.settings_line());
+    println!();
+    let unexpected: Vec<_> = result.rows.iter().filter(|r| !r.as_expected).collect();
+    if unexpected.is_empty() {
+        if rush.sustained.is_some() {
+            println!("Every strategy meant to be correct stayed correct under sustained load.");
+        } else {
+            println!("Every strategy showed what its level teaches: races reproduced where expected, and every correct strategy sold exactly {} tickets.", rush.tickets);
+        }
+        return;
+    }
+    for row in unexpected {
+        let got = row
+            .rounds
+            .iter()
+            .find(|r| r.verdict != row.expected)
+            .map(|r| r.verdict);
+        println!(
+            "UNEXPECTED: level {} {} on {} server(s): expected {}, got {}",
+            row.level,
+            row.strategy,
+            row.servers,
+            verdict_label(row.expected),
+            got.map(verdict_label).unwrap_or_default()
+        );
+    }
+}
+
+/// The HTML report of a tour: per row, the round that disagrees, else the last.
+fn write_tour_report(
+    dir: &std::path::Path,
+    result: &load::tour::Tour,
+    rush: &RushSettings,
+) -> anyhow::Result<()> {
+    let rows = result
+        .rows
+        .iter()
+        .filter_map(|row| {
+            let shown = row
+                .rounds
+                .iter()
+                .find(|r| r.verdict != row.expected)
+                .or(row.rounds.last())?;
+            Some(ReportRow {
+                expected: Some(row.expected),
+                as_expected: Some(row.as_expected),
+                report: shown.clone(),
+            })
+        })
+        .collect();
+    let title = match rush.sustained {
+        Some(shape) => format!(
+            "ticket-rush: sustained throughput, {} concurrent buyers for {} s",
+            shape.concurrency,
+            shape.duration.as_secs()
+        ),
+        None => format!(
+            "ticket-rush tour: {} buyers, {} tickets",
+            rush.buyers, rush.tickets
+        ),
+    };
+    let data = ReportData::new(title, result.machine.clone(), rows);
+    let page = load::report::write(dir, &data)?;
+    eprintln!("report written to {}", page.display());
+    Ok(())
 }
 
 async fn services_command(args: ServicesArgs) -> anyhow::Result<ExitCode> {

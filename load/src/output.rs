@@ -10,6 +10,16 @@ use crate::tour::TourRow;
 /// A short block describing one rush.
 pub fn render_report(report: &Report, round: Option<u32>) -> String {
     let mut out = String::new();
+    title_line(&mut out, report, round);
+    answers_lines(&mut out, report);
+    truth_lines(&mut out, report);
+    speed_lines(&mut out, report);
+    resource_lines(&mut out, report);
+    out
+}
+
+/// What ran: level, strategy, servers, shape, round.
+fn title_line(out: &mut String, report: &Report, round: Option<u32>) {
     let what = match (report.level, &report.strategy) {
         (Some(level), Some(strategy)) => format!("level {level} · {strategy}"),
         _ => "rush".to_owned(),
@@ -35,6 +45,10 @@ pub fn render_report(report: &Report, round: Option<u32>) -> String {
             report.servers, report.buyers, report.tickets
         );
     }
+}
+
+/// The HTTP answers, and the failures by kind.
+fn answers_lines(out: &mut String, report: &Report) {
     let _ = writeln!(
         out,
         "  HTTP answers    201 created {}  ·  sold_out {}  ·  already_purchased {}  ·  busy (503) {}  ·  errors {}{}",
@@ -56,6 +70,10 @@ pub fn render_report(report: &Report, round: Option<u32>) -> String {
             failure.count, failure.sample
         );
     }
+}
+
+/// What the database holds, the identities, and the verdict.
+fn truth_lines(out: &mut String, report: &Report) {
     let _ = writeln!(
         out,
         "  database truth  orders {}  ·  stock {}  ·  oversold {}  ·  duplicate orders {}",
@@ -70,6 +88,10 @@ pub fn render_report(report: &Report, round: Option<u32>) -> String {
     for problem in &report.problems {
         let _ = writeln!(out, "                  - {problem}");
     }
+}
+
+/// Latency, elapsed time, throughput and the ceilings.
+fn speed_lines(out: &mut String, report: &Report) {
     let l = report.latency_ms;
     let _ = writeln!(
         out,
@@ -92,6 +114,10 @@ pub fn render_report(report: &Report, round: Option<u32>) -> String {
             );
         }
     }
+}
+
+/// Memory, persistence lag and the servers' own events.
+fn resource_lines(out: &mut String, report: &Report) {
     if let Some(memory) = &report.memory {
         let servers: Vec<String> = memory
             .servers_peak_rss_mib
@@ -123,7 +149,6 @@ pub fn render_report(report: &Report, round: Option<u32>) -> String {
     if !events.is_empty() {
         let _ = writeln!(out, "  server events   {}", events.join("  ·  "));
     }
-    out
 }
 
 /// The verdict in capitals, so that it stands out.

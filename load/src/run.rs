@@ -2,6 +2,7 @@
 //! start the servers, rush, judge, stop everything.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -11,7 +12,7 @@ use ticket_core::services::{free_port, Durability, Postgres, Redis};
 use crate::levels::{level, LevelInfo, SettleArgs};
 use crate::machine::Machine;
 use crate::model::{peak_rss_mib, Ceiling, Memory, Report};
-use crate::rush::{rush, RushPlan, Settle, DEFAULT_MAX_ATTEMPTS};
+use crate::rush::{rush, Reset, RushPlan, Settle, DEFAULT_MAX_ATTEMPTS};
 use crate::servers::{check_targets, normalise_target, start_processes, ServerProcess, ServerSpec};
 use crate::sustain::{self, SustainPlan};
 
@@ -200,20 +201,7 @@ pub async fn run(options: &RunOptions) -> anyhow::Result<RunResult> {
     check_database(services.database_url()).await?;
 
     let (think_time_ms, processes, targets) = if options.targets.is_empty() {
-        let think = options
-            .think_time_ms
-            .unwrap_or(default_think_time(&info, &options.rush));
-        let spec = ServerSpec::new(info.number, strategy)
-            .think_time_ms(think)
-            .args(options.server_args.iter().cloned());
-        let processes = start_processes(
-            &options.exe,
-            &spec,
-            services.database_url(),
-            services.redis_url(),
-            options.servers.max(1),
-        )
-        .await?;
+        let (think, processes) = start_servers(options, &info, strategy, &services).await?;
         let targets = processes.iter().map(|p| p.url().to_owned()).collect();
         (Some(think), processes, targets)
     } else {
@@ -255,6 +243,31 @@ pub async fn run(options: &RunOptions) -> anyhow::Result<RunResult> {
     Ok(RunResult { reports, machine })
 }
 
+/// Starts `options.servers` servers of the level and strategy on
+/// `services`, and returns the think time they were given with them.
+async fn start_servers(
+    options: &RunOptions,
+    info: &LevelInfo,
+    strategy: &str,
+    services: &Services,
+) -> anyhow::Result<(u64, Vec<ServerProcess>)> {
+    let think = options
+        .think_time_ms
+        .unwrap_or(default_think_time(info, &options.rush));
+    let spec = ServerSpec::new(info.number, strategy)
+        .think_time_ms(think)
+        .args(options.server_args.iter().cloned());
+    let processes = start_processes(
+        &options.exe,
+        &spec,
+        services.database_url(),
+        services.redis_url(),
+        options.servers.max(1),
+    )
+    .await?;
+    Ok((think, processes))
+}
+
 /// What `load run` measured.
 #[derive(Debug, Clone)]
 pub struct RunResult {
@@ -280,6 +293,23 @@ pub(crate) fn default_think_time(info: &LevelInfo, settings: &RushSettings) -> u
     }
 }
 
+/// The level's own steps around a rush, bound to where its sale lives: the
+/// wait for persistence before judging, and the reset before selling (Level
+/// 4 has both; other levels neither, and are reset in PostgreSQL alone).
+pub fn level_steps(info: &LevelInfo, args: &SettleArgs) -> (Option<Settle>, Option<Reset>) {
+    let settle = info.settle.map(|settle| {
+        let args = args.clone();
+        Settle(Arc::new(move || settle(args.clone())))
+    });
+    let reset = info.reset.map(|reset| {
+        let args = args.clone();
+        Reset(Arc::new(move |name, stock| {
+            reset(args.clone(), name, stock)
+        }))
+    });
+    (settle, reset)
+}
+
 /// One sell-out rush, or one sustained run when the settings say so.
 pub(crate) async fn one_round(
     settings: &RushSettings,
@@ -290,14 +320,14 @@ pub(crate) async fn one_round(
     round: u32,
 ) -> anyhow::Result<Report> {
     let database_url = services.database_url();
-    let settle = info.settle.map(|settle| {
-        let args = SettleArgs {
+    let (settle, resetter) = level_steps(
+        info,
+        &SettleArgs {
             database_url: database_url.to_owned(),
             redis_url: services.redis_url().map(str::to_owned),
             ticket_id,
-        };
-        Settle(std::sync::Arc::new(move || settle(args.clone())))
-    });
+        },
+    );
     match settings.sustained {
         Some(shape) => {
             sustain::sustain(&SustainPlan {
@@ -307,12 +337,14 @@ pub(crate) async fn one_round(
                 concurrency: shape.concurrency,
                 duration: shape.duration,
                 settle,
+                resetter,
             })
             .await
         }
         None => {
             rush(&RushPlan {
                 settle,
+                resetter,
                 ..plan_for(settings, targets, database_url, ticket_id, round)
             })
             .await

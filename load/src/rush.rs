@@ -31,6 +31,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 use sqlx::PgPool;
+use ticket_core::api::input::IDEMPOTENCY_KEY;
 use ticket_core::verify::{judge_run, Evidence, ExpectedOrders, Identities, Judgement};
 use ticket_core::{db, TicketId};
 use tokio::sync::Barrier;
@@ -38,6 +39,8 @@ use tokio::sync::Barrier;
 use crate::client::{buyer_client_waiting, raise_fd_limit};
 use crate::failures::Failures;
 use crate::model::latency_cdf;
+use crate::reset::reset_ticket;
+pub use crate::reset::Reset;
 // Other crates and tests name these through `rush`, where they were born.
 pub use crate::client::open_database;
 pub use crate::model::{Latency, Report};
@@ -67,6 +70,9 @@ pub struct RushPlan {
     pub timeout: Duration,
     /// Reset the ticket in the database first.
     pub reset: bool,
+    /// The level's own reset (Level 4 fences Redis first); `None`:
+    /// PostgreSQL alone.
+    pub resetter: Option<Reset>,
     /// Show a progress bar on stderr.
     pub progress: bool,
     /// Waits for asynchronous persistence before the database is read.
@@ -132,6 +138,7 @@ impl RushPlan {
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             timeout: Duration::from_secs(300),
             reset: true,
+            resetter: None,
             progress: false,
             settle: None,
         }
@@ -218,6 +225,9 @@ fn spawn_buyers(
     progress: &ProgressBar,
 ) -> tokio::task::JoinSet<Duration> {
     let mut tasks = tokio::task::JoinSet::new();
+    // Keys must not repeat across runs on one database: a key from an
+    // earlier run would replay that run's answer.
+    let run = rand::random::<u64>();
     for (index, user_id) in user_ids.iter().copied().enumerate() {
         let target = plan.targets[index % plan.targets.len()].clone();
         let buyer = Buyer {
@@ -225,6 +235,7 @@ fn spawn_buyers(
             health: format!("{target}/health"),
             timeout: plan.timeout,
             user_id,
+            idempotency_key: idempotency_key(run, index as u64),
             max_attempts: plan.max_attempts.max(1),
             seed: plan.seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
         };
@@ -333,7 +344,14 @@ pub async fn rush(plan: &RushPlan) -> anyhow::Result<Report> {
 
     let pool = db::connect(&plan.database_url, 2, Duration::from_secs(10)).await?;
     if plan.reset {
-        db::reset_ticket(&pool, ticket, "Rush concert", plan.tickets).await?;
+        reset_ticket(
+            &pool,
+            plan.resetter.as_ref(),
+            ticket,
+            "Rush concert",
+            plan.tickets,
+        )
+        .await?;
     }
 
     // The servers' counters run from their start: read them now, so the
@@ -365,44 +383,60 @@ pub async fn rush(plan: &RushPlan) -> anyhow::Result<Report> {
     let (truth, judgement) =
         judge_from_database(&pool, ticket, plan, distinct_users, &tally).await?;
     pool.close().await;
-    let succeeded = tally.succeeded.load(Ordering::Relaxed);
-    let errors = tally.errors.load(Ordering::Relaxed);
     let server_metrics = metrics_delta(&metrics_before, &scrape_metrics(&plan.targets).await);
+    Ok(Report {
+        distinct_users,
+        db_orders: truth.orders,
+        db_stock: truth.stock,
+        db_total: truth.total,
+        latency_ms: latency_of(&histogram),
+        latency_cdf_ms: latency_cdf(&histogram),
+        server_metrics,
+        persistence_lag_ms,
+        ..counted(plan, &tally, elapsed, judgement)
+    })
+}
+
+/// p50, p95, p99 and max of a histogram of microseconds, in milliseconds.
+fn latency_of(histogram: &Histogram<u64>) -> Latency {
+    let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
+    Latency {
+        p50: ms(0.50),
+        p95: ms(0.95),
+        p99: ms(0.99),
+        max: histogram.max() as f64 / 1000.0,
+    }
+}
+
+/// The report's answer counts and rates, with the judgement.
+fn counted(plan: &RushPlan, tally: &Tally, elapsed: Duration, judgement: Judgement) -> Report {
+    let succeeded = tally.succeeded.load(Ordering::Relaxed);
     let attempts = tally.attempts.load(Ordering::Relaxed);
     let seconds = elapsed.as_secs_f64().max(1e-9);
-    let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
-    Ok(Report {
+    Report {
         servers: plan.targets.len(),
         buyers: plan.buyers,
         tickets: plan.tickets,
-        distinct_users,
         ticket_id: plan.ticket_id,
         succeeded,
         sold_out: tally.sold_out.load(Ordering::Relaxed),
         already_purchased: tally.already_purchased.load(Ordering::Relaxed),
         busy: tally.busy.load(Ordering::Relaxed),
-        errors,
+        errors: tally.errors.load(Ordering::Relaxed),
         gave_up: tally.gave_up.load(Ordering::Relaxed),
         attempts,
         server_errors: tally.server_errors.load(Ordering::Relaxed),
         error_kinds: tally.failures.snapshot(),
-        db_orders: truth.orders,
-        db_stock: truth.stock,
-        db_total: truth.total,
-        latency_ms: Latency {
-            p50: ms(0.50),
-            p95: ms(0.95),
-            p99: ms(0.99),
-            max: histogram.max() as f64 / 1000.0,
-        },
-        latency_cdf_ms: latency_cdf(&histogram),
         elapsed_ms: elapsed.as_secs_f64() * 1000.0,
         throughput_rps: attempts as f64 / seconds,
         sales_per_sec: succeeded as f64 / seconds,
-        server_metrics,
-        persistence_lag_ms,
         ..Report::judged(judgement)
-    })
+    }
+}
+
+/// The `Idempotency-Key` of buyer `index` of the run numbered `run`.
+pub(crate) fn idempotency_key(run: u64, index: u64) -> String {
+    format!("load-{run:016x}-{index}")
 }
 
 struct Buyer {
@@ -410,6 +444,10 @@ struct Buyer {
     health: String,
     timeout: Duration,
     user_id: i64,
+    /// Sent with every attempt of this buyer: a sale whose answer was lost
+    /// (a 503 or a dropped connection after the server sold) is replayed as
+    /// its 201 on the next attempt, not refused as `already_purchased`.
+    idempotency_key: String,
     max_attempts: u32,
     seed: u64,
 }
@@ -430,6 +468,7 @@ impl Buyer {
             tally.attempts.fetch_add(1, Ordering::Relaxed);
             let response = client
                 .post(&self.url)
+                .header(IDEMPOTENCY_KEY, &self.idempotency_key)
                 .json(&serde_json::json!({ "user_id": self.user_id }))
                 .send()
                 .await;
