@@ -102,7 +102,9 @@ impl ServerArgs {
 
 /// The PostgreSQL a server uses: `url` when one was given, otherwise a
 /// private throwaway one (kept alive by the returned handle).
-pub async fn postgres_or_throwaway(url: Option<String>) -> anyhow::Result<(String, Option<Postgres>)> {
+pub async fn postgres_or_throwaway(
+    url: Option<String>,
+) -> anyhow::Result<(String, Option<Postgres>)> {
     if let Some(url) = url {
         return Ok((url, None));
     }

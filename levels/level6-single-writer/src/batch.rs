@@ -313,7 +313,12 @@ async fn insert_orders(
     let (tickets, users): (Vec<i64>, Vec<i64>) = decided
         .iter()
         .filter(|d| matches!(d.outcome, Outcome::Decision(Decision::Sold)))
-        .map(|d| (d.request.command.ticket().get(), d.request.command.user().get()))
+        .map(|d| {
+            (
+                d.request.command.ticket().get(),
+                d.request.command.user().get(),
+            )
+        })
         .unzip();
     if tickets.is_empty() {
         return Ok(HashMap::new());
@@ -367,11 +372,25 @@ async fn answer(
         (Decision::AlreadyPurchased, _) => refusal(PurchaseError::AlreadyPurchased),
         (Decision::NotFound, _) => refusal(PurchaseError::NotFound),
         (Decision::Forbidden, _) => refused(CancelError::Forbidden),
-        (Decision::Cancelled, Command::Cancel { ticket, user, order }) => {
+        (
+            Decision::Cancelled,
+            Command::Cancel {
+                ticket,
+                user,
+                order,
+            },
+        ) => {
             move_to_cancelled(conn, order).await?;
             cancelled_answer(id, ticket, user, order)
         }
-        (Decision::AskCancelled, Command::Cancel { ticket, user, order }) => {
+        (
+            Decision::AskCancelled,
+            Command::Cancel {
+                ticket,
+                user,
+                order,
+            },
+        ) => {
             let owner = ticket_core::db::cancelled_order_owner(&mut *conn, ticket, order).await?;
             match owner {
                 Some(owner) if owner == user.get() => cancelled_answer(id, ticket, user, order),
@@ -487,7 +506,11 @@ impl AnswerColumns {
 /// up to our token, unless a newer owner already moved it further (then
 /// `Err(their token)`: Redis handed out an old token, see
 /// [`level3::lock::RedisLock::raise_token_floor`]).
-pub async fn take_fence(pool: &PgPool, partition: u32, token: u64) -> Result<Result<(), i64>, sqlx::Error> {
+pub async fn take_fence(
+    pool: &PgPool,
+    partition: u32,
+    token: u64,
+) -> Result<Result<(), i64>, sqlx::Error> {
     let partition = i32::try_from(partition).unwrap_or(i32::MAX);
     let token = i64::try_from(token).unwrap_or(i64::MAX);
     let moved: Option<i64> = sqlx::query_scalar(

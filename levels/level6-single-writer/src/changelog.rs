@@ -80,7 +80,10 @@ pub async fn rebuild(
         for entry in page.ids {
             let field = |name: &str| -> Option<i64> {
                 let value = entry.map.get(name)?;
-                redis::from_redis_value::<String>(value.clone()).ok()?.parse().ok()
+                redis::from_redis_value::<String>(value.clone())
+                    .ok()?
+                    .parse()
+                    .ok()
             };
             let Some(ticket) = field("ticket").and_then(|t| TicketId::parse(t.into()).ok()) else {
                 continue;
@@ -127,7 +130,9 @@ impl Changelog {
         let mut added: Vec<(TicketId, Option<UserId>)> = Vec::new();
         let mut deleted: Vec<String> = Vec::new();
         for ticket in touched {
-            let Some(now) = state.get(&ticket) else { continue };
+            let Some(now) = state.get(&ticket) else {
+                continue;
+            };
             let known = self.tickets.entry(ticket).or_default();
             let whole = known.version + 1 != now.version;
             deleted.extend(known.entry.take());
@@ -145,7 +150,12 @@ impl Changelog {
                             pipe.xadd(&stream, "*", &buyer_fields(ticket, user, order));
                             added.push((ticket, Some(user)));
                         }
-                        (Command::Cancel { ticket: t, user, .. }, 200) if t == ticket => {
+                        (
+                            Command::Cancel {
+                                ticket: t, user, ..
+                            },
+                            200,
+                        ) if t == ticket => {
                             deleted.extend(known.buyers.remove(&user));
                         }
                         _ => {}

@@ -72,7 +72,7 @@ struct Keep {
 impl Cli {
     /// Starts the server this command line describes.
     pub async fn start(self) -> anyhow::Result<RunningServer> {
-        let entry = ticket_core::strategy::find(STRATEGIES, &self.strategy)?;
+        let name = ticket_core::strategy::find(STRATEGIES, &self.strategy)?.name;
         let args = &self.server;
         let listener = TcpListener::bind((args.host, args.port))
             .await
@@ -100,7 +100,7 @@ impl Cli {
             metrics: metrics.clone(),
             instance: format!("level6-{port}-{:08x}", rand::random::<u32>()),
         };
-        let mode = match entry.name {
+        let mode = match name {
             "state-store" => Mode::StateStore,
             _ => Mode::Partitioned,
         };
@@ -117,8 +117,10 @@ impl Cli {
             _redis: redis,
         });
         let router = crate::http::app(engine, shared).layer(axum::Extension(keep));
-        tracing::info!(strategy = entry.name, partitions = self.partitions, database = %db::redact(&url), "listening on port {port}");
-        Ok(RunningServer::serve(listener, router, "level6", entry.name)?)
+        tracing::info!(strategy = name, partitions = self.partitions, database = %db::redact(&url), "listening on port {port}");
+        Ok(RunningServer::serve(
+            listener, router, "level6", name,
+        )?)
     }
 
     /// Serves until Ctrl-C or SIGTERM.

@@ -72,7 +72,9 @@ pub async fn contend(shared: std::sync::Arc<Shared>, p: u32) {
                 // Redis handed out a token below the fence (it lost its
                 // counter): raise the counter and take the lease again.
                 tracing::warn!(partition = p, token, theirs, "stale fencing token");
-                let _ = lock.raise_token_floor(u64::try_from(theirs).unwrap_or(0)).await;
+                let _ = lock
+                    .raise_token_floor(u64::try_from(theirs).unwrap_or(0))
+                    .await;
             }
             Err(err) => tracing::warn!(partition = p, %err, "cannot write the fence"),
         }
@@ -180,7 +182,11 @@ async fn handle(
             Ok(answers) => break answers,
             Err(BatchError::Fenced { .. }) => {
                 shared.count_fenced();
-                tracing::warn!(partition = writer.partition, token = writer.token, "fenced off: a newer owner has the partition");
+                tracing::warn!(
+                    partition = writer.partition,
+                    token = writer.token,
+                    "fenced off: a newer owner has the partition"
+                );
                 return Err(Stop::LostPartition);
             }
             Err(BatchError::Database(err)) => {

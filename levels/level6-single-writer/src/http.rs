@@ -166,15 +166,17 @@ async fn cancel(
 /// `GET /requests/{request_id}`: the recorded answer, or 202 while the
 /// request waits in the log.
 async fn poll(State(state): State<Level6State>, Path(id): Path<String>) -> Response {
-    if id.is_empty() || id.len() > 600 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+    if id.is_empty()
+        || id.len() > 600
+        || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
         return Problem::new(StatusCode::NOT_FOUND, "not_found", "no such request").into_response();
     }
-    let row: Result<Option<(i16, String, Option<String>)>, sqlx::Error> = sqlx::query_as(
-        "SELECT status, body, location FROM level6_requests WHERE request_id = $1",
-    )
-    .bind(&id)
-    .fetch_optional(state.engine.pool())
-    .await;
+    let row: Result<Option<(i16, String, Option<String>)>, sqlx::Error> =
+        sqlx::query_as("SELECT status, body, location FROM level6_requests WHERE request_id = $1")
+            .bind(&id)
+            .fetch_optional(state.engine.pool())
+            .await;
     match row {
         Ok(Some((status, body, location))) => respond(
             &Answer {

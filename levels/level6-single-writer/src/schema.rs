@@ -16,8 +16,8 @@ pub async fn prepare(pool: &PgPool, partitions: u32) -> anyhow::Result<()> {
         .bind(SCHEMA_LOCK)
         .execute(&mut *tx)
         .await?;
-    sqlx::raw_sql(include_str!("schema.sql"))
-        .execute(&mut *tx)
+    // A plain string runs as one simple query, all statements at once.
+    sqlx::Executor::execute(&mut *tx, include_str!("schema.sql"))
         .await
         .context("create Level 6's tables")?;
     let wanted = i32::try_from(partitions).context("too many partitions")?;

@@ -99,7 +99,10 @@ mod tests {
     use super::*;
 
     fn ids(ticket: i128, user: i128) -> (TicketId, UserId) {
-        (TicketId::parse(ticket).unwrap(), UserId::parse(user).unwrap())
+        (
+            TicketId::parse(ticket).unwrap(),
+            UserId::parse(user).unwrap(),
+        )
     }
 
     fn buy(user: i128) -> Command {
@@ -138,7 +141,10 @@ mod tests {
             ..TicketState::default()
         };
         assert_eq!(decide(Some(&mut ticket), buy(1)), Decision::Sold);
-        assert_eq!(decide(Some(&mut ticket), buy(1)), Decision::AlreadyPurchased);
+        assert_eq!(
+            decide(Some(&mut ticket), buy(1)),
+            Decision::AlreadyPurchased
+        );
     }
 
     #[test]
@@ -155,10 +161,19 @@ mod tests {
             user,
             order: OrderId(10),
         };
-        assert_eq!(decide(Some(&mut ticket), cancel(other)), Decision::Forbidden);
-        assert_eq!(decide(Some(&mut ticket), cancel(owner)), Decision::Cancelled);
+        assert_eq!(
+            decide(Some(&mut ticket), cancel(other)),
+            Decision::Forbidden
+        );
+        assert_eq!(
+            decide(Some(&mut ticket), cancel(owner)),
+            Decision::Cancelled
+        );
         assert_eq!(ticket.stock, 1);
-        assert_eq!(decide(Some(&mut ticket), cancel(owner)), Decision::AskCancelled);
+        assert_eq!(
+            decide(Some(&mut ticket), cancel(owner)),
+            Decision::AskCancelled
+        );
         assert_eq!(ticket.stock, 1);
     }
 }

@@ -12,6 +12,13 @@ use crate::engine::Mode;
 use crate::Level6Config;
 
 /// Builds the strategy (the table's `build`).
-pub fn build(context: &StrategyContext, config: &Level6Config) -> anyhow::Result<Arc<dyn SellTickets>> {
-    Ok(Arc::new(crate::strategy(context, config, Mode::StateStore)?))
+pub fn build(
+    context: &StrategyContext,
+    config: &Level6Config,
+) -> anyhow::Result<Arc<dyn SellTickets>> {
+    Ok(Arc::new(crate::strategy(
+        context,
+        config,
+        Mode::StateStore,
+    )?))
 }
