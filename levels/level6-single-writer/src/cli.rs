@@ -118,9 +118,7 @@ impl Cli {
         });
         let router = crate::http::app(engine, shared).layer(axum::Extension(keep));
         tracing::info!(strategy = name, partitions = self.partitions, database = %db::redact(&url), "listening on port {port}");
-        Ok(RunningServer::serve(
-            listener, router, "level6", name,
-        )?)
+        Ok(RunningServer::serve(listener, router, "level6", name)?)
     }
 
     /// Serves until Ctrl-C or SIGTERM.

@@ -138,7 +138,9 @@ impl Engine {
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_number_of_retries(1)
             .set_connection_timeout(Some(Duration::from_millis(500)))
-            .set_response_timeout(Some(Duration::from_secs(1)));
+            // Generous: on a loaded machine a thousand appends queue on one
+            // connection, and an append that timed out may still have landed.
+            .set_response_timeout(Some(Duration::from_secs(5)));
         let commands = ConnectionManager::new_lazy_with_config(redis.clone(), config)?;
         let lock_options = level3::lock::LockOptions {
             key_prefix: keys.lease_prefix(),
@@ -212,11 +214,20 @@ impl Engine {
         }
         let appended: redis::RedisResult<String> =
             append.query_async(&mut shared.commands.clone()).await;
-        if let Err(err) = appended {
-            shared.replies.forget(&request.id);
-            return Err(PurchaseError::Unavailable(anyhow::anyhow!(
-                "cannot append to the log: {err}"
-            )));
+        match appended {
+            Ok(_) => {}
+            // No answer from Redis: the request may be in the log or not.
+            // Not a guess either way: 202, and the poll will tell.
+            Err(err) if err.is_timeout() => {
+                shared.replies.forget(&request.id);
+                return Ok(None);
+            }
+            Err(err) => {
+                shared.replies.forget(&request.id);
+                return Err(PurchaseError::Unavailable(anyhow::anyhow!(
+                    "cannot append to the log: {err}"
+                )));
+            }
         }
         match tokio::time::timeout(shared.settings.reply_timeout, answer).await {
             Ok(Ok(answer)) => Ok(Some(answer)),

@@ -40,10 +40,12 @@ pub const STRATEGIES: &[StrategyEntry<Level6Config>] = &[
     },
 ];
 
-/// The think time the tour uses: here a pause between deciding a batch and
-/// writing it, per batch, not per buyer. It opens no race: nobody else
-/// decides these tickets.
-pub const RACE_THINK_TIME_MS: u64 = 20;
+/// The think time the tour uses: none. Here `--think-time-ms` is a pause
+/// between deciding a batch and writing it, and there is no race for it
+/// to widen (nobody else decides these tickets); it would only slow the
+/// one decider of the partition, batch after batch. The fault tests use
+/// it as the window to kill or stop a decider in.
+pub const RACE_THINK_TIME_MS: u64 = 0;
 
 /// Level 6's own settings.
 #[derive(Debug, Clone)]
