@@ -214,6 +214,11 @@ async fn handle(
     Ok(())
 }
 
+/// How long a decider keeps publishing an answer nobody heard (PUBLISH
+/// reached no subscriber: the waiting server is resubscribing after a
+/// Redis restart) before leaving it to the poll.
+const REPUBLISH_FOR: Duration = Duration::from_secs(3);
+
 /// Sends `answer` to the server waiting for it.
 async fn send_answer(
     shared: &Shared,
@@ -227,9 +232,21 @@ async fn send_answer(
     }
     let channel = shared.keys.replies(&request.reply_to);
     let payload = serde_json::to_string(&answer).expect("an answer serializes");
-    let sent: redis::RedisResult<i64> = conn.publish(channel, payload).await;
-    if let Err(err) = sent {
-        tracing::debug!(%err, "a reply was not published; the buyer will poll");
+    let heard: redis::RedisResult<i64> = conn.publish(&channel, &payload).await;
+    if matches!(heard, Ok(0) | Err(_)) {
+        // Nobody heard it. Try again for a while, off the decider's path.
+        let mut conn = conn.clone();
+        tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + REPUBLISH_FOR;
+            while tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let heard: redis::RedisResult<i64> = conn.publish(&channel, &payload).await;
+                if matches!(heard, Ok(n) if n > 0) {
+                    return;
+                }
+            }
+            tracing::debug!(%channel, "a reply nobody heard; the buyer will poll");
+        });
     }
 }
 
