@@ -225,6 +225,15 @@ pub fn levels() -> Vec<LevelInfo> {
                 Ok(())
             })
         }),
+        // A 201 is sent only after COMMIT: nothing to settle.
+        LevelInfo::new(
+            6,
+            "level6",
+            level6::STRATEGIES,
+            level6::RACE_THINK_TIME_MS,
+            true,
+            |args| Box::pin(async move { level6::Cli::try_parse_from(args)?.start().await }),
+        ),
     ]
 }
 

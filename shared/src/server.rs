@@ -102,7 +102,9 @@ impl ServerArgs {
 
 /// The PostgreSQL a server uses: `url` when one was given, otherwise a
 /// private throwaway one (kept alive by the returned handle).
-async fn postgres_or_throwaway(url: Option<String>) -> anyhow::Result<(String, Option<Postgres>)> {
+pub async fn postgres_or_throwaway(
+    url: Option<String>,
+) -> anyhow::Result<(String, Option<Postgres>)> {
     if let Some(url) = url {
         return Ok((url, None));
     }
@@ -189,6 +191,37 @@ impl RunningServer {
             "shutting down"
         );
         self.stop().await
+    }
+}
+
+impl RunningServer {
+    /// Serves `router` on `listener` until stopped: for a level that builds
+    /// its own router around [`crate::api::app`] (Level 6 adds
+    /// `GET /requests/{id}`) and so cannot use [`start`]. The level keeps
+    /// whatever throwaway services it started alive in the router's state.
+    pub fn serve(
+        listener: TcpListener,
+        router: axum::Router,
+        level: &'static str,
+        strategy: &'static str,
+    ) -> std::io::Result<Self> {
+        let addr = listener.local_addr()?;
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        Ok(Self {
+            addr,
+            level,
+            strategy,
+            shutdown: Some(shutdown),
+            task,
+            _postgres: None,
+        })
     }
 }
 
