@@ -23,9 +23,10 @@ pub struct ExerciseInfo {
     /// The servers' `--think-time-ms`: the window that makes the stub's race
     /// happen on every run.
     pub think_time_ms: u64,
-    /// The buyers are this fraction of distinct people (1 in N clicks is a
-    /// repeat): exercise 9 needs the same buyer twice.
-    pub people_per_buyer: Option<(usize, usize)>,
+    /// The buyers are only as many people as there are tickets, each
+    /// clicking many times: exercise 9 needs repeat clicks, and with as many
+    /// people as tickets a single wasted unit leaves one person without.
+    pub people_as_tickets: bool,
     /// Whether its servers need Redis.
     pub needs_redis: bool,
     /// A correct answer must also have given up at least once (503 busy):
@@ -45,7 +46,7 @@ pub const CATALOGUE: &[ExerciseInfo] = &[
         title: "make Level 0 correct on one server with a lock",
         servers: 1,
         think_time_ms: 20,
-        people_per_buyer: None,
+        people_as_tickets: false,
         needs_redis: false,
         must_give_up: false,
         lesson: "docs/01-local-locks.md",
@@ -58,11 +59,12 @@ pub const CATALOGUE: &[ExerciseInfo] = &[
         title: "make the lock hold across the commit",
         servers: 1,
         think_time_ms: 20,
-        people_per_buyer: None,
+        people_as_tickets: false,
         needs_redis: false,
         must_give_up: false,
         lesson: "docs/01-local-locks.md",
-        likely_cause: "the lock was released before COMMIT: the next buyer read the stock as it was \
+        likely_cause:
+            "the lock was released before COMMIT: the next buyer read the stock as it was \
             before our sale (our write was not visible yet) and wrote the same stock-1.",
     },
     ExerciseInfo {
@@ -71,7 +73,7 @@ pub const CATALOGUE: &[ExerciseInfo] = &[
         title: "a pessimistic row lock in PostgreSQL",
         servers: 2,
         think_time_ms: 20,
-        people_per_buyer: None,
+        people_as_tickets: false,
         needs_redis: false,
         must_give_up: false,
         lesson: "docs/02-db-locks.md",
@@ -84,7 +86,7 @@ pub const CATALOGUE: &[ExerciseInfo] = &[
         title: "an optimistic retry that gives up properly",
         servers: 2,
         think_time_ms: 20,
-        people_per_buyer: None,
+        people_as_tickets: false,
         needs_redis: false,
         must_give_up: true,
         lesson: "docs/02-db-locks.md",
@@ -98,7 +100,7 @@ pub const CATALOGUE: &[ExerciseInfo] = &[
         title: "one atomic conditional UPDATE",
         servers: 2,
         think_time_ms: 20,
-        people_per_buyer: None,
+        people_as_tickets: false,
         needs_redis: false,
         must_give_up: false,
         lesson: "docs/02-db-locks.md",
@@ -112,7 +114,7 @@ pub const CATALOGUE: &[ExerciseInfo] = &[
         title: "an owner-checked release of a Redis lock (Lua)",
         servers: 2,
         think_time_ms: 20,
-        people_per_buyer: None,
+        people_as_tickets: false,
         needs_redis: true,
         must_give_up: false,
         lesson: "docs/03-redis-lock.md",
@@ -126,11 +128,12 @@ pub const CATALOGUE: &[ExerciseInfo] = &[
         title: "a fencing check in SQL",
         servers: 2,
         think_time_ms: 40,
-        people_per_buyer: None,
+        people_as_tickets: false,
         needs_redis: true,
         must_give_up: false,
         lesson: "docs/03-redis-lock.md",
-        likely_cause: "the lock's lease ran out while its holder was still working, Redis gave the \
+        likely_cause:
+            "the lock's lease ran out while its holder was still working, Redis gave the \
             lock to the next buyer, and the database accepted the stale holder's write.",
     },
     ExerciseInfo {
@@ -139,7 +142,7 @@ pub const CATALOGUE: &[ExerciseInfo] = &[
         title: "the Level 4 Lua purchase (duplicate check before the stock)",
         servers: 2,
         think_time_ms: 0,
-        people_per_buyer: Some((3, 10)),
+        people_as_tickets: true,
         needs_redis: true,
         must_give_up: false,
         lesson: "docs/05-lock-free.md",
@@ -168,12 +171,18 @@ pub fn workspace_root() -> PathBuf {
 impl ExerciseInfo {
     /// The statement, `exercises/NN-name/README.md`.
     pub fn statement(&self) -> PathBuf {
-        workspace_root().join("exercises").join(self.slug).join("README.md")
+        workspace_root()
+            .join("exercises")
+            .join(self.slug)
+            .join("README.md")
     }
 
     /// The learner's file, `exercises/NN-name/sell.rs`.
     pub fn learner_file(&self) -> PathBuf {
-        workspace_root().join("exercises").join(self.slug).join("sell.rs")
+        workspace_root()
+            .join("exercises")
+            .join(self.slug)
+            .join("sell.rs")
     }
 
     /// The pristine stub, `exercises/stubs/NN-name.rs`.

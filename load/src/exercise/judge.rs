@@ -53,13 +53,17 @@ pub struct Judgement {
 
 /// Rushes `targets` with `size` and judges the exercise `info` from the
 /// database.
-pub async fn judge(info: &ExerciseInfo, targets: &Targets, size: RushSize) -> anyhow::Result<Judgement> {
+pub async fn judge(
+    info: &ExerciseInfo,
+    targets: &Targets,
+    size: RushSize,
+) -> anyhow::Result<Judgement> {
     if let Some(redis_url) = &targets.redis_url {
         clear_redis(redis_url, &info.redis_keys(targets.ticket_id)).await?;
     }
     let distinct_users = info
-        .people_per_buyer
-        .map(|(people, per)| (size.buyers * people / per).max(1));
+        .people_as_tickets
+        .then(|| usize::try_from(size.tickets).unwrap_or(1).max(1));
     let plan = RushPlan {
         ticket_id: targets.ticket_id,
         tickets: size.tickets,
@@ -153,7 +157,11 @@ pub fn findings(info: &ExerciseInfo, report: &Report) -> Vec<String> {
 }
 
 /// The buyers whose orders came after the last real ticket, in order.
-async fn buyers_beyond_stock(database_url: &str, ticket: i64, tickets: i32) -> anyhow::Result<Vec<i64>> {
+async fn buyers_beyond_stock(
+    database_url: &str,
+    ticket: i64,
+    tickets: i32,
+) -> anyhow::Result<Vec<i64>> {
     let pool = open_database(database_url).await?;
     let users = sqlx::query_scalar(
         "SELECT user_id FROM ticket_orders WHERE ticket_id = $1 ORDER BY id OFFSET $2",

@@ -80,7 +80,9 @@ pub async fn exercise_command(args: ExerciseArgs) -> anyhow::Result<ExitCode> {
 
 fn list() {
     let book = Book::load();
-    println!("ticket-rush workshop: edit exercises/NN-name/sell.rs, then `load exercise check N`.\n");
+    println!(
+        "ticket-rush workshop: edit exercises/NN-name/sell.rs, then `load exercise check N`.\n"
+    );
     println!("  #  status   exercise");
     for exercise in CATALOGUE {
         let progress = book.get(exercise.number);
@@ -121,14 +123,22 @@ async fn check_command(args: CheckArgs) -> anyhow::Result<ExitCode> {
         tickets: args.tickets,
     };
     let Some(judgement) = serve::build_and_check(exercise, &args, size).await? else {
-        println!("\nYour code does not compile (cargo's messages are above). Fix it and check again.");
+        println!(
+            "\nYour code does not compile (cargo's messages are above). Fix it and check again."
+        );
         return Ok(ExitCode::from(EXIT_NOT_MET));
     };
     let hints = exercise.hints();
     let mut book = Book::load();
     let revealed = book.record(exercise.number, judgement.passed, hints.len());
     book.save()?;
-    explain(exercise, &judgement, &hints, revealed, book.get(exercise.number).hints_shown);
+    explain(
+        exercise,
+        &judgement,
+        &hints,
+        revealed,
+        book.get(exercise.number).hints_shown,
+    );
     Ok(ExitCode::from(if judgement.passed {
         EXIT_MET
     } else {
@@ -153,8 +163,14 @@ fn explain(
         r.db_orders, r.db_stock, r.verdict
     );
     if judgement.passed {
-        println!("\nPASSED. Exactly {} tickets, each to a buyer who was told so.", r.tickets);
-        println!("Compare with the level's own code: see {}.", exercise.lesson);
+        println!(
+            "\nPASSED. Exactly {} tickets, each to a buyer who was told so.",
+            r.tickets
+        );
+        println!(
+            "Compare with the level's own code: see {}.",
+            exercise.lesson
+        );
         return;
     }
     println!("\nNOT YET.");

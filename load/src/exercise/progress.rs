@@ -46,7 +46,8 @@ impl Book {
     pub fn save(&self) -> anyhow::Result<()> {
         let path = Self::path();
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
         }
         let text = serde_json::to_string_pretty(self)?;
         std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))

@@ -36,7 +36,12 @@ pub async fn build_and_check(
     let mut servers = Vec::new();
     let judged = async {
         for _ in 0..exercise.servers {
-            servers.push(start(&binary, exercise, services.database_url(), redis_url.as_deref())?);
+            servers.push(start(
+                &binary,
+                exercise,
+                services.database_url(),
+                redis_url.as_deref(),
+            )?);
         }
         for server in &servers {
             wait_until_ready(&server.url, Duration::from_secs(60)).await?;
