@@ -177,3 +177,109 @@ impl StockLoader {
         Ok(())
     }
 }
+
+/// The seats a buyer asks for (exercise 10): seats 1 and 2, in an order
+/// that depends on the buyer, as people list seats in any order.
+pub fn seats_wanted(user: ticket_core::UserId) -> [i32; 2] {
+    if user.get() % 2 == 0 {
+        [1, 2]
+    } else {
+        [2, 1]
+    }
+}
+
+/// The seat rows of exercise 10, created on first use: `exercise_seats`,
+/// two seats per ticket.
+#[derive(Default)]
+pub struct SeatTable {
+    /// Set once the table exists: whether this connection's role may lower
+    /// `deadlock_timeout` (superusers may).
+    created: tokio::sync::OnceCell<bool>,
+}
+
+impl SeatTable {
+    /// Creates the table once per server (two servers at once are
+    /// serialized by an advisory lock) and the ticket's two seats.
+    pub async fn ensure(&self, pool: &sqlx::PgPool, ticket: TicketId) -> Result<(), PurchaseError> {
+        self.created
+            .get_or_try_init(|| async {
+                let mut tx = pool.begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock(4242)")
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(
+                    "CREATE TABLE IF NOT EXISTS exercise_seats (ticket_id BIGINT NOT NULL, \
+                     seat_no INT NOT NULL, PRIMARY KEY (ticket_id, seat_no))",
+                )
+                .execute(&mut *tx)
+                .await?;
+                let superuser: bool = sqlx::query_scalar(
+                    "SELECT rolsuper FROM pg_roles WHERE rolname = current_user",
+                )
+                .fetch_one(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok::<bool, PurchaseError>(superuser)
+            })
+            .await?;
+        sqlx::query(
+            "INSERT INTO exercise_seats (ticket_id, seat_no) VALUES ($1, 1), ($1, 2) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(ticket.get())
+        .execute(pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Begins a sale's transaction. PostgreSQL looks for deadlocks only
+    /// after a waiter has waited `deadlock_timeout` (1 s by default); where
+    /// the role may, it is lowered to 50 ms for this transaction, so that a
+    /// check of a deadlocking stub takes seconds, not minutes.
+    pub async fn begin(
+        &self,
+        pool: &sqlx::PgPool,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, PurchaseError> {
+        let mut tx = pool.begin().await?;
+        if self.created.get() == Some(&true) {
+            sqlx::query("SET LOCAL deadlock_timeout = '50ms'")
+                .execute(&mut *tx)
+                .await?;
+        }
+        Ok(tx)
+    }
+}
+
+/// Sells a unit while the buyer's seats are held (exercise 10): one
+/// conditional UPDATE and the order, then COMMIT, which frees the seats.
+/// A deadlock (SQLSTATE 40P01) is answered 500: it is a bug in the lock
+/// order, not a busy moment.
+pub async fn sell_held_seats(
+    mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    purchase: &ticket_core::Purchase,
+) -> Result<ticket_core::Order, PurchaseError> {
+    let left: Option<i32> = sqlx::query_scalar(
+        "UPDATE tickets SET stock = stock - 1, version = version + 1 \
+         WHERE id = $1 AND stock > 0 RETURNING stock",
+    )
+    .bind(purchase.ticket.get())
+    .fetch_optional(&mut *tx)
+    .await?;
+    if left.is_none() {
+        return Err(PurchaseError::SoldOut);
+    }
+    let order = ticket_core::db::insert_order(&mut tx, purchase).await?;
+    tx.commit().await?;
+    Ok(order)
+}
+
+/// Exercise 10's translation of a database error: a deadlock is a bug in
+/// the lock order (500), everything else as ticket-core says.
+pub fn deadlock_is_a_bug(err: sqlx::Error) -> PurchaseError {
+    if ticket_core::db::sqlstate(&err).as_deref() == Some("40P01") {
+        return PurchaseError::Unexpected(anyhow::anyhow!(
+            "deadlock detected: two buyers each held a seat the other wanted"
+        ));
+    }
+    err.into()
+}

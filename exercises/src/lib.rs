@@ -41,6 +41,8 @@ pub mod ex06_owner_release;
 pub mod ex07_fencing;
 #[path = "../09-lua-purchase/sell.rs"]
 pub mod ex09_lua_purchase;
+#[path = "../10-lock-order/sell.rs"]
+pub mod ex10_lock_order;
 
 use clap::Parser;
 use ticket_core::server::ServerArgs;
@@ -93,6 +95,7 @@ pub const EXERCISES: &[Exercise] = &[
     exercise!(6, true, ex06_owner_release, ex06, ex06),
     exercise!(7, true, ex07_fencing, ex07, ex07),
     exercise!(9, true, ex09_lua_purchase, ex09, ex09),
+    exercise!(10, false, ex10_lock_order, ex10, ex10),
 ];
 
 const NAMES: [&str; 10] = ["1", "2", "3", "4", "5", "6", "7", "8", "9", "10"];

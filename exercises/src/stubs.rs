@@ -19,3 +19,5 @@ pub mod ex06;
 pub mod ex07;
 #[path = "../stubs/09-lua-purchase.rs"]
 pub mod ex09;
+#[path = "../stubs/10-lock-order.rs"]
+pub mod ex10;

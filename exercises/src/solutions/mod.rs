@@ -10,3 +10,4 @@ pub mod ex05;
 pub mod ex06;
 pub mod ex07;
 pub mod ex09;
+pub mod ex10;

@@ -149,6 +149,20 @@ pub const CATALOGUE: &[ExerciseInfo] = &[
         likely_cause: "the script took a unit of stock before asking whether this buyer already \
             had one: every repeat click spent a unit that nobody got.",
     },
+    ExerciseInfo {
+        number: 10,
+        slug: "10-lock-order",
+        title: "a seat hold that takes its locks in a global order",
+        servers: 2,
+        think_time_ms: 20,
+        people_as_tickets: false,
+        needs_redis: false,
+        must_give_up: false,
+        lesson: "docs/06-box-office.md",
+        likely_cause: "one buyer held seat 1 and waited for seat 2 while another held seat 2 and \
+            waited for seat 1: neither can ever go on, and PostgreSQL had to kill one of them \
+            (deadlock detected). Locks taken in different orders deadlock.",
+    },
 ];
 
 /// The exercise numbered `number`.

@@ -44,7 +44,10 @@ pub async fn build_and_check(
             )?);
         }
         for server in &servers {
-            wait_until_ready(&server.url, Duration::from_secs(60)).await?;
+            if let Err(err) = wait_until_ready(&server.url, Duration::from_secs(60)).await {
+                let log = std::fs::read_to_string(&server.log).unwrap_or_default();
+                anyhow::bail!("{err:#}; the server said:\n{log}");
+            }
         }
         let targets = Targets {
             urls: servers.iter().map(|s| s.url.clone()).collect(),
@@ -52,7 +55,15 @@ pub async fn build_and_check(
             redis_url: redis_url.clone(),
             ticket_id: 1,
         };
-        judge(exercise, &targets, size).await
+        let mut judged = judge(exercise, &targets, size).await?;
+        if !judged.passed {
+            if let Some(line) = servers.iter().find_map(|s| first_error(&s.log)) {
+                judged
+                    .findings
+                    .push(format!("Your server's log says: {line}"));
+            }
+        }
+        anyhow::Ok(judged)
     }
     .await;
     for server in servers {
@@ -81,10 +92,33 @@ async fn build() -> anyhow::Result<Option<PathBuf>> {
     Ok(Some(target.join("debug").join("exercise-server")))
 }
 
+/// The first ERROR line of a server's log, without its colours and
+/// timestamp: what the learner's code said when it answered 500.
+fn first_error(log: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let line = text.lines().find(|line| line.contains("ERROR"))?;
+    let mut plain = String::new();
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            chars.by_ref().find(|&c| c == 'm');
+        } else {
+            plain.push(c);
+        }
+    }
+    let message = plain
+        .split_once("ERROR")
+        .map_or(plain.as_str(), |(_, rest)| rest);
+    Some(message.trim().to_owned())
+}
+
 /// One exercise server, as a child process.
 struct ExerciseServer {
     url: String,
     child: Child,
+    /// Its log (stderr): the learner's errors end up here, not in the
+    /// explanation.
+    log: PathBuf,
 }
 
 impl ExerciseServer {
@@ -100,6 +134,7 @@ impl ExerciseServer {
         {
             let _ = self.child.kill().await;
         }
+        let _ = std::fs::remove_file(&self.log);
     }
 }
 
@@ -119,18 +154,27 @@ fn start(
     if let Some(redis_url) = redis_url {
         command.args(["--redis-url", redis_url]);
     }
+    let log = std::env::temp_dir().join(format!(
+        "ticket-rush-exercise-{}-{port}-{}.log",
+        exercise.number,
+        std::process::id()
+    ));
+    let log_file =
+        std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
     let child = command
         .env(
             "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "error".into()),
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
         )
         .stdin(Stdio::null())
         .stdout(Stdio::null())
+        .stderr(log_file)
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("cannot start {}", binary.display()))?;
     Ok(ExerciseServer {
         url: format!("http://127.0.0.1:{port}"),
         child,
+        log,
     })
 }
