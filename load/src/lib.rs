@@ -9,6 +9,7 @@
 //! | --- | --- |
 //! | [`levels`] | the levels and strategies it knows, and what each should show |
 //! | [`servers`] | starting servers in this process (tests) or as child processes (runs, tour) |
+//! | [`exercise`] | `load exercise`: workshop exercises checked by a rush |
 //! | [`expect`] | `--expect` and thresholds, and the exit codes they give |
 //! | [`failures`] | failed answers by kind (refused, timeout, 4xx, 5xx), one sample each |
 //! | [`model`] | the report a run produces: counts, verdict, latency, ceilings |
@@ -27,6 +28,7 @@
 //! tool judge the same way.
 
 pub mod client;
+pub mod exercise;
 pub mod expect;
 pub mod failures;
 pub mod levels;

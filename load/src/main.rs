@@ -47,6 +47,9 @@ enum Command {
     /// Start a throwaway PostgreSQL (and Redis) for a two-terminal demo and
     /// print their URLs; stops them on Ctrl-C.
     Services(ServicesArgs),
+    /// Workshop exercises: list them with your progress, `check N` your
+    /// code with a real rush judged from the database, `reset N` a stub.
+    Exercise(load::exercise::ExerciseArgs),
     /// Run one level's server (used by `run` and `tour` to start servers as
     /// separate processes). Example: `load serve level1 --port 8080`.
     #[command(hide = true)]
@@ -260,6 +263,10 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Run(args) => run_command(args).await,
         Command::Tour(args) => tour_command(args).await,
         Command::Services(args) => services_command(args).await,
+        Command::Exercise(args) => {
+            init_logging();
+            load::exercise::exercise_command(args).await
+        }
         Command::Serve { args } => serve_command(args).await,
     }
 }
