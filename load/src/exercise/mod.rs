@@ -156,8 +156,16 @@ fn explain(
 ) {
     let r = &judgement.report;
     println!(
-        "\n{} buyers on {} server(s) raced for {} tickets: {} answered 201, {} sold out, {} busy (503), {} errors.",
-        r.buyers, r.servers, r.tickets, r.succeeded, r.sold_out, r.busy, r.errors
+        "\n{} buyers on {} server(s) raced for {} tickets: {} answered 201, {} sold out, \
+         {} already had one, {} busy (503), {} errors.",
+        r.buyers,
+        r.servers,
+        r.tickets,
+        r.succeeded,
+        r.sold_out,
+        r.already_purchased,
+        r.busy,
+        r.errors
     );
     println!(
         "The database says: {} orders, stock {}. Verdict: {}.",
