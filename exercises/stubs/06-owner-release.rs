@@ -23,7 +23,7 @@ return redis.call('DEL', KEYS[1])
 ";
 
 /// How long a buyer waits for the lock before answering 503 busy.
-const WAIT: Duration = Duration::from_millis(60);
+const WAIT: Duration = Duration::from_millis(500);
 /// How long a hold lasts if its holder vanished: far longer than a sale.
 const LEASE: Duration = Duration::from_secs(10);
 

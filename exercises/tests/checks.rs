@@ -97,3 +97,18 @@ async fn every_stub_fails_its_check_and_every_solution_passes_it() {
     let wrong: Vec<&String> = outcomes.iter().filter(|o| !o.is_empty()).collect();
     assert!(wrong.is_empty(), "{wrong:#?}");
 }
+
+/// The load tool's catalogue (which it keeps without linking this crate)
+/// and this crate's table name the same exercises, with the same needs.
+#[test]
+fn the_load_tools_catalogue_and_the_crate_agree() {
+    let crate_side: Vec<(u8, bool)> = exercises::EXERCISES
+        .iter()
+        .map(|e| (e.number, e.needs_redis))
+        .collect();
+    let load_side: Vec<(u8, bool)> = CATALOGUE
+        .iter()
+        .map(|e| (e.number, e.needs_redis))
+        .collect();
+    assert_eq!(crate_side, load_side);
+}

@@ -8,6 +8,8 @@
 
 use std::path::PathBuf;
 
+use super::judge::RushSize;
+
 /// One exercise as the load tool sees it.
 #[derive(Debug, Clone, Copy)]
 pub struct ExerciseInfo {
@@ -27,6 +29,10 @@ pub struct ExerciseInfo {
     /// clicking many times: exercise 9 needs repeat clicks, and with as many
     /// people as tickets a single wasted unit leaves one person without.
     pub people_as_tickets: bool,
+    /// The rush `load exercise check` sends by default. Smaller for the
+    /// exercises whose waiting buyers spin on a Redis lock: a thousand
+    /// spinners cost more than the lesson needs.
+    pub size: RushSize,
     /// Whether its servers need Redis.
     pub needs_redis: bool,
     /// A correct answer must also have given up at least once (503 busy):
@@ -47,6 +53,7 @@ pub const CATALOGUE: &[ExerciseInfo] = &[
         servers: 1,
         think_time_ms: 20,
         people_as_tickets: false,
+        size: RushSize::FULL,
         needs_redis: false,
         must_give_up: false,
         lesson: "docs/01-local-locks.md",
@@ -60,6 +67,7 @@ pub const CATALOGUE: &[ExerciseInfo] = &[
         servers: 1,
         think_time_ms: 20,
         people_as_tickets: false,
+        size: RushSize::FULL,
         needs_redis: false,
         must_give_up: false,
         lesson: "docs/01-local-locks.md",
@@ -74,6 +82,7 @@ pub const CATALOGUE: &[ExerciseInfo] = &[
         servers: 2,
         think_time_ms: 20,
         people_as_tickets: false,
+        size: RushSize::FULL,
         needs_redis: false,
         must_give_up: false,
         lesson: "docs/02-db-locks.md",
@@ -87,6 +96,7 @@ pub const CATALOGUE: &[ExerciseInfo] = &[
         servers: 2,
         think_time_ms: 20,
         people_as_tickets: false,
+        size: RushSize::FULL,
         needs_redis: false,
         must_give_up: true,
         lesson: "docs/02-db-locks.md",
@@ -101,6 +111,7 @@ pub const CATALOGUE: &[ExerciseInfo] = &[
         servers: 2,
         think_time_ms: 20,
         people_as_tickets: false,
+        size: RushSize::FULL,
         needs_redis: false,
         must_give_up: false,
         lesson: "docs/02-db-locks.md",
@@ -115,6 +126,7 @@ pub const CATALOGUE: &[ExerciseInfo] = &[
         servers: 2,
         think_time_ms: 20,
         people_as_tickets: false,
+        size: RushSize::SPINNING,
         needs_redis: true,
         must_give_up: false,
         lesson: "docs/03-redis-lock.md",
@@ -129,6 +141,7 @@ pub const CATALOGUE: &[ExerciseInfo] = &[
         servers: 2,
         think_time_ms: 40,
         people_as_tickets: false,
+        size: RushSize::SPINNING,
         needs_redis: true,
         must_give_up: false,
         lesson: "docs/03-redis-lock.md",
@@ -143,6 +156,7 @@ pub const CATALOGUE: &[ExerciseInfo] = &[
         servers: 2,
         think_time_ms: 0,
         people_as_tickets: true,
+        size: RushSize::FULL,
         needs_redis: true,
         must_give_up: false,
         lesson: "docs/05-lock-free.md",
@@ -156,6 +170,7 @@ pub const CATALOGUE: &[ExerciseInfo] = &[
         servers: 2,
         think_time_ms: 20,
         people_as_tickets: false,
+        size: RushSize::FULL,
         needs_redis: false,
         must_give_up: false,
         lesson: "docs/06-box-office.md",

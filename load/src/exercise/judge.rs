@@ -24,6 +24,13 @@ impl RushSize {
         buyers: 1000,
         tickets: 100,
     };
+
+    /// A smaller rush for the exercises whose buyers spin on a Redis lock
+    /// (6 and 7): 300 buyers, 30 tickets.
+    pub const SPINNING: RushSize = RushSize {
+        buyers: 300,
+        tickets: 30,
+    };
 }
 
 /// Where the servers under test are, and what they share.

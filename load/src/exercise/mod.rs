@@ -48,12 +48,13 @@ enum Action {
 pub struct CheckArgs {
     /// The exercise's number.
     pub number: u8,
-    /// Buyers released at once.
-    #[arg(long, default_value_t = RushSize::FULL.buyers)]
-    pub buyers: usize,
-    /// Tickets on sale.
-    #[arg(long, default_value_t = RushSize::FULL.tickets)]
-    pub tickets: i32,
+    /// Buyers released at once. Default: the exercise's (1000; 300 for
+    /// the exercises that spin on a Redis lock).
+    #[arg(long)]
+    pub buyers: Option<usize>,
+    /// Tickets on sale. Default: the exercise's (100; 30 for 6 and 7).
+    #[arg(long)]
+    pub tickets: Option<i32>,
     /// PostgreSQL to use. Default: DATABASE_URL, else a throwaway server.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
@@ -119,8 +120,8 @@ async fn check_command(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let exercise = info(args.number)?;
     println!("Exercise {}: {}", exercise.number, exercise.title);
     let size = RushSize {
-        buyers: args.buyers,
-        tickets: args.tickets,
+        buyers: args.buyers.unwrap_or(exercise.size.buyers),
+        tickets: args.tickets.unwrap_or(exercise.size.tickets),
     };
     let Some(judgement) = serve::build_and_check(exercise, &args, size).await? else {
         println!(
@@ -155,8 +156,16 @@ fn explain(
 ) {
     let r = &judgement.report;
     println!(
-        "\n{} buyers on {} server(s) raced for {} tickets: {} answered 201, {} sold out, {} busy (503), {} errors.",
-        r.buyers, r.servers, r.tickets, r.succeeded, r.sold_out, r.busy, r.errors
+        "\n{} buyers on {} server(s) raced for {} tickets: {} answered 201, {} sold out, \
+         {} already had one, {} busy (503), {} errors.",
+        r.buyers,
+        r.servers,
+        r.tickets,
+        r.succeeded,
+        r.sold_out,
+        r.already_purchased,
+        r.busy,
+        r.errors
     );
     println!(
         "The database says: {} orders, stock {}. Verdict: {}.",
