@@ -23,7 +23,7 @@
 //!
 //! ```text
 //! cargo run --release -p level0 -- --port 8080 --think-time-ms 20
-//! cargo run --release -p load -- run --level 0 --servers 1 --buyers 1000 --tickets 100 --think-time-ms 20
+//! cargo run --release -p load -- run --level 0 --servers 1 --buyers 1000 --tickets 100 --think-time-ms 20 --expect oversold
 //! ```
 //!
 //! **What the next level fixes.** Level 1 puts a lock around the three steps,

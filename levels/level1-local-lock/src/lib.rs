@@ -71,7 +71,7 @@
 //!
 //! ```text
 //! cargo run --release -p load -- run --level 1 --strategy mutex --servers 1 --think-time-ms 20   # correct
-//! cargo run --release -p load -- run --level 1 --strategy mutex --servers 2 --think-time-ms 20   # oversold
+//! cargo run --release -p load -- run --level 1 --strategy mutex --servers 2 --think-time-ms 20 --expect oversold
 //! ```
 //!
 //! or by hand, in two terminals (same `DATABASE_URL`):
@@ -79,7 +79,7 @@
 //! ```text
 //! cargo run --release -p level1 -- --port 8080 --strategy mutex --think-time-ms 20
 //! cargo run --release -p level1 -- --port 8081 --strategy mutex --think-time-ms 20
-//! cargo run --release -p load -- run --level 1 --target http://127.0.0.1:8080 --target http://127.0.0.1:8081
+//! cargo run --release -p load -- run --level 1 --target http://127.0.0.1:8080 --target http://127.0.0.1:8081 --expect oversold
 //! ```
 //!
 //! **What the next level fixes.** Level 2 moves the lock into the one thing

@@ -67,14 +67,18 @@
 //! to a second of sales on a machine crash, no persistence everything not
 //! yet persisted. With RDB snapshots only, Redis does not even come back
 //! empty: it restarts from an older snapshot that still holds the current
-//! epoch, so the sale is not reloaded, its stock is too high, its buyers are
-//! missing, and it re-sells units the worker had already persisted. After a
-//! failover with asynchronous replication the same happens, and "never more
-//! buyers than units" no longer holds. Redis must run with
-//! `maxmemory-policy noeviction`: an evicted key is a sale forgotten. `reconcile` finds and repairs the drift that *is* visible
-//! (orders PostgreSQL has and Redis forgot, which would otherwise be sold
-//! again); sales lost from both stores are visible only to the buyers who
-//! hold their 201. PostgreSQL lags Redis by the persistence lag; reading
+//! epoch, with its stock too high and its buyers missing; a replica promoted
+//! after a failover (replication is asynchronous) is in the same state. Left
+//! alone, it would re-sell units the worker had already persisted. So every
+//! sale in Redis is signed with the `run_id` of the Redis process that
+//! loaded it, the script sells only from a sale signed by the process it
+//! runs in, and an unsigned one is first checked against PostgreSQL: its
+//! orders are put back among the buyers and the stock is recomputed
+//! ([`load`]). Redis must run with `maxmemory-policy noeviction` (an evicted
+//! key is a sale forgotten); the server refuses to start otherwise.
+//! `reconcile` finds and repairs the rest of the drift that *is* visible;
+//! sales lost from both stores (answered, never persisted) are visible only
+//! to the buyers who hold their 201. PostgreSQL lags Redis by the persistence lag; reading
 //! stock from PostgreSQL (`GET /tickets/{id}`) shows the recorded sale, not
 //! the decided one. Redis is now the one place every sale depends on: when
 //! it is down, nothing sells (503). The measured durability window and

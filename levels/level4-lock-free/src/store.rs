@@ -374,7 +374,7 @@ impl SaleStore {
 /// The `run_id` of an `INFO server` answer: drawn afresh at every start of
 /// `redis-server`, so a sale signed with another one was loaded by a Redis
 /// process that has since restarted (see [`crate::load`]).
-fn run_id(info: &str) -> Option<&str> {
+pub(crate) fn run_id(info: &str) -> Option<&str> {
     info.lines()
         .find_map(|line| line.trim_end().strip_prefix("run_id:"))
 }

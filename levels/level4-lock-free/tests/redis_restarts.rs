@@ -12,6 +12,7 @@ use std::time::Duration;
 use clap::Parser as _;
 use common::{buy, ticket};
 use level4::persist::{PersistOptions, Worker};
+use level4::reconcile::{reconcile, DriftKind};
 use level4::store::{Decision, RedisConn, SaleStore, RESPONSE_TIMEOUT};
 use ticket_core::db;
 use ticket_core::metrics::Metrics;
@@ -118,6 +119,17 @@ async fn a_redis_back_from_an_old_snapshot_sells_nothing_postgresql_already_hold
         .unwrap();
     let _second = redis_with_rdb(port, &dir).await;
     reconnected(&store).await;
+
+    // Before anyone buys, reconcile sees what the restart did.
+    let found = reconcile(&store, &[ticket()], false).await.unwrap();
+    let kinds: Vec<DriftKind> = found[0].drift.iter().map(|d| d.kind).collect();
+    assert!(
+        kinds.contains(&DriftKind::RedisForgotOrders),
+        "{}",
+        found[0]
+    );
+    let note = found[0].note.clone().unwrap_or_default();
+    assert!(note.contains("restarted"), "{}", found[0]);
 
     let mut answers = BTreeMap::new();
     for buyer in 4..=12 {

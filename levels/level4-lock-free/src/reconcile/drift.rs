@@ -34,6 +34,13 @@ pub(super) async fn reconcile_ticket(
         report.drift.push(drift);
         return Ok(report);
     }
+    if redis.unchecked {
+        report.note = Some(
+            "Redis has restarted (or failed over) since it loaded this sale: it sells \
+             nothing until a purchase has checked the sale against PostgreSQL"
+                .into(),
+        );
+    }
 
     let mut sides = compare(&db, &redis, &mut report);
     if !sides.unqueued.is_empty() {

@@ -20,7 +20,10 @@
 //! from both stores: no reconciliation can find them; only the buyers hold
 //! the proof (their 201 and order id). Without any persistence, Redis comes
 //! back empty and the sale is loaded again from PostgreSQL, minus the same
-//! unpersisted tail.
+//! unpersisted tail. A Redis that comes back *with* data (an old snapshot,
+//! a promoted replica) sells nothing until a purchase has checked the sale
+//! against PostgreSQL (`load.rs`); until then, reconcile notes it, and shows
+//! the drift that check will repair.
 //!
 //! **What it repairs** (`--repair`): orders Redis forgot are put back into
 //! its buyers and its stock is recomputed from them (one script, atomic
@@ -188,6 +191,10 @@ pub(super) struct RedisSide {
     pub(super) buyers: HashMap<i64, i64>,
     pub(super) queued: Vec<OrderEvent>,
     pub(super) dead: Vec<(i64, i64)>,
+    /// The sale was loaded by another Redis process than the one running
+    /// (a restart or a failover since): no purchase has checked it against
+    /// PostgreSQL yet (see `load.rs`).
+    pub(super) unchecked: bool,
 }
 
 /// Reconciles `tickets` (all tickets Level 4 ever loaded, when empty), and
@@ -281,11 +288,12 @@ async fn read_redis(store: &SaleStore, ticket: TicketId) -> Result<RedisSide, St
     let keys = store.keys();
     // One MULTI/EXEC: the sale, its buyers and both streams as of one
     // instant, with no purchase in between.
-    let (sale, buyers, queued, dead): (
+    let (sale, buyers, queued, dead, info): (
         HashMap<String, String>,
         HashMap<i64, i64>,
         StreamRangeReply,
         StreamRangeReply,
+        String,
     ) = store
         .redis()
         .pipe(
@@ -302,7 +310,9 @@ async fn read_redis(store: &SaleStore, ticket: TicketId) -> Result<RedisSide, St
                 .cmd("XRANGE")
                 .arg(keys.dead_letters())
                 .arg("-")
-                .arg("+"),
+                .arg("+")
+                .cmd("INFO")
+                .arg("server"),
         )
         .await?;
     let queued = queued
@@ -317,6 +327,8 @@ async fn read_redis(store: &SaleStore, ticket: TicketId) -> Result<RedisSide, St
         .filter(|entry| entry.get::<i64>("ticket") == Some(ticket.get()))
         .filter_map(|entry| Some((entry.get::<i64>("user")?, entry.get::<i64>("epoch")?)))
         .collect();
+    let unchecked = sale.contains_key("epoch")
+        && sale.get("checked_by").map(String::as_str) != crate::store::run_id(&info);
     // The figures; `checked_by` (a Redis run_id, see `load.rs`) is not one.
     let sale = sale
         .into_iter()
@@ -327,5 +339,6 @@ async fn read_redis(store: &SaleStore, ticket: TicketId) -> Result<RedisSide, St
         buyers,
         queued,
         dead,
+        unchecked,
     })
 }
