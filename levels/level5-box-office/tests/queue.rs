@@ -208,18 +208,10 @@ async fn wait_for_queue_status(office: &Office, token: &str, status: &str) -> an
 }
 
 /// No token, a forged one, another user's, another show's, a waiting
-/// user's, an idled-out one and a paid one: each refused with its code,
-/// and nothing held.
+/// user's: each refused with its code, and nothing held.
 #[tokio::test]
-async fn forged_expired_and_other_users_tokens_are_refused() -> anyhow::Result<()> {
-    let args = [
-        "--queue",
-        "on",
-        "--active-limit",
-        "1",
-        "--admitted-ttl-ms",
-        "400",
-    ];
+async fn forged_and_other_users_tokens_are_refused() -> anyhow::Result<()> {
+    let args = ["--queue", "on", "--active-limit", "1"];
     let office = Office::start(2, &args).await?;
     let show = office.create_show(&[("r", 100, 10)]).await?;
     let other_show = office.create_show(&[("r", 100, 10)]).await?;
@@ -231,7 +223,6 @@ async fn forged_expired_and_other_users_tokens_are_refused() -> anyhow::Result<(
         .to_owned();
     let before = office.fingerprint().await?;
 
-    let refused = |answer: Answer| (answer.status, answer.code().to_owned());
     let none = office.hold(0, show, first.user, &[1]).await?;
     assert_eq!(refused(none), (401, "token_required".into()));
     let forged = format!("{show}.1.{}", "0".repeat(32));
@@ -268,8 +259,31 @@ async fn forged_expired_and_other_users_tokens_are_refused() -> anyhow::Result<(
         "still waiting"
     );
     assert_eq!(office.fingerprint().await?, before, "nothing was held");
+    office.stop().await
+}
 
-    // The first idles out; the second is admitted, holds and pays.
+fn refused(answer: Answer) -> (u16, String) {
+    (answer.status, answer.code().to_owned())
+}
+
+/// An admitted user who idles past `--admitted-ttl-ms` loses the place to
+/// the next, and their token is refused; a payment expires the payer's
+/// token too.
+#[tokio::test]
+async fn idle_and_paid_tokens_expire_and_are_refused() -> anyhow::Result<()> {
+    let args = [
+        "--queue",
+        "on",
+        "--active-limit",
+        "1",
+        "--admitted-ttl-ms",
+        "2000",
+    ];
+    let office = Office::start(2, &args).await?;
+    let show = office.create_show(&[("r", 100, 10)]).await?;
+    let line = join_all_users(&office, show, [1, 2].into_iter()).await?;
+    let (first, second) = (&line[&1], &line[&2]);
+
     wait_for_queue_status(&office, &first.token, "expired").await?;
     let idle = office
         .hold_with(1, show, first.user, &[1], &first.token)
