@@ -44,6 +44,9 @@ enum Command {
     /// (a correct strategy oversold, or a race that did not reproduce), 2
     /// when the tour itself could not run.
     Tour(TourArgs),
+    /// Book seats at Level 5's box office with many users (queue, seat map,
+    /// hold, wallet, pay or walk away) and judge the run from the database.
+    Booking(load::booking::BookingArgs),
     /// Start a throwaway PostgreSQL (and Redis) for a two-terminal demo and
     /// print their URLs; stops them on Ctrl-C.
     Services(ServicesArgs),
@@ -259,6 +262,10 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run(args) => run_command(args).await,
         Command::Tour(args) => tour_command(args).await,
+        Command::Booking(args) => {
+            init_logging();
+            load::booking::command(args).await
+        }
         Command::Services(args) => services_command(args).await,
         Command::Serve { args } => serve_command(args).await,
     }
@@ -495,6 +502,10 @@ async fn serve_command(args: Vec<String>) -> anyhow::Result<ExitCode> {
     let binary = args
         .first()
         .context("serve needs a level name, e.g. level1")?;
+    if binary == load::booking::servers::BINARY {
+        load::booking::servers::serve(args).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let info = load::levels::level_by_binary(binary)?;
     let server = (info.start)(args).await?;
     // Stop on Ctrl-C/SIGTERM, or when the load process that started us is
