@@ -115,8 +115,11 @@ impl User {
             if server != self.home {
                 j.recorder.failovers.fetch_add(1, Ordering::Relaxed);
             }
+            // 409 request_in_progress: this payment's key is claimed by a
+            // request still running, or by a server that died mid-request
+            // (its claim lapses after the lease). Both mean "come back".
             match answer.status {
-                503 => {
+                503 | 409 if answer.status == 503 || answer.code() == "request_in_progress" => {
                     j.recorder.busy.fetch_add(1, Ordering::Relaxed);
                     let hint = answer.retry_after(Duration::from_millis(50));
                     tokio::time::sleep(hint.mul_f64(rng.random_range(0.5..1.5))).await;
