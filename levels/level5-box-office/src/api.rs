@@ -1,18 +1,21 @@
 //! The box office's HTTP API, as `../shared/BOX_OFFICE.md` fixes it (the
-//! waiting room, `/queue`, is the next issue):
+//! waiting room's own routes, `/queue`, are in [`crate::queue::routes`]):
 //!
 //! | request | success |
 //! | --- | --- |
 //! | `POST /admin/shows` (Bearer token) | 201 `{"show_id", "seats"}` |
 //! | `GET /shows` | 200 `{"shows": [...]}` |
 //! | `GET /shows/{show_id}/seats` | 200 `{"show_id", "seats": [...]}` |
-//! | `POST /shows/{show_id}/holds` `{"user_id", "seats"}` | 201 the hold |
+//! | `POST /shows/{show_id}/holds` `Queue-Token`, `{"user_id", "seats"}` | 201 the hold |
 //! | `DELETE /holds/{hold_id}` `{"user_id"}` | 200 `{"hold_id", "status"}` |
 //! | `POST /wallets/{user_id}/charges` `{"amount"}` | 200 `{"user_id", "balance"}` |
 //! | `GET /wallets/{user_id}` | 200 `{"user_id", "balance"}` |
-//! | `POST /holds/{hold_id}/payments` `{"user_id"}` | 201 the payment |
+//! | `POST /holds/{hold_id}/payments` `Queue-Token`, `{"user_id"}` | 201 the payment; the token then expires |
 //! | `GET /users/{user_id}/reservations` | 200 `{"reservations": [...]}` |
 //! | `GET /metrics` | 200 Prometheus text: holds created and refused, the pool |
+//!
+//! With `--queue on` (the default) a hold or a payment first shows an
+//! admitted `Queue-Token` of its user for its show ([`admitted`]).
 //!
 //! Handlers parse everything first ([`crate::input`]), then call one domain
 //! function; failures are [`BoxError`]s, turned into problem+json by `?`.
@@ -37,6 +40,7 @@ use ticket_core::UserId;
 use crate::error::{BoxError, Reply};
 use crate::holds::{HoldRequest, HoldSeats};
 use crate::keys::{self, KeyClaim, Start};
+use crate::queue::{token::Token, Purpose, Queue};
 use crate::{input, reservations, settle, shows, wallet, Settings};
 
 /// The largest request body accepted: a hold or a show fits in far less.
@@ -51,6 +55,8 @@ pub struct AppState {
     pub pool: PgPool,
     /// The server's settings.
     pub settings: Settings,
+    /// The waiting room; `None` with `--queue off`.
+    pub queue: Option<Arc<Queue>>,
     /// `--admin-token`, if configured.
     pub admin_token: Option<Arc<str>>,
     /// How `Idempotency-Key` is handled.
@@ -74,6 +80,7 @@ pub fn app(state: AppState) -> Router {
         .route("/health", get(health))
         .route("/livez", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
+        .merge(crate::queue::routes::routes())
         .fallback(|| async { BoxError::NotFound("resource") })
         .method_not_allowed_fallback(|| async {
             BoxError::Invalid {
@@ -86,7 +93,24 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-type Body = Result<Bytes, BytesRejection>;
+/// A request body as handlers take it: the bytes, or why they could not be read.
+pub type Body = Result<Bytes, BytesRejection>;
+
+/// With the waiting room on, checks the request's `Queue-Token` for `user`
+/// on `show_id` ([`Queue::admit`]); with it off, lets everyone through.
+async fn admitted(
+    state: &AppState,
+    headers: &HeaderMap,
+    show_id: i64,
+    user: UserId,
+    purpose: Purpose,
+) -> Result<Option<Token>, BoxError> {
+    let Some(queue) = &state.queue else {
+        return Ok(None);
+    };
+    let raw = headers.get("queue-token").map(HeaderValue::as_bytes);
+    Ok(Some(queue.admit(raw, show_id, user.get(), purpose).await?))
+}
 
 async fn create_show(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     let created = async {
@@ -133,6 +157,7 @@ async fn hold(
         user: input::user(&object)?,
         seats: input::seat_list(&object, state.settings.max_seats)?,
     };
+    admitted(&state, &headers, show_id, request.user, Purpose::Hold).await?;
     let hold = state.holds.hold(&request).await;
     state.metrics.event(match hold {
         Ok(_) => "hold_created",
@@ -189,6 +214,13 @@ async fn pay(
     let hold_id = input::path_id(&raw, "hold_id")?;
     let user = input::user(&input::json_object(&headers, body)?)?;
     let key = input::idempotency_key(&headers)?;
+    let token = match &state.queue {
+        None => None,
+        Some(_) => {
+            let show_id = settle::show_of(&state.pool, hold_id).await?;
+            admitted(&state, &headers, show_id, user, Purpose::Pay).await?
+        }
+    };
     let (pool, settings, holds) = (
         state.pool.clone(),
         state.settings.clone(),
@@ -206,7 +238,14 @@ async fn pay(
         .await?;
         Ok((StatusCode::CREATED, payment.body()))
     };
-    Ok(with_key(&state, key, "payment", hold_id, user, work).await)
+    let answer = with_key(&state, key, "payment", hold_id, user, work).await;
+    if let (Some(queue), Some(token)) = (&state.queue, &token) {
+        if answer.status() == StatusCode::CREATED {
+            // Paid (or a replay of the payment): this user is done.
+            queue.finish(token).await;
+        }
+    }
+    Ok(answer)
 }
 
 async fn user_reservations(

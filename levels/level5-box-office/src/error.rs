@@ -65,6 +65,19 @@ pub enum BoxError {
         /// What the hold costs.
         amount: i64,
     },
+    /// A hold or payment without `Queue-Token` while the waiting room is on.
+    #[error("this request needs a Queue-Token: join the queue first (POST /queue)")]
+    TokenRequired,
+    /// A `Queue-Token` that was never issued, or not to this user for this
+    /// show (or Redis forgot it: a restart).
+    #[error("this Queue-Token is not valid for this user and show")]
+    TokenInvalid,
+    /// A real token whose holder is still waiting, or whose turn is over.
+    #[error("this user is not admitted: wait for your turn (GET /queue/{{token}})")]
+    NotAdmitted,
+    /// The server runs with `--queue off`: there is no waiting room.
+    #[error("the waiting room is off on this server (--queue off)")]
+    QueueOff,
     /// An `Idempotency-Key` reused for another request.
     #[error("this Idempotency-Key was used for another request")]
     KeyMismatch,
@@ -130,6 +143,19 @@ impl From<sqlx::Error> for BoxError {
     }
 }
 
+/// Redis not answering is 503 `unavailable`; anything else is a bug.
+pub fn redis_error(err: redis::RedisError) -> BoxError {
+    if err.is_io_error()
+        || err.is_timeout()
+        || err.is_connection_dropped()
+        || err.is_connection_refusal()
+    {
+        BoxError::Unavailable(anyhow::Error::new(err).context("Redis"))
+    } else {
+        BoxError::Unexpected(anyhow::Error::new(err).context("Redis"))
+    }
+}
+
 /// A failure as the client receives it: a problem+json body with `code`,
 /// plus `seats` for `seats_unavailable`.
 #[derive(Debug, Clone)]
@@ -175,6 +201,10 @@ impl From<BoxError> for Reply {
             BoxError::InsufficientBalance { .. } => {
                 (StatusCode::PAYMENT_REQUIRED, "insufficient_balance")
             }
+            BoxError::TokenRequired => (StatusCode::UNAUTHORIZED, "token_required"),
+            BoxError::TokenInvalid => (StatusCode::UNAUTHORIZED, "token_invalid"),
+            BoxError::NotAdmitted => (StatusCode::FORBIDDEN, "not_admitted"),
+            BoxError::QueueOff => (StatusCode::NOT_FOUND, "queue_off"),
             BoxError::KeyMismatch => (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_mismatch"),
             BoxError::InProgress => (StatusCode::CONFLICT, "request_in_progress"),
             BoxError::Busy(_) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),

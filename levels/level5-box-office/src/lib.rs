@@ -20,6 +20,7 @@
 //! | charge | one relative upsert, `balance = balance + $amount` | [`wallet`] |
 //! | pay | lock the hold, check, deduct, record, mark paid: one transaction | [`settle`] |
 //! | expire | every server sweeps with `FOR UPDATE SKIP LOCKED` | [`sweeper`] |
+//! | wait in line | one Redis line per show; Lua admits the lowest numbers, at most `--active-limit` | [`queue`] |
 //!
 //! The hold row's lock is the referee between a payment and an expiry:
 //! both take it before they look, so exactly one of them decides.
@@ -40,27 +41,35 @@
 //! | `--payment-check outside` | the balance is checked outside the transaction: two payments spend it twice |
 //! | `--sweeper unlocked` | the sweeper expires a hold whose payment is committing: paid *and* expired |
 //!
-//! **Run it** (two terminals, one database):
+//! **The waiting room** (`--queue on`, the default). 10,000 users for
+//! 1,000 seats should not all reach the seat map at once. A user joins the
+//! show's line (`POST /queue`), gets an arrival number and a token, and
+//! polls (`GET /queue/{token}`) as `retry_after_ms` says; holds and
+//! payments need the token of an admitted user (`Queue-Token`). Admission
+//! is done by a Lua script that any server runs, strictly in number order,
+//! never more than `--active-limit` at once; a payment or
+//! `--admitted-ttl-ms` of idling ends a user's turn. `--queue off` is the
+//! box office without it, for the lessons above.
+//!
+//! **Run it** (two terminals, one database, one Redis):
 //!
 //! ```text
-//! cargo run --release -p level5 -- --port 8080 --queue off --strategy pessimistic --admin-token secret
-//! cargo run --release -p level5 -- --port 8081 --queue off --strategy pessimistic --admin-token secret
+//! cargo run --release -p level5 -- --port 8080 --strategy pessimistic --admin-token secret
+//! cargo run --release -p level5 -- --port 8081 --strategy pessimistic --admin-token secret
 //! ```
 //!
-//! The lesson, with the measured comparison of the three strategies (hot
-//! front rows versus spread-out seats), is `docs/06-box-office.md`;
-//! `cargo bench -p level5 --bench holds` measures it.
-//!
-//! **What the next level fixes.** 10,000 users for 1,000 seats should not
-//! all reach the seat map at once: the waiting room (`--queue on`), the
-//! cached show list and `load booking` come next (issue 15). Today the
-//! server refuses `--queue on`.
+//! (with `DATABASE_URL` and `REDIS_URL` set; add `--queue off` to hold
+//! seats without queueing.) The lessons, with measured figures, are
+//! `docs/06-box-office.md` (the three strategies: `cargo bench -p level5
+//! --bench holds`) and `docs/07-waiting-room.md` (the line and the cache).
 
 pub mod api;
 pub mod error;
 pub mod holds;
 pub mod input;
 pub mod keys;
+pub mod queue;
+pub mod redis_conn;
 pub mod reservations;
 pub mod server;
 pub mod settle;
@@ -111,10 +120,10 @@ pub enum SweeperMode {
     Unlocked,
 }
 
-/// The waiting room (issue 15): only `off` exists so far.
+/// Whether the waiting room guards holds and payments.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum QueueMode {
-    /// Holds and payments need an admitted queue token (not built yet).
+    /// Holds and payments need an admitted `Queue-Token` (see [`queue`]).
     On,
     /// No waiting room: anyone may hold and pay.
     Off,
@@ -166,7 +175,9 @@ pub struct Cli {
     #[arg(long, default_value = "pessimistic", value_parser = clap::builder::PossibleValuesParser::new(holds::STRATEGIES))]
     pub strategy: String,
 
-    /// Redis, for `redis-lua` (and the waiting room, next issue).
+    /// Redis, for `redis-lua`, the waiting room and the cache. Without it
+    /// (and with `--queue on` or `redis-lua`) the server starts a private
+    /// throwaway Redis, which no second server can share.
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
 
@@ -178,15 +189,18 @@ pub struct Cli {
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=100))]
     pub max_seats: u16,
 
-    /// The waiting room: `off` only, for now (it is the next issue).
-    #[arg(long, value_enum, default_value_t = QueueMode::Off)]
+    /// The waiting room: `on` (holds and payments need an admitted
+    /// `Queue-Token`) or `off` (anyone may hold and pay: the earlier lessons).
+    #[arg(long, value_enum, default_value_t = QueueMode::On)]
     pub queue: QueueMode,
 
-    /// Admitted users at once (waiting room, next issue; accepted, unused).
-    #[arg(long, default_value_t = 100)]
+    /// Most users admitted and not yet finished at once, per show. Every
+    /// server sharing a Redis must be given the same value.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     pub active_limit: u32,
 
-    /// Idle admitted users expire after this (waiting room; accepted, unused).
+    /// An admitted user who does nothing (no hold, no payment) this long
+    /// loses the place to the next in line.
     #[arg(long, default_value_t = 60_000, value_name = "MS")]
     pub admitted_ttl_ms: u64,
 
@@ -247,6 +261,14 @@ impl Cli {
             sweep_interval: Duration::from_millis(self.sweep_interval_ms.max(1)),
             max_charge: self.max_charge.max(1),
             redis_url: self.redis_url.clone(),
+        }
+    }
+
+    /// The waiting room's settings.
+    pub fn queue_settings(&self) -> queue::QueueSettings {
+        queue::QueueSettings {
+            active_limit: self.active_limit,
+            admitted_ttl: Duration::from_millis(self.admitted_ttl_ms.max(1)),
         }
     }
 

@@ -10,13 +10,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use ticket_core::services::Postgres;
+use ticket_core::services::{Postgres, Redis};
 use ticket_core::{db, idempotency};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::api::{app, AppState};
+use crate::queue::{spawn_ticker, Queue};
 use crate::{holds, sweeper, Cli, QueueMode};
 
 /// A box-office server that is up and answering.
@@ -25,8 +26,10 @@ pub struct BoxOffice {
     stop: watch::Sender<bool>,
     serving: JoinHandle<std::io::Result<()>>,
     sweeping: JoinHandle<()>,
-    // Keeps a throwaway PostgreSQL alive for as long as the server runs.
+    ticking: Option<JoinHandle<()>>,
+    // Keep throwaway servers alive for as long as the server runs.
     _postgres: Option<Postgres>,
+    _redis: Option<Redis>,
 }
 
 impl BoxOffice {
@@ -40,6 +43,9 @@ impl BoxOffice {
         let _ = self.stop.send(true);
         self.serving.await.context("the server task panicked")??;
         self.sweeping.await.context("the sweeper panicked")?;
+        if let Some(ticking) = self.ticking {
+            ticking.await.context("the queue ticker panicked")?;
+        }
         Ok(())
     }
 
@@ -51,29 +57,43 @@ impl BoxOffice {
     }
 }
 
+/// `--database-url`, or a private throwaway PostgreSQL.
+async fn database(cli: &Cli) -> anyhow::Result<(Option<Postgres>, String)> {
+    if let Some(url) = &cli.server.database_url {
+        return Ok((None, url.clone()));
+    }
+    tracing::warn!("no --database-url: starting a private throwaway PostgreSQL");
+    let pg = tokio::task::spawn_blocking(Postgres::throwaway).await??;
+    let url = pg.url().to_owned();
+    Ok((Some(pg), url))
+}
+
+/// `--redis-url`, or, when something needs Redis (the waiting room,
+/// `redis-lua`), a private throwaway Redis.
+async fn redis(cli: &Cli) -> anyhow::Result<(Option<Redis>, Option<String>)> {
+    if let Some(url) = &cli.redis_url {
+        return Ok((None, Some(url.clone())));
+    }
+    if cli.queue == QueueMode::Off && cli.strategy != "redis-lua" {
+        return Ok((None, None));
+    }
+    tracing::warn!("no --redis-url: starting a private throwaway Redis");
+    let redis = tokio::task::spawn_blocking(Redis::throwaway).await??;
+    let url = redis.url().to_owned();
+    Ok((Some(redis), Some(url)))
+}
+
 /// Starts a box-office server with the settings in `cli`.
 pub async fn start(cli: Cli) -> anyhow::Result<BoxOffice> {
-    if cli.queue == QueueMode::On {
-        anyhow::bail!(
-            "the waiting room (--queue on) is not built yet; run with --queue off \
-             (holds and payments then need no queue token)"
-        );
-    }
-    let settings = cli.settings();
     let args = &cli.server;
     let listener = TcpListener::bind((args.host, args.port))
         .await
         .with_context(|| format!("cannot listen on {}:{}", args.host, args.port))?;
     let addr = listener.local_addr()?;
-    let (postgres, url) = match &args.database_url {
-        Some(url) => (None, url.clone()),
-        None => {
-            tracing::warn!("no --database-url: starting a private throwaway PostgreSQL");
-            let pg = tokio::task::spawn_blocking(Postgres::throwaway).await??;
-            let url = pg.url().to_owned();
-            (Some(pg), url)
-        }
-    };
+    let (postgres, url) = database(&cli).await?;
+    let (redis, redis_url) = redis(&cli).await?;
+    let mut settings = cli.settings();
+    settings.redis_url = redis_url.clone();
     let pool = db::connect(
         &url,
         args.max_connections,
@@ -81,6 +101,18 @@ pub async fn start(cli: Cli) -> anyhow::Result<BoxOffice> {
     )
     .await?;
     db::migrate(&pool).await?;
+    // Redis keys name the database, so servers of two databases (tests) can
+    // share one Redis without sharing lines or cached shows.
+    let database: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(&pool)
+        .await?;
+    let prefix = format!("level5:{database}");
+    let queue = match (cli.queue, &redis_url) {
+        (QueueMode::On, Some(redis)) => {
+            Some(Arc::new(Queue::new(redis, &prefix, cli.queue_settings())?))
+        }
+        _ => None,
+    };
     let strategy = holds::build(&cli.strategy, &pool, &settings)?;
     let (stop, stopped) = watch::channel(false);
     let sweeping = sweeper::spawn(
@@ -89,10 +121,14 @@ pub async fn start(cli: Cli) -> anyhow::Result<BoxOffice> {
         settings.clone(),
         stopped.clone(),
     );
+    let ticking = queue
+        .clone()
+        .map(|q| spawn_ticker(q, settings.sweep_interval, stopped.clone()));
     let router = app(AppState {
         holds: strategy,
         pool,
         settings,
+        queue,
         admin_token: cli.admin_token.as_deref().map(Arc::from),
         idempotency: idempotency::Settings {
             ttl: Duration::from_secs(args.idempotency_ttl_secs),
@@ -111,6 +147,7 @@ pub async fn start(cli: Cli) -> anyhow::Result<BoxOffice> {
     });
     tracing::info!(
         strategy = cli.strategy,
+        queue = ?cli.queue,
         admin_api = cli.admin_token.is_some(),
         database = %db::redact(&url),
         "box office listening on http://{addr}"
@@ -120,6 +157,8 @@ pub async fn start(cli: Cli) -> anyhow::Result<BoxOffice> {
         stop,
         serving,
         sweeping,
+        ticking,
         _postgres: postgres,
+        _redis: redis,
     })
 }

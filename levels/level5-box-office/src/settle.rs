@@ -136,6 +136,16 @@ fn settled(status: &str) -> BoxError {
     }
 }
 
+/// The show of `hold_id` (404 if there is no such hold): a payment's
+/// `Queue-Token` must be for that show.
+pub async fn show_of(pool: &PgPool, hold_id: i64) -> Result<i64, BoxError> {
+    sqlx::query_scalar("SELECT show_id FROM holds WHERE id = $1")
+        .bind(hold_id)
+        .fetch_optional(pool)
+        .await?
+        .ok_or(BoxError::NotFound("hold"))
+}
+
 /// Pays `hold_id` for `user` from their wallet, or says why not.
 pub async fn pay(
     pool: &PgPool,

@@ -151,6 +151,15 @@ pub async fn create(pool: &PgPool, show: &NewShow) -> Result<Created, BoxError> 
     })
 }
 
+/// 404 unless `show_id` exists.
+pub async fn require(pool: &PgPool, show_id: i64) -> Result<(), BoxError> {
+    let found: Option<i32> = sqlx::query_scalar("SELECT 1 FROM shows WHERE id = $1")
+        .bind(show_id)
+        .fetch_optional(pool)
+        .await?;
+    found.map(|_| ()).ok_or(BoxError::NotFound("show"))
+}
+
 /// PostgreSQL's spelling of a TIMESTAMPTZ as RFC 3339 in UTC.
 const RFC3339: &str = "to_char(starts_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')";
 

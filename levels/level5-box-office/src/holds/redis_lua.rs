@@ -40,7 +40,7 @@ use super::{
     check_limit, insert_hold, lock_user, pause, read_seat, require_show, take_seats, FreedSeat,
     Hold, HoldRequest, HoldSeats,
 };
-use crate::error::BoxError;
+use crate::error::{redis_error, BoxError};
 use crate::Settings;
 
 /// Holds seats in Redis with one script, then records them in PostgreSQL.
@@ -76,9 +76,8 @@ impl RedisLua {
     async fn conn(&self) -> Result<ConnectionManager, BoxError> {
         let conn = self
             .conn
-            .get_or_try_init(|| ConnectionManager::new(self.redis.clone()))
-            .await
-            .map_err(redis_error)?;
+            .get_or_try_init(|| crate::redis_conn::manager(self.redis.clone()))
+            .await?;
         Ok(conn.clone())
     }
 
@@ -241,18 +240,5 @@ impl HoldSeats for RedisLua {
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
         }
         Ok(())
-    }
-}
-
-/// Redis not answering is 503 `unavailable`; anything else is a bug.
-fn redis_error(err: redis::RedisError) -> BoxError {
-    if err.is_io_error()
-        || err.is_timeout()
-        || err.is_connection_dropped()
-        || err.is_connection_refusal()
-    {
-        BoxError::Unavailable(anyhow::Error::new(err).context("Redis"))
-    } else {
-        BoxError::Unexpected(anyhow::Error::new(err).context("Redis"))
     }
 }

@@ -21,6 +21,10 @@ pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 /// Level 5 servers sharing one fresh database, and the test's own pool.
 pub struct Office {
     pub servers: Vec<level5::BoxOffice>,
+    /// The fresh database every server uses.
+    pub database_url: String,
+    /// The Redis the servers were given, if any.
+    pub redis_url: Option<String>,
     pub urls: Vec<String>,
     pub pool: PgPool,
     pub http: reqwest::Client,
@@ -41,8 +45,9 @@ impl Answer {
 }
 
 impl Office {
-    /// Starts `servers` servers with `args` (plus `--queue off`, port 0 and
-    /// the admin token) on a fresh database.
+    /// Starts `servers` servers with `args` (plus port 0 and the admin
+    /// token) on a fresh database. Unless `args` says `--queue on`, the
+    /// waiting room is off: those tests are about something else.
     pub async fn start(servers: usize, args: &[&str]) -> anyhow::Result<Office> {
         Self::start_with(servers, args, true).await
     }
@@ -50,33 +55,31 @@ impl Office {
     /// Like [`Office::start`], with or without an admin token.
     pub async fn start_with(servers: usize, args: &[&str], admin: bool) -> anyhow::Result<Office> {
         let url = Postgres::shared()?.fresh_database().await?;
-        // redis-lua needs Redis: one throwaway per test binary, shared.
-        let redis = if args.contains(&"redis-lua") {
+        // redis-lua and the waiting room need Redis: one throwaway per test
+        // binary, shared (keys are prefixed with the database's name).
+        let queued = args.windows(2).any(|w| w == ["--queue", "on"]);
+        let redis = if args.contains(&"--redis-url") {
+            None
+        } else if args.contains(&"redis-lua") || queued {
             Some(Redis::shared()?.url().to_owned())
         } else {
             None
         };
+        let queue_off: &[&str] = if queued { &[] } else { &["--queue", "off"] };
         let redis_args = redis.iter().flat_map(|url| ["--redis-url", url.as_str()]);
         let mut running = Vec::new();
         for _ in 0..servers {
-            let argv = [
-                "level5",
-                "--port",
-                "0",
-                "--database-url",
-                &url,
-                "--queue",
-                "off",
-            ]
-            .into_iter()
-            .chain(
-                admin
-                    .then_some(["--admin-token", ADMIN_TOKEN])
-                    .into_iter()
-                    .flatten(),
-            )
-            .chain(redis_args.clone())
-            .chain(args.iter().copied());
+            let argv = ["level5", "--port", "0", "--database-url", &url]
+                .into_iter()
+                .chain(queue_off.iter().copied())
+                .chain(
+                    admin
+                        .then_some(["--admin-token", ADMIN_TOKEN])
+                        .into_iter()
+                        .flatten(),
+                )
+                .chain(redis_args.clone())
+                .chain(args.iter().copied());
             running.push(level5::Cli::try_parse_from(argv)?.start().await?);
         }
         let pool = PgPoolOptions::new()
@@ -84,7 +87,15 @@ impl Office {
             .connect(&url)
             .await
             .context("the test's own pool")?;
+        let redis_url = redis.clone().or_else(|| {
+            args.iter()
+                .position(|a| *a == "--redis-url")
+                .and_then(|i| args.get(i + 1))
+                .map(|u| (*u).to_owned())
+        });
         Ok(Office {
+            database_url: url.clone(),
+            redis_url,
             urls: running.iter().map(level5::BoxOffice::url).collect(),
             servers: running,
             pool,
@@ -158,6 +169,67 @@ impl Office {
             &format!("/shows/{show}/holds"),
             Some(json!({"user_id": user, "seats": seats})),
             &[],
+        )
+        .await
+    }
+
+    /// `user` joins the line for `show` through server `server`.
+    pub async fn join(&self, server: usize, show: i64, user: i64) -> anyhow::Result<Answer> {
+        self.send(
+            server,
+            reqwest::Method::POST,
+            "/queue",
+            Some(json!({"user_id": user, "show_id": show})),
+            &[],
+        )
+        .await
+    }
+
+    /// Polls `token` through server `server`.
+    pub async fn poll(&self, server: usize, token: &str) -> anyhow::Result<Answer> {
+        self.send(
+            server,
+            reqwest::Method::GET,
+            &format!("/queue/{token}"),
+            None,
+            &[],
+        )
+        .await
+    }
+
+    /// `user` holds `seats` of `show` with a `Queue-Token`.
+    pub async fn hold_with(
+        &self,
+        server: usize,
+        show: i64,
+        user: i64,
+        seats: &[i32],
+        token: &str,
+    ) -> anyhow::Result<Answer> {
+        self.send(
+            server,
+            reqwest::Method::POST,
+            &format!("/shows/{show}/holds"),
+            Some(json!({"user_id": user, "seats": seats})),
+            &[("queue-token", token)],
+        )
+        .await
+    }
+
+    /// `user` pays `hold` with a `Queue-Token`.
+    pub async fn pay_with(
+        &self,
+        server: usize,
+        hold: i64,
+        user: i64,
+        token: &str,
+    ) -> anyhow::Result<Answer> {
+        self.send(
+            server,
+            reqwest::Method::POST,
+            &format!("/holds/{hold}/payments"),
+            Some(json!({"user_id": user})),
+            &[("queue-token", token)],
         )
         .await
     }
