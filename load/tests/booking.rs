@@ -1,7 +1,7 @@
 //! `load booking` as a workshop host runs it: real Level 5 servers as
 //! separate processes, real PostgreSQL and Redis, users through the whole
 //! journey, and the verdict from the database. Smaller than the headline
-//! (500 users, 100 seats) to keep CI time small; the same code paths.
+//! (300 users, 100 seats) to keep CI time small; the same code paths.
 
 mod common;
 
@@ -30,8 +30,18 @@ const CONTRACT_FIELDS: &[&str] = &[
     "verdict",
 ];
 
-/// Whether these tests go through the waiting room.
-const QUEUE: &str = "off";
+/// The waiting room's settings for these runs: 100 users in at a time,
+/// and an idle time generous enough (several times a debug build's slowest
+/// step on a busy machine) that admitted users are not timed out between
+/// reading the seat map and holding.
+const QUEUE: &[&str] = &[
+    "--queue",
+    "on",
+    "--active-limit",
+    "100",
+    "--admitted-ttl-ms",
+    "10000",
+];
 
 /// Runs `load booking --json` with `args` on a fresh database and the
 /// test binary's Redis.
@@ -39,7 +49,8 @@ async fn booking(args: &[&str]) -> Output {
     let database = fresh_database().await;
     let redis = shared_redis_url().await;
     tokio::process::Command::new(env!("CARGO_BIN_EXE_load"))
-        .args(["booking", "--json", "--servers", "2", "--queue", QUEUE])
+        .args(["booking", "--json", "--servers", "2"])
+        .args(QUEUE)
         .args(["--database-url", &database, "--redis-url", &redis])
         .args(args)
         .env_remove("ADMIN_TOKEN")
@@ -60,10 +71,10 @@ fn report(output: &Output, code: i32) -> Value {
     serde_json::from_str(stdout.trim()).expect("stdout is one JSON object")
 }
 
-/// 500 users for 100 seats on two servers of `strategy`: correct, with
+/// 300 users for 100 seats on two servers of `strategy`: correct, with
 /// every contract field, and figures that say the run really happened.
 async fn assert_booking_is_correct(strategy: &str) {
-    let output = booking(&["--strategy", strategy, "--users", "500", "--seats", "100"]).await;
+    let output = booking(&["--strategy", strategy, "--users", "300", "--seats", "100"]).await;
     let r = report(&output, 0);
     for field in CONTRACT_FIELDS {
         assert!(r.get(field).is_some(), "{field} missing from {r}");
@@ -86,6 +97,13 @@ async fn assert_booking_is_correct(strategy: &str) {
     );
     assert!(r["seats_sold"].as_i64().unwrap() <= 100, "{r:#}");
     assert_eq!(r["errors"], 0, "{r:#}");
+    let queue = &r["queue"];
+    assert_eq!(queue["fifo_violations"], 0, "{r:#}");
+    assert!(queue["max_active"].as_i64().unwrap() <= 100, "{r:#}");
+    assert!(
+        r["admitted"].as_u64().unwrap() > 100,
+        "the line moved: {r:#}"
+    );
 }
 
 /// The pessimistic strategy (row locks in one global order) books correctly.
@@ -138,7 +156,7 @@ async fn a_server_killed_mid_run_still_ends_correct() {
         "--strategy",
         "pessimistic",
         "--users",
-        "500",
+        "300",
         "--seats",
         "100",
         "--kill-at",

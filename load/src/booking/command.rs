@@ -42,9 +42,10 @@ pub struct BookingArgs {
     #[arg(long, default_value = "on", value_parser = ["on", "off"])]
     pub queue: String,
 
-    /// Most admitted, unfinished users at once (the servers' --active-limit).
-    #[arg(long, value_name = "N")]
-    pub active_limit: Option<u32>,
+    /// Most admitted, unfinished users at once (the servers' --active-limit,
+    /// for the servers started).
+    #[arg(long, default_value_t = 200, value_name = "N")]
+    pub active_limit: u32,
 
     /// How long a hold lasts unpaid, for the servers started: short, so
     /// that walked-away holds expire within the run.
@@ -52,9 +53,10 @@ pub struct BookingArgs {
     pub hold_ttl_ms: u64,
 
     /// How long an admitted user may stay idle, for the servers started.
-    /// Users who find no seat leave without paying; their place comes
-    /// back after this.
-    #[arg(long, default_value_t = 2_000, value_name = "MS")]
+    /// Users who find no seat leave without a word (the API has no way to
+    /// leave the line); their place comes back only after this, so it
+    /// bounds how fast the line moves once the seats are gone.
+    #[arg(long, default_value_t = 3_000, value_name = "MS")]
     pub admitted_ttl_ms: u64,
 
     /// The servers' --think-time-ms: widens the race windows, so that the
@@ -125,7 +127,7 @@ impl BookingArgs {
             strategy: self.strategy.clone(),
             pay_ratio: self.pay_ratio,
             queue: self.queue == "on",
-            active_limit: self.active_limit,
+            active_limit: Some(self.active_limit),
             hold_ttl_ms: self.hold_ttl_ms,
             admitted_ttl_ms: self.admitted_ttl_ms,
             think_time_ms: self.think_time_ms,

@@ -52,8 +52,14 @@ pub struct QueueReport {
     pub max_active_source: String,
     /// The servers' `--active-limit`.
     pub active_limit: Option<u32>,
-    /// Users admitted while a user ahead of them was still waiting.
+    /// Admissions out of number order in the waiting room's own log
+    /// (when readable), else as seen by the users.
     pub fifo_violations: u64,
+    /// Users told `admitted` while a user ahead of them was, by a request
+    /// sent later, still told `waiting`.
+    pub fifo_violations_seen_by_users: u64,
+    /// Where `fifo_violations` came from.
+    pub fifo_source: String,
 }
 
 /// Everything a booking run measured; `--json` prints it.
@@ -168,7 +174,7 @@ impl BookingReport {
             ("hold_not_expired", db.held_holds + db.abandoned_not_expired + db.seats_stuck_in_expired_holds > 0,
              format!("{} holds still held, {} abandoned holds not expired, {} seats still owned by an ended hold", db.held_holds, db.abandoned_not_expired, db.seats_stuck_in_expired_holds)),
             ("active_limit_exceeded", over_limit, format!("{:?} users active at once, above the limit {:?}", q.max_active, q.active_limit)),
-            ("fifo_violated", q.fifo_violations > 0, format!("{} users admitted while a user ahead of them still waited", q.fifo_violations)),
+            ("fifo_violated", q.fifo_violations + q.fifo_violations_seen_by_users > 0, format!("{} admissions out of order ({}), {} seen by users", q.fifo_violations, q.fifo_source, q.fifo_violations_seen_by_users)),
             ("active_limit_unknown", q.enabled && q.max_active.is_none(), "the servers expose no record of admitted users at once: the active limit cannot be checked".to_owned()),
             ("errors", self.errors > 0, format!("{} users ended in an error: {:?}", self.errors, self.error_samples)),
         ];

@@ -3,36 +3,42 @@
 //! Whether the active limit held cannot be judged from the users' side:
 //! a user who saw `admitted` at 10:00:01 and paid at 10:00:02 was active,
 //! for the server, from a moment the user never saw to a moment the user
-//! never saw. Only the servers know, so they keep a high-water mark (the
-//! most users admitted and unfinished at once, updated in the same atomic
-//! step that admits) and expose it on `GET /metrics`. The probe reads it,
-//! and samples the queue's gauges every [`INTERVAL`] for the report's
-//! timeline.
+//! never saw. Only the waiting room knows, so its admitting script records
+//! the most users admitted and unfinished at once (`max_active`), in the
+//! same atomic step that admits, and every server shows it, with the line's
+//! other counts, at `GET /shows/{show_id}/queue`. The probe reads that
+//! every [`INTERVAL`] (for the report's timeline) and once more at the end.
+//!
+//! FIFO is judged the same way: the admitting script appends every number
+//! it admits to a list in Redis (`level5:<database>:q:<show>:log`), in
+//! admission order. A number admitted after a larger one was admitted
+//! while it waited (numbers are handed out, and put in line, in one
+//! script), so every descent in that list is a violation.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// How often the probe samples.
 pub const INTERVAL: Duration = Duration::from_millis(250);
 
-/// Metric names (without the `ticket_rush_` prefix) that hold the most
-/// users active at once: a high-water mark kept by the servers.
-const MAX_ACTIVE: &[&str] = &["queue_max_active", "queue_active_max"];
+/// The line's counts drawn over time.
+const SERIES: &[&str] = &["waiting", "active", "admitted", "finished", "expired"];
 
 /// What the probe saw.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Samples {
-    /// Every queue gauge over time: name, then `(ms since start, value)`,
-    /// the value the largest any server reported at that moment (the queue
-    /// is shared, so servers report the same figures).
+    /// The line's counts over time: name, then `(ms since start, value)`.
     pub series: BTreeMap<String, Vec<(f64, f64)>>,
-    /// The servers' high-water mark of active users, when they keep one.
+    /// The waiting room's high-water mark of active users.
     pub max_active: Option<i64>,
-    /// Which metric `max_active` came from.
+    /// The servers' `--active-limit`, as the waiting room reports it.
+    pub active_limit: Option<u32>,
+    /// Where `max_active` was read.
     pub source: String,
 }
 
@@ -43,8 +49,8 @@ pub struct Probe {
 }
 
 impl Probe {
-    /// Starts sampling `targets`.
-    pub fn start(targets: Vec<String>) -> Self {
+    /// Starts sampling the line of `show_id` on `targets`.
+    pub fn start(targets: Vec<String>, show_id: i64) -> Self {
         let (stop, mut stopped) = watch::channel(false);
         let task = tokio::spawn(async move {
             let client = reqwest::Client::builder()
@@ -56,7 +62,7 @@ impl Probe {
             let mut samples = Samples::default();
             loop {
                 let at = started.elapsed().as_secs_f64() * 1000.0;
-                sample(&client, &targets, at, &mut samples).await;
+                sample(&client, &targets, show_id, at, &mut samples).await;
                 tokio::select! {
                     _ = stopped.changed() => break,
                     () = tokio::time::sleep(INTERVAL) => {}
@@ -64,7 +70,7 @@ impl Probe {
             }
             // One last read, after the last user: the high-water mark is final.
             let at = started.elapsed().as_secs_f64() * 1000.0;
-            sample(&client, &targets, at, &mut samples).await;
+            sample(&client, &targets, show_id, at, &mut samples).await;
             samples
         });
         Self { stop, task }
@@ -77,32 +83,88 @@ impl Probe {
     }
 }
 
-/// Reads every server's `/metrics` once; a server that does not answer
-/// (killed, on purpose) adds nothing.
-async fn sample(client: &reqwest::Client, targets: &[String], at: f64, samples: &mut Samples) {
-    let mut now: BTreeMap<String, f64> = BTreeMap::new();
+/// Reads the line's counts from the first server that answers (they all
+/// read the same Redis); a server that does not (killed, on purpose) is
+/// skipped.
+async fn sample(
+    client: &reqwest::Client,
+    targets: &[String],
+    show_id: i64,
+    at: f64,
+    samples: &mut Samples,
+) {
     for target in targets {
-        let Ok(response) = client.get(format!("{target}/metrics")).send().await else {
+        let url = format!("{target}/shows/{show_id}/queue");
+        let Ok(response) = client.get(&url).send().await else {
             continue;
         };
-        let Ok(text) = response.text().await else {
+        if !response.status().is_success() {
+            continue;
+        }
+        let Ok(stats) = response.json::<Value>().await else {
             continue;
         };
-        for s in ticket_core::metrics::samples(&text) {
-            let name = s.name.trim_start_matches("ticket_rush_");
-            if !name.starts_with("queue") {
-                continue;
-            }
-            let value = now.entry(name.to_owned()).or_insert(f64::MIN);
-            *value = value.max(s.value);
-            if MAX_ACTIVE.contains(&name) {
-                let max = s.value as i64;
-                samples.max_active = Some(samples.max_active.map_or(max, |m| m.max(max)));
-                samples.source = format!("ticket_rush_{name} on /metrics");
+        for name in SERIES {
+            if let Some(value) = stats[name].as_f64() {
+                samples
+                    .series
+                    .entry((*name).to_owned())
+                    .or_default()
+                    .push((at, value));
             }
         }
+        if let Some(max) = stats["max_active"].as_i64() {
+            samples.max_active = Some(samples.max_active.map_or(max, |m| m.max(max)));
+            samples.source = "max_active of GET /shows/{id}/queue".to_owned();
+        }
+        samples.active_limit = stats["active_limit"].as_u64().map(|l| l as u32);
+        return;
     }
-    for (name, value) in now {
-        samples.series.entry(name).or_default().push((at, value));
+}
+
+/// The numbers the waiting room admitted, in admission order, read from
+/// its log in Redis; `None` when there is no Redis to read.
+pub async fn admission_log(
+    redis_url: Option<&str>,
+    database: &str,
+    show_id: i64,
+) -> anyhow::Result<Option<Vec<i64>>> {
+    let Some(url) = redis_url else {
+        return Ok(None);
+    };
+    let client = redis::Client::open(url)?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let log: Vec<i64> = redis::cmd("LRANGE")
+        .arg(format!("level5:{database}:q:{show_id}:log"))
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await?;
+    Ok(Some(log))
+}
+
+/// Admissions out of order: each number admitted after a larger one.
+pub fn log_inversions(log: &[i64]) -> u64 {
+    let mut highest = i64::MIN;
+    let mut inversions = 0;
+    for &n in log {
+        if n < highest {
+            inversions += 1;
+        }
+        highest = highest.max(n);
+    }
+    inversions
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_number_admitted_after_a_larger_one_is_an_inversion() {
+        assert_eq!(log_inversions(&[1, 2, 3, 4]), 0);
+        assert_eq!(log_inversions(&[1, 3, 2, 4]), 1);
+        assert_eq!(log_inversions(&[5, 1, 2, 6]), 2);
+        assert_eq!(log_inversions(&[]), 0);
     }
 }

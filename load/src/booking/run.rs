@@ -127,7 +127,15 @@ pub async fn booking(options: &BookingOptions) -> anyhow::Result<BookingRun> {
     } else {
         given
     };
-    let outcome = run_users(options, &pool, targets, &admin_token, processes).await;
+    let outcome = run_users(
+        options,
+        &pool,
+        targets,
+        &admin_token,
+        services.redis_url(),
+        processes,
+    )
+    .await;
     let machine = Machine::describe(services.database_url(), services.redis_url()).await;
     pool.close().await;
     let (report, seen, probe, page) = outcome?;
@@ -179,12 +187,13 @@ async fn run_users(
     pool: &PgPool,
     targets: Vec<String>,
     admin_token: &str,
+    redis_url: Option<&str>,
     processes: Vec<BoxOfficeProcess>,
 ) -> anyhow::Result<Outcomes> {
     let api = Api::new(targets.clone(), options.connections)?;
     let result = async {
         let show_id = create_show(&api, admin_token, options.seats).await?;
-        let probe = Probe::start(targets.clone());
+        let probe = Probe::start(targets.clone(), show_id);
         let recorder = Arc::new(Recorder::new());
         let journey = Journey {
             api: api.clone(),
@@ -216,13 +225,8 @@ async fn run_users(
         report.observe(&seen);
         report.settle(truth);
         report.admitted = admitted(options.queue, &seen);
-        report.queue = QueueReport {
-            enabled: options.queue,
-            max_active: samples.max_active,
-            max_active_source: samples.source.clone(),
-            active_limit: options.queue.then(|| options.active_limit.unwrap_or(100)),
-            fifo_violations: fifo_violations(&seen.sightings),
-        };
+        report.queue =
+            queue_report(options.queue, &samples, &seen, pool, redis_url, show_id).await?;
         report.judge();
         let page = super::report::PageData::gather(pool, show_id, recorder.start_unix_ms()).await?;
         anyhow::Ok((report, seen, samples, page, processes))
@@ -235,6 +239,47 @@ async fn run_users(
         }
         Err(err) => Err(err),
     }
+}
+
+/// The waiting room's figures: the servers' high-water mark and limit,
+/// FIFO from the admission log in Redis and from the users' sightings.
+async fn queue_report(
+    enabled: bool,
+    samples: &super::probe::Samples,
+    seen: &Recorded,
+    pool: &PgPool,
+    redis_url: Option<&str>,
+    show_id: i64,
+) -> anyhow::Result<QueueReport> {
+    if !enabled {
+        return Ok(QueueReport::default());
+    }
+    let database: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(pool)
+        .await?;
+    let log = super::probe::admission_log(redis_url, &database, show_id)
+        .await
+        .context("reading the waiting room's admission log in Redis")?;
+    let seen_by_users = fifo_violations(&seen.sightings);
+    let (fifo_violations, fifo_source) = match &log {
+        Some(log) => (
+            super::probe::log_inversions(log),
+            format!("the admission log in Redis, {} admissions", log.len()),
+        ),
+        None => (
+            seen_by_users,
+            "the users' sightings (no Redis URL to read the log)".to_owned(),
+        ),
+    };
+    Ok(QueueReport {
+        enabled,
+        max_active: samples.max_active,
+        max_active_source: samples.source.clone(),
+        active_limit: samples.active_limit,
+        fifo_violations,
+        fifo_violations_seen_by_users: seen_by_users,
+        fifo_source,
+    })
 }
 
 /// Users admitted: those who saw `admitted` (everyone who got to the seat

@@ -185,9 +185,9 @@ impl User {
                 });
                 return Err(Outcome::Error);
             }
-            // Half to one and a half times the hint: users told the same
-            // thing do not all come back in the same millisecond.
-            tokio::time::sleep(hint.mul_f64(rng.random_range(0.5..1.5))).await;
+            // Exactly as told: the server already spreads its hints, and a
+            // client that polls sooner is what the hint exists to prevent.
+            tokio::time::sleep(hint).await;
             sent_ms = j.recorder.now_ms();
             let answer = self.call(j, &poll, rng).await?;
             if answer.status != 200 {
