@@ -394,6 +394,9 @@ async fn tour_command(args: TourArgs) -> anyhow::Result<ExitCode> {
         }
     })
     .await?;
+    if let (false, Some(booking)) = (json, &result.booking) {
+        println!("{}", load::booking::tour::tour_line(booking));
+    }
     if !json {
         if let Some(ceilings) = result.rows.first().map(|r| &r.rounds[0].ceilings) {
             if !ceilings.is_empty() {
@@ -406,8 +409,15 @@ async fn tour_command(args: TourArgs) -> anyhow::Result<ExitCode> {
     } else {
         println!("\nMeasured with {}.", result.machine.settings_line());
         println!();
+        if let Some(booking) = result.booking.as_ref().filter(|b| !b.is_correct()) {
+            println!(
+                "UNEXPECTED: level 5 booking: {}",
+                booking.problems.join("; ")
+            );
+        }
         let unexpected: Vec<_> = result.rows.iter().filter(|r| !r.as_expected).collect();
-        if unexpected.is_empty() {
+        let booking_ok = result.booking.as_ref().is_none_or(|b| b.is_correct());
+        if unexpected.is_empty() && booking_ok {
             if options.rush.sustained.is_some() {
                 println!("Every strategy meant to be correct stayed correct under sustained load.");
             } else {

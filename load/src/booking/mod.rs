@@ -18,6 +18,7 @@
 //! | [`verdict`] | the questions asked of the database |
 //! | [`model`] | the report, its verdict and its table |
 //! | [`report`] | the booking page of the HTML report |
+//! | [`tour`] | the booking row of `load tour` |
 //!
 //! The contract is `../shared/BOX_OFFICE.md`, "Load: `load booking`".
 
@@ -30,6 +31,7 @@ pub mod report;
 pub mod run;
 pub mod seats;
 pub mod servers;
+pub mod tour;
 pub mod user;
 pub mod verdict;
 
