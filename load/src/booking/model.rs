@@ -249,6 +249,21 @@ pub fn render(r: &BookingReport) -> String {
         "  retries        seats_unavailable {}, 503 busy {}, failovers {}",
         r.seats_unavailable, r.busy, r.failovers
     );
+    latency_table(&mut out, r);
+    let _ = writeln!(
+        out,
+        "  elapsed        {:.0} ms (then {:.0} ms waiting for expiry)",
+        r.elapsed_ms, r.expiry_wait_ms
+    );
+    let _ = writeln!(out, "  verdict        {}", r.verdict);
+    for problem in &r.problems {
+        let _ = writeln!(out, "    - {problem}");
+    }
+    out
+}
+
+/// The latency rows of the table: each step, the queue, the queue wait.
+fn latency_table(out: &mut String, r: &BookingReport) {
     let _ = writeln!(
         out,
         "  latency ms     {:>8} {:>8} {:>8} {:>8} {:>8}",
@@ -271,14 +286,53 @@ pub fn render(r: &BookingReport) -> String {
             "queue wait", w.p50, w.p95, w.p99, w.max, w.count
         );
     }
-    let _ = writeln!(
-        out,
-        "  elapsed        {:.0} ms (then {:.0} ms waiting for expiry)",
-        r.elapsed_ms, r.expiry_wait_ms
-    );
-    let _ = writeln!(out, "  verdict        {}", r.verdict);
-    for problem in &r.problems {
-        let _ = writeln!(out, "    - {problem}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn clean() -> BookingReport {
+        let mut r = BookingReport::default();
+        r.db.money.conserved = true;
+        r.queue = QueueReport {
+            enabled: true,
+            max_active: Some(100),
+            active_limit: Some(100),
+            ..QueueReport::default()
+        };
+        r
     }
-    out
+
+    #[test]
+    fn a_run_with_nothing_wrong_is_correct() {
+        let mut r = clean();
+        r.judge();
+        assert_eq!(r.verdict, "correct", "{:?}", r.problems);
+    }
+
+    /// A verdict and the one fault that should earn it.
+    type Case = (&'static str, fn(&mut BookingReport));
+
+    #[test]
+    fn each_broken_invariant_gives_its_own_verdict() {
+        let cases: [Case; 7] = [
+            ("double_sold", |r| r.db.double_sold_seats = 2),
+            ("money_not_conserved", |r| r.db.money.conserved = false),
+            ("paid_hold_inconsistent", |r| {
+                r.db.paid_identity_mismatches = 1
+            }),
+            ("hold_not_expired", |r| r.db.abandoned_not_expired = 1),
+            ("active_limit_exceeded", |r| r.queue.max_active = Some(101)),
+            ("fifo_violated", |r| r.queue.fifo_violations = 1),
+            ("active_limit_unknown", |r| r.queue.max_active = None),
+        ];
+        for (verdict, breaks) in cases {
+            let mut r = clean();
+            breaks(&mut r);
+            r.judge();
+            assert_eq!(r.verdict, verdict, "{:?}", r.problems);
+            assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
+        }
+    }
 }

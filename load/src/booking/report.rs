@@ -440,8 +440,31 @@ fn html(run: &BookingRun, plots: &[(&str, &str, String)]) -> String {
         r.users, r.seats, escape(&r.strategy), r.servers, escape(&command),
         escape(&run.machine.settings_line()), run.machine.cores, escape(&run.machine.cpu),
     );
+    let rows = verdict_rows(r);
+    for (name, value) in rows {
+        let _ = writeln!(out, "<tr><th>{name}</th><td>{value}</td></tr>");
+    }
+    out.push_str("</tbody></table>\n");
+    for problem in &r.problems {
+        let _ = writeln!(out, "<p class=\"wrong\">{}</p>", escape(problem));
+    }
+    for (file, title, svg) in plots {
+        let id = file.trim_end_matches(".svg");
+        let start = svg.find("<svg").unwrap_or(0);
+        let _ = write!(
+            out,
+            "<h2>{title}</h2>\n<figure id=\"plot-{id}\">\n{}\n</figure>\n",
+            &svg[start..]
+        );
+    }
+    out.push_str("</body></html>\n");
+    out
+}
+
+/// The verdict table's rows: name, HTML value.
+fn verdict_rows(r: &BookingReport) -> Vec<(&'static str, String)> {
     let class = if r.is_correct() { "correct" } else { "wrong" };
-    let rows = [
+    vec![
         (
             "verdict",
             format!("<span class=\"{class}\">{}</span>", escape(&r.verdict)),
@@ -482,23 +505,5 @@ fn html(run: &BookingRun, plots: &[(&str, &str, String)]) -> String {
             ),
         ),
         ("elapsed", format!("{:.1} s", r.elapsed_ms / 1000.0)),
-    ];
-    for (name, value) in rows {
-        let _ = writeln!(out, "<tr><th>{name}</th><td>{value}</td></tr>");
-    }
-    out.push_str("</tbody></table>\n");
-    for problem in &r.problems {
-        let _ = writeln!(out, "<p class=\"wrong\">{}</p>", escape(problem));
-    }
-    for (file, title, svg) in plots {
-        let id = file.trim_end_matches(".svg");
-        let start = svg.find("<svg").unwrap_or(0);
-        let _ = write!(
-            out,
-            "<h2>{title}</h2>\n<figure id=\"plot-{id}\">\n{}\n</figure>\n",
-            &svg[start..]
-        );
-    }
-    out.push_str("</body></html>\n");
-    out
+    ]
 }
