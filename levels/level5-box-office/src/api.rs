@@ -29,7 +29,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, patch, post};
 use axum::{Json, Router};
 use serde_json::Value;
 use sqlx::PgPool;
@@ -37,6 +37,7 @@ use ticket_core::idempotency;
 use ticket_core::metrics::Metrics;
 use ticket_core::UserId;
 
+use crate::cache::{reads, Cache};
 use crate::error::{BoxError, Reply};
 use crate::holds::{HoldRequest, HoldSeats};
 use crate::keys::{self, KeyClaim, Start};
@@ -57,6 +58,8 @@ pub struct AppState {
     pub settings: Settings,
     /// The waiting room; `None` with `--queue off`.
     pub queue: Option<Arc<Queue>>,
+    /// The read cache (without Redis, or `--cache off`, a pass-through).
+    pub cache: Arc<Cache>,
     /// `--admin-token`, if configured.
     pub admin_token: Option<Arc<str>>,
     /// How `Idempotency-Key` is handled.
@@ -69,6 +72,7 @@ pub struct AppState {
 pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/admin/shows", post(create_show))
+        .route("/admin/shows/{show_id}", patch(change_show))
         .route("/shows", get(list_shows))
         .route("/shows/{show_id}/seats", get(seat_map))
         .route("/shows/{show_id}/holds", post(hold))
@@ -119,11 +123,43 @@ async fn create_show(State(state): State<AppState>, headers: HeaderMap, body: Bo
             .map(HeaderValue::as_bytes);
         shows::authorize(state.admin_token.as_deref(), token)?;
         let show = shows::NewShow::parse(&input::json_object(&headers, body)?)?;
-        shows::create(&state.pool, &show).await
+        let created = shows::create(&state.pool, &show).await?;
+        state.cache.invalidate(&[reads::SHOWS.to_owned()]).await;
+        Ok::<_, BoxError>(created)
     };
     match created.await {
         Ok(created) => (StatusCode::CREATED, Json(created)).into_response(),
         Err(err) => err.into_response(),
+    }
+}
+
+/// `PATCH /admin/shows/{id}` `{"title"?, "prices"?: {"vip": 160000}}`:
+/// changes a show and drops its cached entries, on every server at once
+/// (the cache is in Redis, not in any server).
+async fn change_show(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, BoxError> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .map(HeaderValue::as_bytes);
+    shows::authorize(state.admin_token.as_deref(), token)?;
+    let show_id = input::path_id(&raw, "show_id")?;
+    let change = shows::ShowChange::parse(&input::json_object(&headers, body)?)?;
+    shows::change(&state.pool, show_id, &change).await?;
+    let entries = [reads::SHOWS.to_owned(), reads::seat_map_entry(show_id)];
+    state.cache.invalidate(&entries).await;
+    Ok(Json(serde_json::json!({ "show_id": show_id })))
+}
+
+fn reader(state: &AppState) -> reads::Reader<'_> {
+    reads::Reader {
+        cache: &state.cache,
+        pool: &state.pool,
+        metrics: &state.metrics,
+        settings: &state.settings,
     }
 }
 
@@ -133,7 +169,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
 }
 
 async fn list_shows(State(state): State<AppState>) -> Result<Json<Value>, BoxError> {
-    Ok(Json(shows::list(&state.pool).await?))
+    Ok(Json(reader(&state).shows().await?))
 }
 
 async fn seat_map(
@@ -141,7 +177,7 @@ async fn seat_map(
     Path(raw): Path<String>,
 ) -> Result<Json<Value>, BoxError> {
     let show_id = input::path_id(&raw, "show_id")?;
-    Ok(Json(shows::seat_map(&state.pool, show_id).await?))
+    Ok(Json(reader(&state).seat_map(show_id).await?))
 }
 
 async fn hold(

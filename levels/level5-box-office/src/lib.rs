@@ -64,6 +64,7 @@
 //! --bench holds`) and `docs/07-waiting-room.md` (the line and the cache).
 
 pub mod api;
+pub mod cache;
 pub mod error;
 pub mod holds;
 pub mod input;
@@ -126,6 +127,24 @@ pub enum QueueMode {
     /// Holds and payments need an admitted `Queue-Token` (see [`queue`]).
     On,
     /// No waiting room: anyone may hold and pay.
+    Off,
+}
+
+/// Whether reads of shows and seat maps go through the Redis cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CacheMode {
+    /// From Redis, loaded from the database on a miss.
+    On,
+    /// Every read from the database (the baseline the cache is measured against).
+    Off,
+}
+
+/// What protects a cache miss from the stampede.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CacheGuard {
+    /// One load per key per process, and one across servers (a Redis lock).
+    SingleFlight,
+    /// None (BROKEN: 1,000 readers of an expired entry make 1,000 queries).
     Off,
 }
 
@@ -204,7 +223,28 @@ pub struct Cli {
     #[arg(long, default_value_t = 60_000, value_name = "MS")]
     pub admitted_ttl_ms: u64,
 
-    /// The admin token for `POST /admin/shows`. Without it there is no admin API.
+    /// `GET /shows` and seat maps' grades and prices from Redis (`on`),
+    /// or always from the database (`off`).
+    #[arg(long, value_enum, default_value_t = CacheMode::On)]
+    pub cache: CacheMode,
+
+    /// How long `GET /shows` is served from the cache (its seat counts are
+    /// at most this old).
+    #[arg(long, default_value_t = 1_000, value_name = "MS")]
+    pub cache_ttl_ms: u64,
+
+    /// How long a seat map's grades and prices are cached (an admin's
+    /// change invalidates them at once).
+    #[arg(long, default_value_t = 60_000, value_name = "MS")]
+    pub seat_map_cache_ttl_ms: u64,
+
+    /// What protects an expired entry from the stampede: `single-flight`
+    /// (one load) or `off` (BROKEN: every reader that misses loads).
+    #[arg(long, value_enum, default_value_t = CacheGuard::SingleFlight)]
+    pub cache_guard: CacheGuard,
+
+    /// The admin token for `POST /admin/shows` and `PATCH /admin/shows/{id}`.
+    /// Without it there is no admin API.
     #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 
@@ -261,6 +301,15 @@ impl Cli {
             sweep_interval: Duration::from_millis(self.sweep_interval_ms.max(1)),
             max_charge: self.max_charge.max(1),
             redis_url: self.redis_url.clone(),
+        }
+    }
+
+    /// The cache's settings.
+    pub fn cache_settings(&self) -> cache::CacheSettings {
+        cache::CacheSettings {
+            shows_ttl: Duration::from_millis(self.cache_ttl_ms.max(1)),
+            seat_map_ttl: Duration::from_millis(self.seat_map_cache_ttl_ms.max(1)),
+            guard: self.cache_guard == CacheGuard::SingleFlight,
         }
     }
 

@@ -17,8 +17,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::api::{app, AppState};
+use crate::cache::Cache;
 use crate::queue::{spawn_ticker, Queue};
-use crate::{holds, sweeper, Cli, QueueMode};
+use crate::{holds, sweeper, CacheMode, Cli, QueueMode};
 
 /// A box-office server that is up and answering.
 pub struct BoxOffice {
@@ -113,6 +114,8 @@ pub async fn start(cli: Cli) -> anyhow::Result<BoxOffice> {
         }
         _ => None,
     };
+    let cache_redis = redis_url.as_deref().filter(|_| cli.cache == CacheMode::On);
+    let cache = Arc::new(Cache::new(cache_redis, &prefix, cli.cache_settings())?);
     let strategy = holds::build(&cli.strategy, &pool, &settings)?;
     let (stop, stopped) = watch::channel(false);
     let sweeping = sweeper::spawn(
@@ -129,6 +132,7 @@ pub async fn start(cli: Cli) -> anyhow::Result<BoxOffice> {
         pool,
         settings,
         queue,
+        cache,
         admin_token: cli.admin_token.as_deref().map(Arc::from),
         idempotency: idempotency::Settings {
             ttl: Duration::from_secs(args.idempotency_ttl_secs),

@@ -151,6 +151,87 @@ pub async fn create(pool: &PgPool, show: &NewShow) -> Result<Created, BoxError> 
     })
 }
 
+/// A validated `PATCH /admin/shows/{id}` body: a new title, new prices
+/// per grade, or both. Holds already made keep their amount.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShowChange {
+    /// The new title, if any.
+    pub title: Option<String>,
+    /// (grade, new price) pairs.
+    pub prices: Vec<(String, i64)>,
+}
+
+impl ShowChange {
+    /// Validates a body; every mistake is a 422 naming the field.
+    pub fn parse(object: &Map<String, Value>) -> Result<Self, BoxError> {
+        let title = match object.get("title") {
+            None => None,
+            Some(_) => Some(input::text(object, "title", 200)?),
+        };
+        let mut prices = Vec::new();
+        if let Some(raw) = object.get("prices") {
+            let map = raw
+                .as_object()
+                .filter(|m| m.len() <= MAX_GRADES)
+                .ok_or_else(|| {
+                    BoxError::invalid(
+                        "invalid_price",
+                        "prices must be an object like {\"vip\": 150000}",
+                    )
+                })?;
+            for grade in map.keys() {
+                let price = input::integer(&single(map, grade), "price", 1, MAX_PRICE)?;
+                prices.push((grade.clone(), price));
+            }
+        }
+        if title.is_none() && prices.is_empty() {
+            return Err(BoxError::invalid(
+                "invalid_request",
+                "change the title, prices, or both",
+            ));
+        }
+        Ok(Self { title, prices })
+    }
+}
+
+/// `{"price": map[grade]}`, so one grade's price is checked like any price.
+fn single(map: &Map<String, Value>, grade: &str) -> Map<String, Value> {
+    let mut one = Map::new();
+    one.insert("price".to_owned(), map[grade].clone());
+    one
+}
+
+/// Applies `change` to `show_id` in one transaction: 404 for no such show,
+/// 422 `unknown_grade` for a grade the show does not have.
+pub async fn change(pool: &PgPool, show_id: i64, change: &ShowChange) -> Result<(), BoxError> {
+    let mut tx = pool.begin().await?;
+    let found: Option<i64> = sqlx::query_scalar(
+        "UPDATE shows SET title = coalesce($2, title) WHERE id = $1 RETURNING id",
+    )
+    .bind(show_id)
+    .bind(&change.title)
+    .fetch_optional(&mut *tx)
+    .await?;
+    found.ok_or(BoxError::NotFound("show"))?;
+    for (grade, price) in &change.prices {
+        let updated = sqlx::query("UPDATE seats SET price = $3 WHERE show_id = $1 AND grade = $2")
+            .bind(show_id)
+            .bind(grade)
+            .bind(price)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if updated == 0 {
+            return Err(BoxError::invalid(
+                "unknown_grade",
+                format!("this show has no grade {grade:?}"),
+            ));
+        }
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
 /// 404 unless `show_id` exists.
 pub async fn require(pool: &PgPool, show_id: i64) -> Result<(), BoxError> {
     let found: Option<i32> = sqlx::query_scalar("SELECT 1 FROM shows WHERE id = $1")
@@ -186,14 +267,12 @@ pub async fn list(pool: &PgPool) -> Result<Value, BoxError> {
     Ok(serde_json::json!({ "shows": shows }))
 }
 
-/// `GET /shows/{id}/seats`: each seat with its grade, price and status
-/// (`available`, `held`, `sold`), read in one snapshot.
-pub async fn seat_map(pool: &PgPool, show_id: i64) -> Result<Value, BoxError> {
-    let rows = sqlx::query(
-        "SELECT s.seat_no, s.grade, s.price, h.status FROM shows sh \
-         LEFT JOIN seats s ON s.show_id = sh.id \
-         LEFT JOIN holds h ON h.id = s.hold_id \
-         WHERE sh.id = $1 ORDER BY s.seat_no",
+/// A seat map's static part: each seat with its grade and price, in seat
+/// order; 404 if there is no such show.
+pub async fn seat_layout(pool: &PgPool, show_id: i64) -> Result<Vec<(i32, String, i64)>, BoxError> {
+    let rows: Vec<(Option<i32>, Option<String>, Option<i64>)> = sqlx::query_as(
+        "SELECT s.seat_no, s.grade, s.price FROM shows sh \
+         LEFT JOIN seats s ON s.show_id = sh.id WHERE sh.id = $1 ORDER BY s.seat_no",
     )
     .bind(show_id)
     .fetch_all(pool)
@@ -201,24 +280,28 @@ pub async fn seat_map(pool: &PgPool, show_id: i64) -> Result<Value, BoxError> {
     if rows.is_empty() {
         return Err(BoxError::NotFound("show"));
     }
-    let seats: Vec<Value> = rows
-        .iter()
-        .filter_map(|row| {
-            let seat: i32 = row.get::<Option<i32>, _>("seat_no")?;
-            let status = match row.get::<Option<String>, _>("status").as_deref() {
-                None => "available",
-                Some("paid") => "sold",
-                Some(_) => "held",
-            };
-            Some(serde_json::json!({
-                "seat": seat,
-                "grade": row.get::<String, _>("grade"),
-                "price": row.get::<i64, _>("price"),
-                "status": status,
-            }))
-        })
-        .collect();
-    Ok(serde_json::json!({ "show_id": show_id, "seats": seats }))
+    Ok(rows
+        .into_iter()
+        .filter_map(|(seat, grade, price)| Some((seat?, grade?, price?)))
+        .collect())
+}
+
+/// A seat map's live part: the seats that are taken, `held` or `sold`.
+pub async fn taken_seats(
+    pool: &PgPool,
+    show_id: i64,
+) -> Result<Vec<(i32, &'static str)>, BoxError> {
+    let rows: Vec<(i32, String)> = sqlx::query_as(
+        "SELECT s.seat_no, h.status FROM seats s JOIN holds h ON h.id = s.hold_id \
+         WHERE s.show_id = $1",
+    )
+    .bind(show_id)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(seat, status)| (seat, if status == "paid" { "sold" } else { "held" }))
+        .collect())
 }
 
 #[cfg(test)]

@@ -215,3 +215,50 @@ async fn a_redis_restart_without_aof_forgets_the_line_and_old_tokens_are_invalid
     );
     office.stop().await
 }
+
+/// The same restart with an append-only file (`--appendonly yes`, the
+/// file kept in one directory across both Redis processes): Redis replays
+/// its log at start and the line survives. Old tokens still work, and the
+/// numbers go on from where they were.
+#[tokio::test]
+async fn a_redis_restart_with_aof_keeps_the_line() -> anyhow::Result<()> {
+    let port = free_port()?;
+    let dir = std::env::temp_dir().join(format!("level5-aof-{}-{port}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let dir_arg = dir.to_string_lossy().into_owned();
+    let aof = ["--appendonly", "yes", "--dir", dir_arg.as_str()];
+    let redis = Redis::throwaway_on(port, &aof)?;
+    let url = redis.url().to_owned();
+    let args = [
+        "--queue",
+        "on",
+        "--active-limit",
+        "1",
+        "--redis-url",
+        url.as_str(),
+    ];
+    let office = Office::start(1, &args).await?;
+    let show = office.create_show(&[("r", 100, 10)]).await?;
+    let first = office.join(0, show, 1).await?;
+    let second = office.join(0, show, 2).await?;
+    assert_eq!((first.status, second.status), (201, 201));
+
+    drop(redis);
+    let _redis = Redis::throwaway_on(port, &aof)?;
+    let second_token = token_of(&second);
+    let poll = after_redis_is_back(|| office.poll(0, &second_token)).await?;
+    assert_eq!(
+        (poll.status, poll.body["status"].as_str()),
+        (200, Some("waiting")),
+        "{poll:?}"
+    );
+    assert_eq!(poll.body["position"], 1);
+    let third = office.join(0, show, 3).await?;
+    assert_eq!(
+        (third.status, third.body["number"].as_i64()),
+        (201, Some(3))
+    );
+    office.stop().await?;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
