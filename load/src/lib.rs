@@ -23,10 +23,12 @@
 //! | [`sustain`] | sustained throughput runs and the ceilings they are measured against |
 //! | [`machine`] | the machine and services a run measured on |
 //! | [`report`] | the HTML report with plots, and the JSON behind it |
+//! | [`booking`] | `load booking`: users through Level 5's box office |
 //!
 //! The verdict rules live in [`ticket_core::verify`], so that tests and the
 //! tool judge the same way.
 
+pub mod booking;
 pub mod client;
 pub mod exercise;
 pub mod expect;

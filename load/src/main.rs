@@ -44,6 +44,9 @@ enum Command {
     /// (a correct strategy oversold, or a race that did not reproduce), 2
     /// when the tour itself could not run.
     Tour(TourArgs),
+    /// Book seats at Level 5's box office with many users (queue, seat map,
+    /// hold, wallet, pay or walk away) and judge the run from the database.
+    Booking(load::booking::BookingArgs),
     /// Start a throwaway PostgreSQL (and Redis) for a two-terminal demo and
     /// print their URLs; stops them on Ctrl-C.
     Services(ServicesArgs),
@@ -262,6 +265,10 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run(args) => run_command(args).await,
         Command::Tour(args) => tour_command(args).await,
+        Command::Booking(args) => {
+            init_logging();
+            load::booking::command(args).await
+        }
         Command::Services(args) => services_command(args).await,
         Command::Exercise(args) => {
             init_logging();
@@ -378,6 +385,9 @@ async fn tour_command(args: TourArgs) -> anyhow::Result<ExitCode> {
         }
     })
     .await?;
+    if let (false, Some(booking)) = (json, &result.booking) {
+        println!("{}", load::booking::tour::tour_line(booking));
+    }
     if json {
         println!("{}", serde_json::to_string(&result)?);
     } else {
@@ -423,8 +433,15 @@ fn print_tour_summary(result: &load::tour::Tour, rush: &RushSettings) {
     }
     println!("\nMeasured with {}.", result.machine.settings_line());
     println!();
+    if let Some(booking) = result.booking.as_ref().filter(|b| !b.is_correct()) {
+        println!(
+            "UNEXPECTED: level 5 booking: {}",
+            booking.problems.join("; ")
+        );
+    }
     let unexpected: Vec<_> = result.rows.iter().filter(|r| !r.as_expected).collect();
-    if unexpected.is_empty() {
+    let booking_ok = result.booking.as_ref().is_none_or(|b| b.is_correct());
+    if unexpected.is_empty() && booking_ok {
         if rush.sustained.is_some() {
             println!("Every strategy meant to be correct stayed correct under sustained load.");
         } else {
@@ -520,6 +537,10 @@ async fn serve_command(args: Vec<String>) -> anyhow::Result<ExitCode> {
     let binary = args
         .first()
         .context("serve needs a level name, e.g. level1")?;
+    if binary == load::booking::servers::BINARY {
+        load::booking::servers::serve(args).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let info = load::levels::level_by_binary(binary)?;
     let server = (info.start)(args).await?;
     // Stop on Ctrl-C/SIGTERM, or when the load process that started us is

@@ -67,6 +67,9 @@ pub struct Tour {
     pub rows: Vec<TourRow>,
     /// Whether every row earned its expected verdict.
     pub as_expected: bool,
+    /// The booking row (Level 5, `load booking`), when the tour includes it.
+    #[serde(default)]
+    pub booking: Option<crate::booking::BookingReport>,
 }
 
 /// Runs the tour. `on_row` sees each row as soon as it is done.
@@ -80,8 +83,14 @@ pub async fn tour(options: &TourOptions, mut on_row: impl FnMut(&TourRow)) -> an
                 .is_none_or(|only| only.contains(&l.number))
         })
         .collect();
-    anyhow::ensure!(!chosen.is_empty(), "no such levels in this build");
-    let need_redis = chosen.iter().any(|l| l.needs_redis);
+    // Level 5 is not a rush: its row is a short `load booking`.
+    let wants_booking = options.rush.sustained.is_none()
+        && options.levels.as_ref().is_none_or(|only| only.contains(&5));
+    anyhow::ensure!(
+        !chosen.is_empty() || wants_booking,
+        "no such levels in this build"
+    );
+    let need_redis = chosen.iter().any(|l| l.needs_redis) || wants_booking;
     let services = Services::find(
         options.database_url.clone(),
         options.redis_url.clone(),
@@ -116,12 +125,21 @@ pub async fn tour(options: &TourOptions, mut on_row: impl FnMut(&TourRow)) -> an
             }
         }
     }
-    let as_expected = rows.iter().all(|r| r.as_expected);
+    let booking = if wants_booking {
+        let exe = &options.exe;
+        let redis = services.redis_url();
+        Some(crate::booking::tour::tour_booking(exe, services.database_url(), redis).await?)
+    } else {
+        None
+    };
+    let as_expected =
+        rows.iter().all(|r| r.as_expected) && booking.as_ref().is_none_or(|b| b.is_correct());
     let machine = Machine::describe(services.database_url(), services.redis_url()).await;
     Ok(Tour {
         machine,
         rows,
         as_expected,
+        booking,
     })
 }
 

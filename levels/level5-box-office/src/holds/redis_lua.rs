@@ -150,6 +150,23 @@ impl RedisLua {
         Ok(())
     }
 
+    /// Loads the show into Redis when it is not there yet, *before* the
+    /// hold takes its connection: loading needs a connection of its own,
+    /// and a crowd of first holds each holding one while waiting for a
+    /// second would empty the pool (a deadlock until the acquire timeout).
+    async fn ensure_loaded(&self, show_id: i64) -> Result<(), BoxError> {
+        let (owners, loaded) = self.keys(show_id).await?;
+        let there: bool = redis::cmd("EXISTS")
+            .arg(&loaded)
+            .query_async(&mut self.conn().await?)
+            .await
+            .map_err(redis_error)?;
+        if !there {
+            self.load(show_id, &owners, &loaded).await?;
+        }
+        Ok(())
+    }
+
     async fn unclaim(&self, show_id: i64, hold_id: i64, seats: &[i32]) -> Result<(), BoxError> {
         let (owners, _) = self.keys(show_id).await?;
         let mut invocation = self.free_script.key(&owners);
@@ -172,6 +189,7 @@ impl HoldSeats for RedisLua {
     }
 
     async fn hold(&self, request: &HoldRequest) -> Result<Hold, BoxError> {
+        self.ensure_loaded(request.show_id).await?;
         let mut tx = self.pool.begin().await?;
         lock_user(&mut tx, request.user).await?;
         require_show(&mut tx, request.show_id).await?;
