@@ -32,7 +32,7 @@ use redis::streams::StreamRangeReply;
 use ticket_core::{OrderId, TicketId, UserId};
 
 use crate::log::{Answer, Command, Keys, Request};
-use crate::state::{PartitionState, TicketState};
+use crate::state::PartitionState;
 
 /// How many records one XRANGE reads during a replay.
 const PAGE: usize = 10_000;
@@ -88,7 +88,7 @@ pub async fn rebuild(
             let Some(ticket) = field("ticket").and_then(|t| TicketId::parse(t.into()).ok()) else {
                 continue;
             };
-            let ticket_state = state.entry(ticket).or_insert_with(TicketState::default);
+            let ticket_state = state.entry(ticket).or_default();
             let ticket_log = log.tickets.entry(ticket).or_default();
             if let (Some(stock), Some(version)) = (field("stock"), field("version")) {
                 ticket_state.stock = i32::try_from(stock).unwrap_or(0);

@@ -20,6 +20,7 @@ use crate::{schema, Level6Config, STRATEGIES};
 #[command(
     name = "level6",
     version,
+    args_conflicts_with_subcommands = true,
     about = "Level 6 of ticket-rush: requests go to partitioned Redis streams; one decider per partition sells from memory, in arrival order, with no lock",
     long_about = "Level 6 of ticket-rush: the single writer. Every purchase is appended to the \
         Redis stream of its ticket's partition (hash(ticket) mod --partitions). Exactly one \
@@ -29,6 +30,10 @@ use crate::{schema, Level6Config, STRATEGIES};
         No lock is taken on the sale itself: ordering does the work."
 )]
 pub struct Cli {
+    /// Measure instead of serving.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Where to listen and which database to use.
     #[command(flatten)]
     pub server: ServerArgs,
@@ -63,6 +68,14 @@ pub struct Cli {
     pub lease_ms: u64,
 }
 
+/// What `level6` can do besides serving.
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum Command {
+    /// Measure how long a new owner of a partition needs before it can
+    /// decide, for each strategy, as the state grows.
+    Takeover(crate::takeover::TakeoverCommand),
+}
+
 /// What keeps throwaway services alive for as long as the server runs.
 struct Keep {
     _postgres: Option<ticket_core::services::Postgres>,
@@ -72,6 +85,7 @@ struct Keep {
 impl Cli {
     /// Starts the server this command line describes.
     pub async fn start(self) -> anyhow::Result<RunningServer> {
+        anyhow::ensure!(self.command.is_none(), "`level6 takeover` starts no server");
         let name = ticket_core::strategy::find(STRATEGIES, &self.strategy)?.name;
         let args = &self.server;
         let listener = TcpListener::bind((args.host, args.port))
@@ -123,6 +137,10 @@ impl Cli {
 
     /// Serves until Ctrl-C or SIGTERM.
     pub async fn run(self) -> anyhow::Result<ExitCode> {
+        if let Some(Command::Takeover(command)) = self.command {
+            command.run().await?;
+            return Ok(ExitCode::SUCCESS);
+        }
         self.start().await?.run_until_signal().await?;
         Ok(ExitCode::SUCCESS)
     }
