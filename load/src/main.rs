@@ -109,17 +109,27 @@ struct RushArgs {
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     redis_url: Option<String>,
 
-    /// Sustained mode: instead of a sell-out, buy for this many seconds from
-    /// a stock that never runs out, to measure throughput. Each result is
-    /// shown as a fraction of ceilings measured in the same run (the same
-    /// purchase straight to PostgreSQL, an HTTP endpoint that does no work,
-    /// a Lua decrement straight to Redis).
-    #[arg(long, value_name = "SECS")]
-    duration: Option<u64>,
+    /// Sustained mode: instead of a sell-out, buy for this long (30s, 2m,
+    /// 1h30m, 500ms; a bare number is seconds) from a stock that never runs
+    /// out, to measure throughput. Each result is shown as a fraction of
+    /// ceilings measured in the same run (the same purchase straight to
+    /// PostgreSQL, an HTTP endpoint that does no work, a Lua decrement
+    /// straight to Redis).
+    #[arg(long, value_name = "DURATION", value_parser = load::units::parse_duration)]
+    duration: Option<Duration>,
 
-    /// Concurrent buyers in sustained mode (--duration).
+    /// Concurrent buyers in sustained mode (--duration); with --rate, the
+    /// most requests in flight (connections).
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
+
+    /// Open model for sustained mode: this many new buyers arrive every
+    /// second whether or not earlier ones were answered (as wrk2 and k6's
+    /// constant-arrival-rate do). Latency then runs from when each buyer
+    /// was due, so a stalled server shows in it (coordinated-omission
+    /// correction); the uncorrected figure is shown beside it.
+    #[arg(long, value_name = "PER_SEC", requires = "duration", value_parser = load::units::parse_rate)]
+    rate: Option<f64>,
 
     /// Print JSON on stdout instead of tables (one object per round).
     #[arg(long)]
@@ -153,9 +163,10 @@ impl RushArgs {
             max_attempts: self.max_attempts,
             timeout: Duration::from_secs(self.timeout),
             progress: !self.json,
-            sustained: self.duration.map(|secs| Sustained {
-                duration: Duration::from_secs(secs),
+            sustained: self.duration.map(|duration| Sustained {
+                duration,
                 concurrency: self.concurrency.max(1),
+                rate: self.rate,
             }),
             durable: self.durable.then_some(self.appendfsync),
         }
