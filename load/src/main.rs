@@ -14,6 +14,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use clap::builder::{PossibleValuesParser, TypedValueParser as _};
 use clap::{Args, Parser, Subcommand};
 use load::expect::{ExpectVerdict, Expectations, EXIT_MET, EXIT_NOT_MET, EXIT_TOOL_FAILED};
 use load::output::{render_report, tour_header, tour_row, verdict_label};
@@ -47,6 +48,13 @@ enum Command {
     /// Start a throwaway PostgreSQL (and Redis) for a two-terminal demo and
     /// print their URLs; stops them on Ctrl-C.
     Services(ServicesArgs),
+    /// Print a shell completion script: `load completions bash >
+    /// ~/.local/share/bash-completion/completions/load`.
+    Completions {
+        /// The shell to complete in.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Run one level's server (used by `run` and `tour` to start servers as
     /// separate processes). Example: `load serve level1 --port 8080`.
     #[command(hide = true)]
@@ -176,11 +184,11 @@ impl RushArgs {
 #[derive(Args, Debug)]
 struct RunArgs {
     /// Which level to rush (0: no control, 1: local locks, ...).
-    #[arg(long)]
+    #[arg(long, value_parser = level_parser())]
     level: u8,
 
     /// Which of the level's strategies. Default: its first.
-    #[arg(long)]
+    #[arg(long, value_parser = PossibleValuesParser::new(load::levels::strategy_choices()))]
     strategy: Option<String>,
 
     /// How many servers to start, all sharing one database. Buyers are dealt
@@ -230,7 +238,7 @@ struct RunArgs {
 #[derive(Args, Debug)]
 struct TourArgs {
     /// Only these levels (comma-separated). Default: every level.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_parser = level_parser())]
     levels: Option<Vec<u8>>,
 
     #[command(flatten)]
@@ -272,6 +280,11 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Tour(args) => tour_command(args).await,
         Command::Services(args) => services_command(args).await,
         Command::Serve { args } => serve_command(args).await,
+        Command::Completions { shell } => {
+            let mut cli = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cli, "load", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -534,6 +547,13 @@ async fn serve_command(args: Vec<String>) -> anyhow::Result<ExitCode> {
     }
     server.stop().await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Parses `--level`: one of the numbers in the levels table, listed in
+/// `--help` and in shell completion.
+fn level_parser() -> impl clap::builder::TypedValueParser<Value = u8> {
+    PossibleValuesParser::new(load::levels::level_choices())
+        .map(|number| number.parse::<u8>().expect("level numbers are small"))
 }
 
 fn init_logging() {
