@@ -22,6 +22,16 @@ pub(crate) fn buyer_client_waiting(timeout: Duration) -> reqwest::Result<reqwest
         .build()
 }
 
+/// A client that keeps up to `connections` connections per server, for
+/// the open model's in-flight requests.
+pub(crate) fn pooled_client(connections: usize) -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(connections)
+        .timeout(REQUEST_TIMEOUT)
+        .no_proxy()
+        .build()
+}
+
 /// How long one request of a sustained run may take before it counts as an
 /// error. A sell-out's buyers wait as long as the rush may last (its
 /// `timeout`): a slow answer there is the server's latency, which the report

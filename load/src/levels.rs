@@ -237,6 +237,39 @@ pub fn levels() -> Vec<LevelInfo> {
     ]
 }
 
+/// `--level`'s choices for `--help` and shell completion, from [`levels`]
+/// (the only list): each number with its strategies.
+pub fn level_choices() -> Vec<clap::builder::PossibleValue> {
+    levels()
+        .iter()
+        .map(|level| {
+            let names: Vec<&str> = level.strategies.iter().map(|s| s.name).collect();
+            clap::builder::PossibleValue::new(level.number.to_string())
+                .help(format!("strategies: {}", names.join(", ")))
+        })
+        .collect()
+}
+
+/// `--strategy`'s choices: every level's strategies, each with its level
+/// and what it does. Whether the strategy belongs to the chosen level is
+/// checked when the run starts.
+pub fn strategy_choices() -> Vec<clap::builder::PossibleValue> {
+    let mut seen = std::collections::HashSet::new();
+    levels()
+        .iter()
+        .flat_map(|level| {
+            level
+                .strategies
+                .iter()
+                .map(move |s| (level.number, s.name, s.about))
+        })
+        .filter(|(_, name, _)| seen.insert(*name))
+        .map(|(number, name, about)| {
+            clap::builder::PossibleValue::new(name).help(format!("level {number}: {about}"))
+        })
+        .collect()
+}
+
 /// The level numbered `number`.
 pub fn level(number: u8) -> anyhow::Result<LevelInfo> {
     let all = levels();

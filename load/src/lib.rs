@@ -21,6 +21,7 @@
 //! | [`tour`] | `load tour`: every level and strategy, judged against its promise |
 //! | [`output`] | the text tables |
 //! | [`sustain`] | sustained throughput runs and the ceilings they are measured against |
+//! | [`units`] | durations (`30s`, `2m`) and rates as typed on the command line |
 //! | [`machine`] | the machine and services a run measured on |
 //! | [`report`] | the HTML report with plots, and the JSON behind it |
 //! | [`booking`] | `load booking`: users through Level 5's box office |
@@ -45,3 +46,4 @@ pub mod scrape;
 pub mod servers;
 pub mod sustain;
 pub mod tour;
+pub mod units;

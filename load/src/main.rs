@@ -14,6 +14,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use clap::builder::{PossibleValuesParser, TypedValueParser as _};
 use clap::{Args, Parser, Subcommand};
 use load::expect::{ExpectVerdict, Expectations, EXIT_MET, EXIT_NOT_MET, EXIT_TOOL_FAILED};
 use load::output::{render_report, tour_header, tour_row, verdict_label};
@@ -53,6 +54,13 @@ enum Command {
     /// Workshop exercises: list them with your progress, `check N` your
     /// code with a real rush judged from the database, `reset N` a stub.
     Exercise(load::exercise::ExerciseArgs),
+    /// Print a shell completion script: `load completions bash >
+    /// ~/.local/share/bash-completion/completions/load`.
+    Completions {
+        /// The shell to complete in.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Run one level's server (used by `run` and `tour` to start servers as
     /// separate processes). Example: `load serve level1 --port 8080`.
     #[command(hide = true)]
@@ -115,17 +123,27 @@ struct RushArgs {
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     redis_url: Option<String>,
 
-    /// Sustained mode: instead of a sell-out, buy for this many seconds from
-    /// a stock that never runs out, to measure throughput. Each result is
-    /// shown as a fraction of ceilings measured in the same run (the same
-    /// purchase straight to PostgreSQL, an HTTP endpoint that does no work,
-    /// a Lua decrement straight to Redis).
-    #[arg(long, value_name = "SECS")]
-    duration: Option<u64>,
+    /// Sustained mode: instead of a sell-out, buy for this long (30s, 2m,
+    /// 1h30m, 500ms; a bare number is seconds) from a stock that never runs
+    /// out, to measure throughput. Each result is shown as a fraction of
+    /// ceilings measured in the same run (the same purchase straight to
+    /// PostgreSQL, an HTTP endpoint that does no work, a Lua decrement
+    /// straight to Redis).
+    #[arg(long, value_name = "DURATION", value_parser = load::units::parse_duration)]
+    duration: Option<Duration>,
 
-    /// Concurrent buyers in sustained mode (--duration).
+    /// Concurrent buyers in sustained mode (--duration); with --rate, the
+    /// most requests in flight (connections).
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
+
+    /// Open model for sustained mode: this many new buyers arrive every
+    /// second whether or not earlier ones were answered (as wrk2 and k6's
+    /// constant-arrival-rate do). Latency then runs from when each buyer
+    /// was due, so a stalled server shows in it (coordinated-omission
+    /// correction); the uncorrected figure is shown beside it.
+    #[arg(long, value_name = "PER_SEC", requires = "duration", value_parser = load::units::parse_rate)]
+    rate: Option<f64>,
 
     /// Print JSON on stdout instead of tables (one object per round).
     #[arg(long)]
@@ -159,9 +177,10 @@ impl RushArgs {
             max_attempts: self.max_attempts,
             timeout: Duration::from_secs(self.timeout),
             progress: !self.json,
-            sustained: self.duration.map(|secs| Sustained {
-                duration: Duration::from_secs(secs),
+            sustained: self.duration.map(|duration| Sustained {
+                duration,
                 concurrency: self.concurrency.max(1),
+                rate: self.rate,
             }),
             durable: self.durable.then_some(self.appendfsync),
         }
@@ -171,11 +190,11 @@ impl RushArgs {
 #[derive(Args, Debug)]
 struct RunArgs {
     /// Which level to rush (0: no control, 1: local locks, ...).
-    #[arg(long)]
+    #[arg(long, value_parser = level_parser())]
     level: u8,
 
     /// Which of the level's strategies. Default: its first.
-    #[arg(long)]
+    #[arg(long, value_parser = PossibleValuesParser::new(load::levels::strategy_choices()))]
     strategy: Option<String>,
 
     /// How many servers to start, all sharing one database. Buyers are dealt
@@ -225,7 +244,7 @@ struct RunArgs {
 #[derive(Args, Debug)]
 struct TourArgs {
     /// Only these levels (comma-separated). Default: every level.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_parser = level_parser())]
     levels: Option<Vec<u8>>,
 
     #[command(flatten)]
@@ -275,6 +294,11 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             load::exercise::exercise_command(args).await
         }
         Command::Serve { args } => serve_command(args).await,
+        Command::Completions { shell } => {
+            let mut cli = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cli, "load", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -551,6 +575,13 @@ async fn serve_command(args: Vec<String>) -> anyhow::Result<ExitCode> {
     }
     server.stop().await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Parses `--level`: one of the numbers in the levels table, listed in
+/// `--help` and in shell completion.
+fn level_parser() -> impl clap::builder::TypedValueParser<Value = u8> {
+    PossibleValuesParser::new(load::levels::level_choices())
+        .map(|number| number.parse::<u8>().expect("level numbers are small"))
 }
 
 fn init_logging() {

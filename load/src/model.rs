@@ -25,6 +25,19 @@ pub struct Latency {
     pub max: f64,
 }
 
+impl Latency {
+    /// p50, p95, p99 and max of a histogram of microseconds.
+    pub fn of(histogram: &Histogram<u64>) -> Self {
+        let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
+        Self {
+            p50: ms(0.50),
+            p95: ms(0.95),
+            p99: ms(0.99),
+            max: histogram.max() as f64 / 1000.0,
+        }
+    }
+}
+
 /// The percentiles drawn in latency plots.
 const CDF_PERCENTILES: &[f64] = &[
     0.0, 1.0, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 95.0, 99.0, 99.9, 100.0,
@@ -111,8 +124,15 @@ pub struct Report {
     /// What broke, in words.
     pub problems: Vec<String>,
 
-    /// Per-buyer latency, barrier to final answer.
+    /// Per-buyer latency, barrier to final answer (sustained: per request;
+    /// open model, `rate`: per visitor, from the time it was due to its
+    /// final answer, corrected for coordinated omission).
     pub latency_ms: Latency,
+    /// Open model only: the same visitors' latency from the moment their
+    /// request actually left, *not* corrected (what a closed-model tool
+    /// would report; shown beside the corrected one).
+    #[serde(default)]
+    pub latency_uncorrected_ms: Option<Latency>,
     /// The whole latency distribution, `[percentile, ms]`, for plots.
     #[serde(default)]
     pub latency_cdf_ms: Vec<[f64; 2]>,
@@ -132,6 +152,9 @@ pub struct Report {
     /// out; latency is then per request).
     #[serde(default = "sell_out")]
     pub mode: String,
+    /// Sustained runs of the open model (`--rate`): arrivals per second.
+    #[serde(default)]
+    pub rate: Option<f64>,
     /// Ceilings measured in the same run, for sustained runs.
     #[serde(default)]
     pub ceilings: Vec<Ceiling>,
@@ -221,12 +244,14 @@ impl Report {
             verdict,
             problems,
             latency_ms: Latency::default(),
+            latency_uncorrected_ms: None,
             latency_cdf_ms: Vec::new(),
             elapsed_ms: 0.0,
             throughput_rps: 0.0,
             sales_per_sec: 0.0,
             server_metrics: BTreeMap::new(),
             mode: sell_out(),
+            rate: None,
             ceilings: Vec::new(),
             persistence_lag_ms: None,
             memory: None,

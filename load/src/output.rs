@@ -30,7 +30,15 @@ fn title_line(out: &mut String, report: &Report, round: Option<u32>) {
         .unwrap_or_default();
     let round = round.map(|r| format!(" · round {r}")).unwrap_or_default();
     let plural = if report.servers == 1 { "" } else { "s" };
-    if report.mode == "sustained" {
+    if let Some(rate) = report.rate {
+        let _ = writeln!(
+            out,
+            "{what} · {} server{plural} · open model, {rate} arrivals/s for {:.0} s · at most {} in flight{think}{round}",
+            report.servers,
+            report.elapsed_ms / 1000.0,
+            report.buyers,
+        );
+    } else if report.mode == "sustained" {
         let _ = writeln!(
             out,
             "{what} · {} server{plural} · sustained {:.0} s · {} concurrent buyers{think}{round}",
@@ -98,6 +106,13 @@ fn speed_lines(out: &mut String, report: &Report) {
         "  latency         p50 {:.1} ms  ·  p95 {:.1} ms  ·  p99 {:.1} ms  ·  max {:.1} ms",
         l.p50, l.p95, l.p99, l.max
     );
+    if let Some(u) = report.latency_uncorrected_ms {
+        let _ = writeln!(
+            out,
+            "  uncorrected     p50 {:.1} ms  ·  p95 {:.1} ms  ·  p99 {:.1} ms  ·  max {:.1} ms  (from the actual send, not the due time)",
+            u.p50, u.p95, u.p99, u.max
+        );
+    }
     let _ = writeln!(
         out,
         "  elapsed         {:.0} ms  ·  {:.0} requests/s  ·  {:.0} sales/s  ·  {} requests",

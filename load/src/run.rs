@@ -66,8 +66,10 @@ impl AppendFsync {
 pub struct Sustained {
     /// How long to buy.
     pub duration: Duration,
-    /// Concurrent buyers.
+    /// Concurrent buyers; with `rate`, the most requests in flight.
     pub concurrency: usize,
+    /// Open model: arrivals per second (`--rate`); `None`: closed model.
+    pub rate: Option<f64>,
 }
 
 impl Default for RushSettings {
@@ -336,6 +338,8 @@ pub(crate) async fn one_round(
                 ticket_id,
                 concurrency: shape.concurrency,
                 duration: shape.duration,
+                rate: shape.rate,
+                progress: settings.progress,
                 settle,
                 resetter,
             })

@@ -389,23 +389,12 @@ pub async fn rush(plan: &RushPlan) -> anyhow::Result<Report> {
         db_orders: truth.orders,
         db_stock: truth.stock,
         db_total: truth.total,
-        latency_ms: latency_of(&histogram),
+        latency_ms: Latency::of(&histogram),
         latency_cdf_ms: latency_cdf(&histogram),
         server_metrics,
         persistence_lag_ms,
         ..counted(plan, &tally, elapsed, judgement)
     })
-}
-
-/// p50, p95, p99 and max of a histogram of microseconds, in milliseconds.
-fn latency_of(histogram: &Histogram<u64>) -> Latency {
-    let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
-    Latency {
-        p50: ms(0.50),
-        p95: ms(0.95),
-        p99: ms(0.99),
-        max: histogram.max() as f64 / 1000.0,
-    }
 }
 
 /// The report's answer counts and rates, with the judgement.

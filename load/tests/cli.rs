@@ -193,8 +193,37 @@ async fn unknown_level_is_a_clear_error() {
 
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("no level 42"), "{stderr}");
-    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("invalid value '42' for '--level"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("[possible values: 0, 1, 2, 3, 4"),
+        "{stderr}"
+    );
+}
+
+/// `--help` lists every level with its strategies and every strategy with
+/// what it does, and `load completions bash` completes the same values:
+/// both come from the levels table.
+#[tokio::test]
+async fn help_and_bash_completion_list_the_levels_and_strategies() {
+    let help = load(&["run", "--help"]).await;
+    let completion = load(&["completions", "bash"]).await;
+
+    assert_eq!(help.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains("- 1: strategies: mutex, rwlock, per-ticket"),
+        "{help}"
+    );
+    assert!(help.contains("- atomic:"), "{help}");
+    assert!(help.contains("level 4: "), "{help}");
+    assert_eq!(completion.status.code(), Some(0));
+    let script = String::from_utf8_lossy(&completion.stdout);
+    assert!(script.contains("complete -F _load"), "{script}");
+    assert!(script.contains("\"0 1 2 3 4\""), "{script}");
+    assert!(script.contains("naive mutex rwlock per-ticket"), "{script}");
 }
 
 /// `--target` without the database the servers share is refused up front.

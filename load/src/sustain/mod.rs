@@ -21,6 +21,8 @@
 
 mod ceilings;
 mod closed;
+pub mod open;
+mod progress;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -74,13 +76,7 @@ impl Meter {
     }
 
     fn latency(&self) -> Latency {
-        let ms = |q: f64| self.histogram.value_at_quantile(q) as f64 / 1000.0;
-        Latency {
-            p50: ms(0.50),
-            p95: ms(0.95),
-            p99: ms(0.99),
-            max: self.histogram.max() as f64 / 1000.0,
-        }
+        Latency::of(&self.histogram)
     }
 }
 
@@ -120,8 +116,14 @@ pub struct SustainPlan {
     pub database_url: String,
     /// The ticket bought.
     pub ticket_id: i64,
-    /// Concurrent buyers (each one loops: buy, then buy again as someone new).
+    /// Concurrent buyers (each one loops: buy, then buy again as someone
+    /// new); with `rate`, the most requests in flight.
     pub concurrency: usize,
+    /// Open model: arrivals per second, regardless of answers (`None`: the
+    /// closed model, `concurrency` buyers in a loop).
+    pub rate: Option<f64>,
+    /// Show live progress on stderr.
+    pub progress: bool,
     /// How long to keep buying.
     pub duration: Duration,
     /// Waits for asynchronous persistence before the database is read.
@@ -147,14 +149,10 @@ pub async fn sustain(plan: &SustainPlan) -> anyhow::Result<Report> {
     let metrics_before = scrape_metrics(&plan.targets).await;
     let shared = Arc::new(Shared::new(SUSTAINED_FIRST_USER));
     let started = Instant::now();
-    let deadline = started + plan.duration;
-    let mut workers = tokio::task::JoinSet::new();
-    for index in 0..plan.concurrency {
-        let url = orders_url(plan, index);
-        workers.spawn(closed::buy_until(url, deadline, shared.clone()));
-    }
-    let meter = collect(&mut workers).await?;
+    let ticker = progress::start(plan, &shared, started);
+    let (meter, uncorrected) = buy(plan, &shared, started).await?;
     let elapsed = started.elapsed();
+    ticker.finish();
     // The lag runs from the last 201 the buyers saw, not from now: the
     // buyers may have stopped well after the last sale was answered.
     let persistence_lag_ms = match &plan.settle {
@@ -168,8 +166,34 @@ pub async fn sustain(plan: &SustainPlan) -> anyhow::Result<Report> {
     Ok(Report {
         server_metrics: metrics_delta(&metrics_before, &metrics_after),
         persistence_lag_ms,
+        latency_uncorrected_ms: uncorrected.as_ref().map(Latency::of),
         ..judged(plan, &shared, &meter, &truth, &holders, elapsed)
     })
+}
+
+/// Buys until the run's end: `concurrency` looping buyers (closed model),
+/// or arrivals at `rate` (open model, which also returns the uncorrected
+/// latencies).
+async fn buy(
+    plan: &SustainPlan,
+    shared: &Arc<Shared>,
+    started: Instant,
+) -> anyhow::Result<(Meter, Option<Histogram<u64>>)> {
+    let deadline = started + plan.duration;
+    if let Some(rate) = plan.rate {
+        let urls: Vec<String> = (0..plan.targets.len())
+            .map(|i| orders_url(plan, i))
+            .collect();
+        let slots = plan.concurrency.max(1);
+        let measured = open::arrive(&urls, rate, slots, started, deadline, shared.clone()).await?;
+        return Ok((measured.meter, Some(measured.uncorrected)));
+    }
+    let mut workers = tokio::task::JoinSet::new();
+    for index in 0..plan.concurrency {
+        let url = orders_url(plan, index);
+        workers.spawn(closed::buy_until(url, deadline, shared.clone()));
+    }
+    Ok((collect(&mut workers).await?, None))
 }
 
 /// The purchase URL of worker `index` (workers are dealt round-robin over
@@ -229,6 +253,7 @@ fn judged(
         throughput_rps: attempts as f64 / seconds,
         sales_per_sec: succeeded as f64 / seconds,
         mode: "sustained".to_owned(),
+        rate: plan.rate,
         ..Report::judged(judgement)
     }
 }
