@@ -18,15 +18,26 @@ use ticket_core::db;
 use ticket_core::metrics::Metrics;
 use ticket_core::services::{free_port, Postgres, Redis};
 
-/// A directory for one Redis's RDB file, kept across its restarts.
-fn rdb_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "ticket-rush-rdb-{}-{:08x}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A directory for one Redis's RDB file, kept across its restarts and
+/// removed when the test ends, passed or failed.
+struct RdbDir(PathBuf);
+
+impl RdbDir {
+    fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "ticket-rush-rdb-{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for RdbDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// Starts Redis on `port`, reading and writing its RDB file in `dir`, with
@@ -86,9 +97,9 @@ async fn persist_all(store: &SaleStore) -> BTreeMap<i64, i64> {
 /// get the last 2 units, and every 201 is a row once persisted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_back_from_an_old_snapshot_sells_nothing_postgresql_already_holds() {
-    let dir = rdb_dir();
+    let dir = RdbDir::new();
     let port = free_port().unwrap();
-    let first = redis_with_rdb(port, &dir).await;
+    let first = redis_with_rdb(port, &dir.0).await;
     let database = Postgres::shared().unwrap().fresh_database().await.unwrap();
     let pool = db::connect(&database, 10, Duration::from_secs(10))
         .await
@@ -117,7 +128,7 @@ async fn a_redis_back_from_an_old_snapshot_sells_nothing_postgresql_already_hold
     tokio::task::spawn_blocking(move || drop(first))
         .await
         .unwrap();
-    let _second = redis_with_rdb(port, &dir).await;
+    let _second = redis_with_rdb(port, &dir.0).await;
     reconnected(&store).await;
 
     // Before anyone buys, reconcile sees what the restart did.
@@ -164,7 +175,6 @@ async fn a_redis_back_from_an_old_snapshot_sells_nothing_postgresql_already_hold
         .await
         .unwrap();
     assert_eq!(stock, 0);
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// A server refuses to start on a Redis that may evict keys (here
