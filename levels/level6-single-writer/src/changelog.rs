@@ -35,7 +35,7 @@ use crate::log::{Answer, Command, Keys, Request};
 use crate::state::PartitionState;
 
 /// How many records one XRANGE reads during a replay.
-const PAGE: usize = 10_000;
+const PAGE: usize = 1_000;
 
 /// Where each live key's record is, so that a newer record can delete it.
 #[derive(Debug, Default)]

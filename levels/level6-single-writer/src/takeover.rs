@@ -52,7 +52,11 @@ impl TakeoverCommand {
         let (redis_url, _redis) = ticket_core::server::redis_or_throwaway(self.redis_url).await?;
         let pool = ticket_core::db::connect(&database, 4, Duration::from_secs(10)).await?;
         ticket_core::db::migrate(&pool).await?;
-        let redis = redis::aio::ConnectionManager::new(redis::Client::open(redis_url)?).await?;
+        // Writing a 100,000-buyer changelog is one long pipeline: wait for it.
+        let patient = redis::aio::ConnectionManagerConfig::new()
+            .set_response_timeout(Some(Duration::from_secs(120)));
+        let client = redis::Client::open(redis_url)?;
+        let redis = redis::aio::ConnectionManager::new_with_config(client, patient).await?;
         let keys = Keys::new(&format!("takeover-{:08x}", rand::random::<u32>()));
         println!("state (buyers)  partitioned: load from PostgreSQL  state-store: replay changelog  ratio");
         for (index, &buyers) in self.buyers.iter().enumerate() {
@@ -109,7 +113,7 @@ async fn seed(pool: &sqlx::PgPool, ticket: TicketId, buyers: u32) -> anyhow::Res
     .execute(pool)
     .await
     .context("seed the orders")?;
-    sqlx::query("UPDATE tickets SET stock = 10, version = 1 WHERE id = $1")
+    sqlx::query("UPDATE tickets SET stock = 10, version = 5 WHERE id = $1")
         .bind(ticket.get())
         .execute(pool)
         .await?;
