@@ -137,26 +137,7 @@ impl SaleStore {
             stock: available,
             rechecked: (outcome == 2).then_some(restored),
         };
-        if let Some(restored) = loaded.rechecked {
-            tracing::warn!(
-                %ticket,
-                epoch,
-                restored,
-                "Redis held this sale from before its restart; checked it against PostgreSQL \
-                 and put back the buyers it had forgotten"
-            );
-        }
-        if loaded.wrote_redis {
-            tracing::info!(
-                %ticket,
-                epoch,
-                stock = available,
-                buyers = orders.len(),
-                started = loaded.started,
-                took_ms = started_at.elapsed().as_secs_f64() * 1000.0,
-                "loaded the sale into Redis"
-            );
-        }
+        log_loaded(ticket, &loaded, orders.len(), started_at);
         Ok(loaded)
     }
 
@@ -188,5 +169,31 @@ impl SaleStore {
             invocation.arg(*user).arg(*id);
         }
         Ok(self.redis().invoke(&invocation).await?)
+    }
+}
+
+/// Says what a load did: a warning when Redis had to be checked against
+/// PostgreSQL after a restart, an info line when the sale was written.
+fn log_loaded(ticket: TicketId, loaded: &Loaded, buyers: usize, started_at: Instant) {
+    let epoch = loaded.epoch;
+    if let Some(restored) = loaded.rechecked {
+        tracing::warn!(
+            %ticket,
+            epoch,
+            restored,
+            "Redis held this sale from before its restart; checked it against PostgreSQL \
+             and put back the buyers it had forgotten"
+        );
+    }
+    if loaded.wrote_redis {
+        tracing::info!(
+            %ticket,
+            epoch,
+            stock = loaded.stock,
+            buyers,
+            started = loaded.started,
+            took_ms = started_at.elapsed().as_secs_f64() * 1000.0,
+            "loaded the sale into Redis"
+        );
     }
 }
