@@ -3,7 +3,8 @@
 //! clicks reach different servers, as behind a load balancer), then a third
 //! time after both were answered. Correct means the database's usual
 //! verdict is correct *and* every key got the same answer, status and body,
-//! on all three requests.
+//! on all three clicks. A `503 busy` is not an answer but "try again": the
+//! click is sent again, as a buyer's app would.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -131,8 +132,26 @@ pub async fn rush_twins(
     Ok((report, clicks))
 }
 
-/// One click: the purchase with the buyer's key.
+/// Most tries of one click: a `503 busy` means "try again", and the
+/// buyer's app does, with the same key, as the load tool's buyers do.
+const MAX_TRIES: u32 = 100;
+
+/// One click: the purchase with the buyer's key, tried again while the
+/// answer is `503 busy`. The click's answer is its last one.
 async fn click(client: &reqwest::Client, url: &str, user_id: i64, key: &str) -> Answer {
+    let mut answer = try_once(client, url, user_id, key).await;
+    for _ in 1..MAX_TRIES {
+        if answer.status != 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(rand::random_range(10..=50))).await;
+        answer = try_once(client, url, user_id, key).await;
+    }
+    answer
+}
+
+/// One request of a click.
+async fn try_once(client: &reqwest::Client, url: &str, user_id: i64, key: &str) -> Answer {
     let sent = client
         .post(url)
         .header("Idempotency-Key", key)
