@@ -283,3 +283,101 @@ pub fn deadlock_is_a_bug(err: sqlx::Error) -> PurchaseError {
     }
     err.into()
 }
+
+/// The `Idempotency-Key` a purchase carries (exercise 8): its server hands
+/// every key to the strategy untouched (`--idempotency strategy`), so the
+/// exercise's code, and nothing before it, decides what a repeat means.
+pub fn idempotency_key(purchase: &ticket_core::Purchase) -> Option<&str> {
+    purchase.claim.as_ref().map(|claim| claim.key.as_str())
+}
+
+/// The table of exercise 8's keys, created on first use:
+/// `exercise_keys (user_id, key)` → the answer given (`sold` or
+/// `sold_out`) and the order sold, if any. `answer`
+/// is NULL while the key is claimed and its sale not yet committed.
+#[derive(Default)]
+pub struct KeyTable {
+    created: tokio::sync::OnceCell<()>,
+}
+
+impl KeyTable {
+    /// Creates the table once per server (two servers at once are
+    /// serialized by an advisory lock).
+    pub async fn ensure(&self, pool: &sqlx::PgPool) -> Result<(), PurchaseError> {
+        self.created
+            .get_or_try_init(|| async {
+                let mut tx = pool.begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock(4243)")
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(
+                    "CREATE TABLE IF NOT EXISTS exercise_keys (user_id BIGINT NOT NULL, \
+                     key TEXT NOT NULL, ticket_id BIGINT NOT NULL, answer TEXT, \
+                     order_id BIGINT, PRIMARY KEY (user_id, key))",
+                )
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok::<(), PurchaseError>(())
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+/// How a purchase's outcome is written down for its key: the answer's
+/// name and the order sold; `None` for outcomes that must not be
+/// remembered: busy and errors (the next click should try again), and
+/// `already_purchased` (the unique order refused it, which ended the
+/// transaction; the next click is refused by it the same way).
+pub fn answer_of(
+    outcome: &Result<ticket_core::Order, PurchaseError>,
+) -> Option<(&'static str, Option<i64>)> {
+    match outcome {
+        Ok(order) => Some(("sold", Some(order.order_id.0))),
+        Err(PurchaseError::SoldOut) => Some(("sold_out", None)),
+        Err(_) => None,
+    }
+}
+
+/// The outcome a recorded answer stands for, given again: the same order
+/// (so the same 201 body), or the same refusal.
+pub fn replay(
+    purchase: &ticket_core::Purchase,
+    answer: &str,
+    order_id: Option<i64>,
+) -> Result<ticket_core::Order, PurchaseError> {
+    match (answer, order_id) {
+        ("sold", Some(id)) => Ok(ticket_core::Order {
+            order_id: ticket_core::OrderId(id),
+            ticket_id: purchase.ticket,
+            user_id: purchase.user,
+        }),
+        ("sold_out", _) => Err(PurchaseError::SoldOut),
+        _ => Err(PurchaseError::Unexpected(anyhow::anyhow!(
+            "key recorded with an unknown answer {answer:?}"
+        ))),
+    }
+}
+
+/// The sale itself, correct on its own (exercise 8's lesson is the key,
+/// not the stock): one conditional UPDATE and the order, in the caller's
+/// transaction, which the caller commits.
+pub async fn sell_in(
+    conn: &mut PgConnection,
+    purchase: &ticket_core::Purchase,
+) -> Result<ticket_core::Order, PurchaseError> {
+    let left: Option<i32> = sqlx::query_scalar(
+        "UPDATE tickets SET stock = stock - 1, version = version + 1 \
+         WHERE id = $1 AND stock > 0 RETURNING stock",
+    )
+    .bind(purchase.ticket.get())
+    .fetch_optional(&mut *conn)
+    .await?;
+    if left.is_none() {
+        return Err(PurchaseError::SoldOut);
+    }
+    // Without the key: ticket-core's own key table is not used here.
+    let plain = ticket_core::Purchase::new(purchase.ticket, purchase.user);
+    ticket_core::db::insert_order(conn, &plain).await
+}

@@ -39,6 +39,8 @@ pub mod ex05_atomic_update;
 pub mod ex06_owner_release;
 #[path = "../07-fencing/sell.rs"]
 pub mod ex07_fencing;
+#[path = "../08-idempotency-key/sell.rs"]
+pub mod ex08_idempotency_key;
 #[path = "../09-lua-purchase/sell.rs"]
 pub mod ex09_lua_purchase;
 #[path = "../10-lock-order/sell.rs"]
@@ -94,9 +96,14 @@ pub const EXERCISES: &[Exercise] = &[
     exercise!(5, false, ex05_atomic_update, ex05, ex05),
     exercise!(6, true, ex06_owner_release, ex06, ex06),
     exercise!(7, true, ex07_fencing, ex07, ex07),
+    exercise!(8, false, ex08_idempotency_key, ex08, ex08),
     exercise!(9, true, ex09_lua_purchase, ex09, ex09),
     exercise!(10, false, ex10_lock_order, ex10, ex10),
 ];
+
+/// The exercise whose strategy owns the `Idempotency-Key`s: its servers
+/// run with `--idempotency strategy`.
+pub const KEYS_EXERCISE: u8 = 8;
 
 const NAMES: [&str; 10] = ["1", "2", "3", "4", "5", "6", "7", "8", "9", "10"];
 
@@ -138,7 +145,7 @@ impl Exercise {
     about = "Serves a ticket-rush workshop exercise (your code) on a port, like a level binary",
     long_about = "Serves a ticket-rush workshop exercise on a port, with the same HTTP API as every level.\n\n\
         `cargo run -p load -- exercise check N` starts two of these and rushes them; you can also \
-        start two yourself (same DATABASE_URL, and REDIS_URL for exercises 6 to 9) and point \
+        start two yourself (same DATABASE_URL, and REDIS_URL for exercises 6, 7 and 9) and point \
         `load run --target` at them."
 )]
 pub struct Cli {
@@ -155,15 +162,20 @@ pub struct Cli {
     #[arg(long, value_enum, default_value_t = Variant::Learner)]
     pub variant: Variant,
 
-    /// Redis for exercises 6 to 9. Every server must use the same one.
+    /// Redis for exercises 6, 7 and 9. Every server must use the same one.
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
 }
 
 impl Cli {
     /// Starts the server this command line describes.
-    pub async fn start(self) -> anyhow::Result<RunningServer> {
+    pub async fn start(mut self) -> anyhow::Result<RunningServer> {
         let exercise = exercise(self.exercise)?;
+        if exercise.number == KEYS_EXERCISE {
+            // The learner's code owns the keys: the API must not answer a
+            // repeat before the strategy sees it.
+            self.server.idempotency = ticket_core::idempotency::Mode::Strategy;
+        }
         let mut config = Config::default();
         if exercise.needs_redis {
             let (url, throwaway) = ticket_core::server::redis_or_throwaway(self.redis_url).await?;

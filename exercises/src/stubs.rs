@@ -17,6 +17,8 @@ pub mod ex05;
 pub mod ex06;
 #[path = "../stubs/07-fencing.rs"]
 pub mod ex07;
+#[path = "../stubs/08-idempotency-key.rs"]
+pub mod ex08;
 #[path = "../stubs/09-lua-purchase.rs"]
 pub mod ex09;
 #[path = "../stubs/10-lock-order.rs"]

@@ -54,6 +54,10 @@ pub enum Mode {
     /// Look up, work, then insert the key: the broken design, kept to show
     /// why it fails under concurrent duplicates.
     CheckThenInsert,
+    /// The API does nothing with keys: it hands each key to the strategy
+    /// (in `Purchase::claim`, owner 0, no row claimed), which owns it.
+    /// Workshop exercise 8, where the learner writes the idempotency.
+    Strategy,
 }
 
 /// Settings for idempotency keys.

@@ -9,5 +9,6 @@ pub mod ex04;
 pub mod ex05;
 pub mod ex06;
 pub mod ex07;
+pub mod ex08;
 pub mod ex09;
 pub mod ex10;

@@ -35,6 +35,9 @@ pub struct ExerciseInfo {
     pub size: RushSize,
     /// Whether its servers need Redis.
     pub needs_redis: bool,
+    /// Every buyer double-clicks with one `Idempotency-Key`, and every key
+    /// must get one answer (exercise 8; see [`super::twins`]).
+    pub double_click: bool,
     /// A correct answer must also have given up at least once (503 busy):
     /// exercise 4's bounded retries.
     pub must_give_up: bool,
@@ -55,6 +58,7 @@ pub const CATALOGUE: &[ExerciseInfo] = &[
         people_as_tickets: false,
         size: RushSize::FULL,
         needs_redis: false,
+        double_click: false,
         must_give_up: false,
         lesson: "docs/01-local-locks.md",
         likely_cause: "two buyers ran read-check-write at the same time: both read the same stock \
@@ -69,6 +73,7 @@ pub const CATALOGUE: &[ExerciseInfo] = &[
         people_as_tickets: false,
         size: RushSize::FULL,
         needs_redis: false,
+        double_click: false,
         must_give_up: false,
         lesson: "docs/01-local-locks.md",
         likely_cause:
@@ -84,6 +89,7 @@ pub const CATALOGUE: &[ExerciseInfo] = &[
         people_as_tickets: false,
         size: RushSize::FULL,
         needs_redis: false,
+        double_click: false,
         must_give_up: false,
         lesson: "docs/02-db-locks.md",
         likely_cause: "a plain SELECT locks nothing, even inside a transaction: buyers on both \
@@ -98,6 +104,7 @@ pub const CATALOGUE: &[ExerciseInfo] = &[
         people_as_tickets: false,
         size: RushSize::FULL,
         needs_redis: false,
+        double_click: false,
         must_give_up: true,
         lesson: "docs/02-db-locks.md",
         likely_cause: "a lost race is not a server fault: it should be tried again in a fresh \
@@ -113,6 +120,7 @@ pub const CATALOGUE: &[ExerciseInfo] = &[
         people_as_tickets: false,
         size: RushSize::FULL,
         needs_redis: false,
+        double_click: false,
         must_give_up: false,
         lesson: "docs/02-db-locks.md",
         likely_cause: "the check (stock > 0) was made on a read, and the write happened later: \
@@ -128,6 +136,7 @@ pub const CATALOGUE: &[ExerciseInfo] = &[
         people_as_tickets: false,
         size: RushSize::SPINNING,
         needs_redis: true,
+        double_click: false,
         must_give_up: false,
         lesson: "docs/03-redis-lock.md",
         likely_cause: "a buyer who gave up waiting still ran the release, and the release deleted \
@@ -143,11 +152,29 @@ pub const CATALOGUE: &[ExerciseInfo] = &[
         people_as_tickets: false,
         size: RushSize::SPINNING,
         needs_redis: true,
+        double_click: false,
         must_give_up: false,
         lesson: "docs/03-redis-lock.md",
         likely_cause:
             "the lock's lease ran out while its holder was still working, Redis gave the \
             lock to the next buyer, and the database accepted the stale holder's write.",
+    },
+    ExerciseInfo {
+        number: 8,
+        slug: "08-idempotency-key",
+        title: "an idempotency key recorded in the order's transaction",
+        servers: 2,
+        think_time_ms: 20,
+        people_as_tickets: false,
+        size: RushSize::FULL,
+        needs_redis: false,
+        double_click: true,
+        must_give_up: false,
+        lesson: "docs/04-idempotency.md",
+        likely_cause: "both clicks looked the key up before either had written it down, so both \
+            found nothing and both bought: one sold, the other was refused, and the buyer was \
+            told two different things. Looking up and writing down are two steps; another \
+            request with the same key can run between them.",
     },
     ExerciseInfo {
         number: 9,
@@ -158,6 +185,7 @@ pub const CATALOGUE: &[ExerciseInfo] = &[
         people_as_tickets: true,
         size: RushSize::FULL,
         needs_redis: true,
+        double_click: false,
         must_give_up: false,
         lesson: "docs/05-lock-free.md",
         likely_cause: "the script took a unit of stock before asking whether this buyer already \
@@ -172,6 +200,7 @@ pub const CATALOGUE: &[ExerciseInfo] = &[
         people_as_tickets: false,
         size: RushSize::FULL,
         needs_redis: false,
+        double_click: false,
         must_give_up: false,
         lesson: "docs/06-box-office.md",
         likely_cause: "one buyer held seat 1 and waited for seat 2 while another held seat 2 and \

@@ -68,6 +68,16 @@ pub async fn judge(
     if let Some(redis_url) = &targets.redis_url {
         clear_redis(redis_url, &info.redis_keys(targets.ticket_id)).await?;
     }
+    if info.double_click {
+        let (report, clicks) = super::twins::rush_twins(targets, size).await?;
+        let mut findings = findings(info, &report);
+        findings.extend(super::twins::disagreements(&clicks));
+        return Ok(Judgement {
+            passed: findings.is_empty(),
+            report,
+            findings,
+        });
+    }
     let distinct_users = info
         .people_as_tickets
         .then(|| usize::try_from(size.tickets).unwrap_or(1).max(1));

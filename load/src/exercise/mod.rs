@@ -8,11 +8,13 @@
 //! | [`judge`] | one rush at the learner's servers, and the findings in a learner's words |
 //! | [`serve`] | building the `exercises` crate and starting its servers |
 //! | [`progress`] | which exercises passed, how many hints were shown |
+//! | [`twins`] | exercise 8's rush: every buyer double-clicks with one `Idempotency-Key` |
 
 pub mod catalogue;
 pub mod judge;
 pub mod progress;
 pub mod serve;
+pub mod twins;
 
 use std::process::ExitCode;
 

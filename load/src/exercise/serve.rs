@@ -34,6 +34,12 @@ pub async fn build_and_check(
     .await?;
     let redis_url = services.redis_url().map(str::to_owned);
     let mut servers = Vec::new();
+    // A plain `kill` (SIGTERM) of this process must not leave the servers
+    // behind: kill_on_drop only acts on an orderly exit, so the signal
+    // ends the check here and the servers are stopped below like after a
+    // verdict. (Ctrl-C signals the whole process group, servers included.)
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot watch for SIGTERM")?;
     let judged = async {
         for _ in 0..exercise.servers {
             servers.push(start(
@@ -64,8 +70,11 @@ pub async fn build_and_check(
             }
         }
         anyhow::Ok(judged)
-    }
-    .await;
+    };
+    let judged = tokio::select! {
+        judged = judged => judged,
+        _ = sigterm.recv() => Err(anyhow::anyhow!("stopped by SIGTERM; the servers are stopped too")),
+    };
     for server in servers {
         server.stop().await;
     }

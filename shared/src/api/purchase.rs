@@ -36,6 +36,18 @@ pub(super) async fn purchase(
             idempotency::Mode::CheckThenInsert => {
                 check_then_insert_purchase(&state, &key, ticket, user).await
             }
+            idempotency::Mode::Strategy => {
+                let claim = crate::domain::Claim {
+                    key,
+                    user,
+                    owner: 0,
+                };
+                let purchase = Purchase {
+                    claim: Some(claim),
+                    ..Purchase::new(ticket, user)
+                };
+                answer_and_record(state.strategy.purchase(purchase).await).0
+            }
         },
     };
     state.metrics.purchase(answer.outcome, started.elapsed());
