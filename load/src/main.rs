@@ -65,6 +65,15 @@ enum Command {
     },
 }
 
+/// A switch, as `--flag on|off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum OnOff {
+    /// Enabled.
+    On,
+    /// Disabled.
+    Off,
+}
+
 /// How the buyers behave; shared by `run` and `tour`.
 #[derive(Args, Debug)]
 struct RushArgs {
@@ -139,6 +148,12 @@ struct RushArgs {
     #[arg(long, value_name = "PER_SEC", requires = "duration", value_parser = load::units::parse_rate)]
     rate: Option<f64>,
 
+    /// Whether every purchase carries an Idempotency-Key (one per buyer, the
+    /// same on each of its attempts), so that a sale whose answer was lost
+    /// is replayed as 201 on the retry. `off` measures the bare purchase.
+    #[arg(long, value_enum, default_value = "on", value_name = "ON_OFF")]
+    idempotency_keys: OnOff,
+
     /// Print JSON on stdout instead of tables (one object per round).
     #[arg(long)]
     json: bool,
@@ -171,6 +186,7 @@ impl RushArgs {
             max_attempts: self.max_attempts,
             timeout: Duration::from_secs(self.timeout),
             progress: !self.json,
+            idempotency_keys: self.idempotency_keys == OnOff::On,
             sustained: self.duration.map(|duration| Sustained {
                 duration,
                 concurrency: self.concurrency.max(1),
