@@ -266,10 +266,19 @@ struct ServicesArgs {
     /// Also start Redis (for Level 3 and up).
     #[arg(long)]
     redis: bool,
+
+    /// Also write the URLs into this file (DATABASE_URL=..., REDIS_URL=...)
+    /// while the services run, and delete it when they stop. Name it `.env`
+    /// and every server and `load` started in that directory (or below)
+    /// reads it: no `export` in each terminal.
+    #[arg(long, value_name = "PATH")]
+    env_file: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
-    // Clap exits 2 on a usage error: the same code as any other tool failure.
+    // `.env` first: flags read DATABASE_URL and REDIS_URL from the
+    // environment. Clap exits 2 on a usage error, like any tool failure.
+    ticket_core::server::load_dotenv();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -536,14 +545,28 @@ async fn services_command(args: ServicesArgs) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
-    println!("export DATABASE_URL={}", postgres.url());
+    let mut env = format!("DATABASE_URL={}\n", postgres.url());
     if let Some(redis) = &redis {
-        println!("export REDIS_URL={}", redis.url());
+        env.push_str(&format!("REDIS_URL={}\n", redis.url()));
+    }
+    for line in env.lines() {
+        println!("export {line}");
+    }
+    if let Some(path) = &args.env_file {
+        std::fs::write(path, &env).with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!(
+            "Wrote {}; servers and load started beside it read it.",
+            path.display()
+        );
     }
     eprintln!("Paste the line(s) above into each terminal. Ctrl-C stops the services.");
     tokio::select! {
         _ = interrupt.recv() => {},
         _ = terminate.recv() => {},
+    }
+    if let Some(path) = &args.env_file {
+        // The URLs die with the services: leave no file pointing at them.
+        let _ = std::fs::remove_file(path);
     }
     Ok(ExitCode::SUCCESS)
 }
