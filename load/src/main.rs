@@ -21,6 +21,7 @@ use load::output::{render_report, tour_header, tour_row, verdict_label};
 use load::report::{ReportData, ReportRow};
 use load::run::{run, RunOptions, RushSettings, Sustained};
 use load::tour::{tour, TourOptions};
+use load::units::OnOff;
 
 /// Rush a ticket-rush server with many buyers at once and check, from the
 /// database, whether exactly the right number of tickets sold.
@@ -63,15 +64,6 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         args: Vec<String>,
     },
-}
-
-/// A switch, as `--flag on|off`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum OnOff {
-    /// Enabled.
-    On,
-    /// Disabled.
-    Off,
 }
 
 /// How the buyers behave; shared by `run` and `tour`.
