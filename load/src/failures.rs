@@ -54,8 +54,10 @@ impl Failures {
         self.record(kind, || format!("{url}: {}", chain(err)));
     }
 
-    /// Files an unexpected HTTP answer (`status` with `body`).
-    pub fn answer(&self, url: &str, status: u16, body: &str) {
+    /// Files an unexpected HTTP answer (`status` with `body`), naming the
+    /// server's `x-request-id` when it sent one, so the server's log line
+    /// for that request can be found.
+    pub fn answer(&self, url: &str, status: u16, request_id: Option<&str>, body: &str) {
         let kind = if status >= 500 {
             kind::SERVER_ERROR
         } else if status >= 400 {
@@ -64,7 +66,8 @@ impl Failures {
             kind::TRANSPORT
         };
         let body: String = body.chars().take(200).collect();
-        self.record(kind, || format!("{url}: HTTP {status} {}", body.trim()));
+        let id = request_id.map_or_else(String::new, |id| format!(" (x-request-id {id})"));
+        self.record(kind, || format!("{url}: HTTP {status}{id} {}", body.trim()));
     }
 
     /// Files one failure of `kind`; `sample` is only built for the first.
@@ -113,12 +116,15 @@ mod tests {
     #[test]
     fn each_kind_keeps_its_count_and_first_sample() {
         let failures = Failures::default();
-        failures.answer("http://a", 500, "boom");
-        failures.answer("http://a", 502, "later");
-        failures.answer("http://a", 404, "{\"code\":\"not_found\"}");
+        failures.answer("http://a", 500, Some("4f2a"), "boom");
+        failures.answer("http://a", 502, None, "later");
+        failures.answer("http://a", 404, None, "{\"code\":\"not_found\"}");
         let kinds = failures.snapshot();
         assert_eq!(kinds["5xx"].count, 2);
-        assert_eq!(kinds["5xx"].sample, "http://a: HTTP 500 boom");
+        assert_eq!(
+            kinds["5xx"].sample,
+            "http://a: HTTP 500 (x-request-id 4f2a) boom"
+        );
         assert_eq!(kinds["4xx"].count, 1);
         assert!(!kinds.contains_key("refused"));
     }

@@ -21,6 +21,7 @@ use load::output::{render_report, tour_header, tour_row, verdict_label};
 use load::report::{ReportData, ReportRow};
 use load::run::{run, RunOptions, RushSettings, Sustained};
 use load::tour::{tour, TourOptions};
+use load::units::OnOff;
 
 /// Rush a ticket-rush server with many buyers at once and check, from the
 /// database, whether exactly the right number of tickets sold.
@@ -145,6 +146,12 @@ struct RushArgs {
     #[arg(long, value_name = "PER_SEC", requires = "duration", value_parser = load::units::parse_rate)]
     rate: Option<f64>,
 
+    /// Whether every purchase carries an Idempotency-Key (one per buyer, the
+    /// same on each of its attempts), so that a sale whose answer was lost
+    /// is replayed as 201 on the retry. `off` measures the bare purchase.
+    #[arg(long, value_enum, default_value = "on", value_name = "ON_OFF")]
+    idempotency_keys: OnOff,
+
     /// Print JSON on stdout instead of tables (one object per round).
     #[arg(long)]
     json: bool,
@@ -177,6 +184,7 @@ impl RushArgs {
             max_attempts: self.max_attempts,
             timeout: Duration::from_secs(self.timeout),
             progress: !self.json,
+            idempotency_keys: self.idempotency_keys == OnOff::On,
             sustained: self.duration.map(|duration| Sustained {
                 duration,
                 concurrency: self.concurrency.max(1),
@@ -256,10 +264,19 @@ struct ServicesArgs {
     /// Also start Redis (for Level 3 and up).
     #[arg(long)]
     redis: bool,
+
+    /// Also write the URLs into this file (DATABASE_URL=..., REDIS_URL=...)
+    /// while the services run, and delete it when they stop. Name it `.env`
+    /// and every server and `load` started in that directory (or below)
+    /// reads it: no `export` in each terminal.
+    #[arg(long, value_name = "PATH")]
+    env_file: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
-    // Clap exits 2 on a usage error: the same code as any other tool failure.
+    // `.env` first: flags read DATABASE_URL and REDIS_URL from the
+    // environment. Clap exits 2 on a usage error, like any tool failure.
+    ticket_core::server::load_dotenv();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -544,14 +561,28 @@ async fn services_command(args: ServicesArgs) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
-    println!("export DATABASE_URL={}", postgres.url());
+    let mut env = format!("DATABASE_URL={}\n", postgres.url());
     if let Some(redis) = &redis {
-        println!("export REDIS_URL={}", redis.url());
+        env.push_str(&format!("REDIS_URL={}\n", redis.url()));
+    }
+    for line in env.lines() {
+        println!("export {line}");
+    }
+    if let Some(path) = &args.env_file {
+        std::fs::write(path, &env).with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!(
+            "Wrote {}; servers and load started beside it read it.",
+            path.display()
+        );
     }
     eprintln!("Paste the line(s) above into each terminal. Ctrl-C stops the services.");
     tokio::select! {
         _ = interrupt.recv() => {},
         _ = terminate.recv() => {},
+    }
+    if let Some(path) = &args.env_file {
+        // The URLs die with the services: leave no file pointing at them.
+        let _ = std::fs::remove_file(path);
     }
     Ok(ExitCode::SUCCESS)
 }

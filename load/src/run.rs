@@ -33,6 +33,8 @@ pub struct RushSettings {
     pub timeout: Duration,
     /// Show progress on stderr.
     pub progress: bool,
+    /// Buyers send `Idempotency-Key`s (`--idempotency-keys`).
+    pub idempotency_keys: bool,
     /// Sustained mode instead of a sell-out (`--duration`).
     pub sustained: Option<Sustained>,
     /// `--durable`: throwaway services keep every commit (PostgreSQL's
@@ -82,6 +84,7 @@ impl Default for RushSettings {
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             timeout: Duration::from_secs(300),
             progress: false,
+            idempotency_keys: true,
             sustained: None,
             durable: None,
         }
@@ -340,6 +343,7 @@ pub(crate) async fn one_round(
                 duration: shape.duration,
                 rate: shape.rate,
                 progress: settings.progress,
+                idempotency_keys: settings.idempotency_keys,
                 settle,
                 resetter,
             })
@@ -447,6 +451,7 @@ fn plan_for(
         max_attempts: settings.max_attempts,
         timeout: settings.timeout,
         progress: settings.progress,
+        idempotency_keys: settings.idempotency_keys,
         ..RushPlan::new(targets, database_url)
     }
 }

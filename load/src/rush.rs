@@ -70,6 +70,9 @@ pub struct RushPlan {
     pub timeout: Duration,
     /// Reset the ticket in the database first.
     pub reset: bool,
+    /// Send an `Idempotency-Key` with every purchase (one per buyer, the
+    /// same on each of its attempts).
+    pub idempotency_keys: bool,
     /// The level's own reset (Level 4 fences Redis first); `None`:
     /// PostgreSQL alone.
     pub resetter: Option<Reset>,
@@ -139,6 +142,7 @@ impl RushPlan {
             timeout: Duration::from_secs(300),
             reset: true,
             resetter: None,
+            idempotency_keys: true,
             progress: false,
             settle: None,
         }
@@ -235,7 +239,9 @@ fn spawn_buyers(
             health: format!("{target}/health"),
             timeout: plan.timeout,
             user_id,
-            idempotency_key: idempotency_key(run, index as u64),
+            idempotency_key: plan
+                .idempotency_keys
+                .then(|| idempotency_key(run, index as u64)),
             max_attempts: plan.max_attempts.max(1),
             seed: plan.seed ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
         };
@@ -423,6 +429,12 @@ fn counted(plan: &RushPlan, tally: &Tally, elapsed: Duration, judgement: Judgeme
     }
 }
 
+/// The server's `x-request-id` for this answer, if it sent one.
+pub(crate) fn request_id_of(response: &reqwest::Response) -> Option<String> {
+    let id = response.headers().get(ticket_core::api::REQUEST_ID)?;
+    id.to_str().ok().map(str::to_owned)
+}
+
 /// The `Idempotency-Key` of buyer `index` of the run numbered `run`.
 pub(crate) fn idempotency_key(run: u64, index: u64) -> String {
     format!("load-{run:016x}-{index}")
@@ -436,7 +448,7 @@ struct Buyer {
     /// Sent with every attempt of this buyer: a sale whose answer was lost
     /// (a 503 or a dropped connection after the server sold) is replayed as
     /// its 201 on the next attempt, not refused as `already_purchased`.
-    idempotency_key: String,
+    idempotency_key: Option<String>,
     max_attempts: u32,
     seed: u64,
 }
@@ -455,9 +467,11 @@ impl Buyer {
         let mut rng = StdRng::seed_from_u64(self.seed);
         for _ in 0..self.max_attempts {
             tally.attempts.fetch_add(1, Ordering::Relaxed);
-            let response = client
-                .post(&self.url)
-                .header(IDEMPOTENCY_KEY, &self.idempotency_key)
+            let mut request = client.post(&self.url);
+            if let Some(key) = &self.idempotency_key {
+                request = request.header(IDEMPOTENCY_KEY, key);
+            }
+            let response = request
                 .json(&serde_json::json!({ "user_id": self.user_id }))
                 .send()
                 .await;
@@ -469,6 +483,7 @@ impl Buyer {
                 }
             };
             let status = response.status().as_u16();
+            let request_id = request_id_of(&response);
             let retry_after = response
                 .headers()
                 .get(reqwest::header::RETRY_AFTER)
@@ -511,11 +526,13 @@ impl Buyer {
                 }
                 (500..=599, _) => {
                     tally.server_errors.fetch_add(1, Ordering::Relaxed);
-                    tally.failures.answer(&self.url, status, &text);
+                    let id = request_id.as_deref();
+                    tally.failures.answer(&self.url, status, id, &text);
                     return Final::Error;
                 }
                 _ => {
-                    tally.failures.answer(&self.url, status, &text);
+                    let id = request_id.as_deref();
+                    tally.failures.answer(&self.url, status, id, &text);
                     return Final::Error;
                 }
             }

@@ -1,7 +1,16 @@
 //! Values people type on the command line: durations such as `30s` or
-//! `2m`, rates such as `250`.
+//! `2m`, rates such as `250`, switches (`on`/`off`).
 
 use std::time::Duration;
+
+/// A switch, as `--flag on|off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnOff {
+    /// Enabled.
+    On,
+    /// Disabled.
+    Off,
+}
 
 /// Parses `30s`, `2m`, `1h30m`, `500ms`, `1.5s`; a bare number is seconds.
 /// Zero is refused: a run must last.

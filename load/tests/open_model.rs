@@ -90,6 +90,7 @@ async fn the_corrected_p99_shows_a_stall_the_uncorrected_one_misses() {
         duration: Duration::from_secs(8),
         rate: Some(50.0),
         progress: false,
+        idempotency_keys: true,
         settle: None,
         resetter: None,
     })

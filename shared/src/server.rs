@@ -73,6 +73,47 @@ pub struct ServerArgs {
     /// finish before it is answered 409 request_in_progress.
     #[arg(long, default_value_t = 10_000, value_name = "MS")]
     pub idempotency_wait_ms: u64,
+
+    /// At shutdown (Ctrl-C, SIGTERM), how long requests in flight may take
+    /// to finish before the server stops anyway.
+    #[arg(long, default_value_t = 10_000, value_name = "MS")]
+    pub shutdown_timeout_ms: u64,
+
+    /// Log lines as text for people, or as one JSON object per line for a
+    /// log collector. Read before anything is logged (see [`init_tracing`]).
+    #[arg(long, value_enum, env = "LOG_FORMAT", default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written (`--log-format`, `LOG_FORMAT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (timestamp, level, fields, span with the
+    /// request id).
+    Json,
+}
+
+impl LogFormat {
+    /// The format asked for by `--log-format` on `args` (either spelling),
+    /// else by `LOG_FORMAT`, else text.
+    pub fn requested(args: &[String]) -> Self {
+        let flag = args.iter().enumerate().find_map(|(i, arg)| {
+            arg.strip_prefix("--log-format=").or_else(|| {
+                (arg == "--log-format")
+                    .then(|| args.get(i + 1).map(String::as_str))
+                    .flatten()
+            })
+        });
+        let named = flag
+            .map(str::to_owned)
+            .or_else(|| std::env::var("LOG_FORMAT").ok());
+        match named.as_deref().map(str::trim) {
+            Some(name) if name.eq_ignore_ascii_case("json") => Self::Json,
+            _ => Self::Text,
+        }
+    }
 }
 
 impl Default for ServerArgs {
@@ -155,6 +196,8 @@ pub struct RunningServer {
     level: &'static str,
     strategy: &'static str,
     shutdown: Option<oneshot::Sender<()>>,
+    /// How long [`RunningServer::stop`] lets requests in flight finish.
+    shutdown_timeout: Duration,
     task: JoinHandle<std::io::Result<()>>,
     // Keeps a throwaway PostgreSQL alive for as long as the server runs.
     _postgres: Option<Postgres>,
@@ -171,14 +214,24 @@ impl RunningServer {
         format!("http://{}", self.addr)
     }
 
-    /// Stops accepting, finishes requests in flight, and returns.
+    /// Stops accepting, lets requests in flight finish for at most the
+    /// shutdown timeout (`--shutdown-timeout-ms`), and returns. Requests
+    /// still running then are dropped (their connections close), with a
+    /// warning: a stuck request never keeps a stopping server alive.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }
-        (&mut self.task)
-            .await
-            .context("the server task panicked")??;
+        match tokio::time::timeout(self.shutdown_timeout, &mut self.task).await {
+            Ok(served) => served.context("the server task panicked")??,
+            Err(_) => {
+                self.task.abort();
+                tracing::warn!(
+                    timeout_ms = self.shutdown_timeout.as_millis() as u64,
+                    "requests still in flight at the shutdown deadline were dropped"
+                );
+            }
+        }
         Ok(())
     }
 
@@ -290,6 +343,7 @@ pub async fn start<C: Send + Sync + 'static>(
         level,
         strategy: entry.name,
         shutdown: Some(shutdown),
+        shutdown_timeout: Duration::from_millis(args.shutdown_timeout_ms),
         task,
         _postgres: postgres,
     })
@@ -314,21 +368,38 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Sets up logging for a server binary: `RUST_LOG` if set, else `info` for
-/// our crates and warnings for the noisy ones. Calling it twice is harmless.
+/// Start-up for a server binary, before its flags are parsed: reads `.env`
+/// (see [`load_dotenv`]), then sets up logging: `RUST_LOG` if set, else
+/// `info` for our crates and warnings for the noisy ones, as text or JSON
+/// ([`LogFormat::requested`]). Calling it twice is harmless.
 pub fn init_tracing() {
     init_tracing_with_default("info,sqlx=warn,hyper=warn,tower=warn");
 }
 
-/// Sets up logging: `RUST_LOG` if set, else `default` (an `EnvFilter`
-/// directive such as `warn`).
+/// [`init_tracing`] with `default` (an `EnvFilter` directive such as `warn`)
+/// when `RUST_LOG` is not set.
 pub fn init_tracing_with_default(default: &str) {
     use tracing_subscriber::EnvFilter;
+    load_dotenv();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
+    let args: Vec<String> = std::env::args().collect();
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match LogFormat::requested(&args) {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().with_current_span(true).try_init(),
+    };
+}
+
+/// Reads `.env` from the current directory (or a parent), if there is one,
+/// into the environment; variables already set win. This is how
+/// `DATABASE_URL` and `REDIS_URL` reach every terminal of a two-server demo
+/// without `export` in each (`load services --env-file .env` writes the
+/// file). Called before flags are parsed, because flags read the
+/// environment.
+pub fn load_dotenv() {
+    let _ = dotenvy::dotenv();
 }
 
 #[cfg(test)]
@@ -346,5 +417,25 @@ mod tests {
         assert_eq!(args.idempotency, idempotency::Mode::Atomic);
         assert_eq!(args.idempotency_ttl_secs, 86_400);
         assert_eq!(args.idempotency_wait_ms, 10_000);
+        assert_eq!(args.shutdown_timeout_ms, 10_000);
+        assert_eq!(args.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn the_log_format_comes_from_the_flag_in_either_spelling() {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let json = LogFormat::Json;
+        assert_eq!(
+            LogFormat::requested(&args(&["level1", "--log-format", "json"])),
+            json
+        );
+        assert_eq!(
+            LogFormat::requested(&args(&["level1", "--log-format=JSON"])),
+            json
+        );
+        assert_eq!(
+            LogFormat::requested(&args(&["level1", "--log-format", "text"])),
+            LogFormat::Text
+        );
     }
 }

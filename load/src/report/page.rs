@@ -1,11 +1,14 @@
 //! The report's HTML page: tables, inlined plots, the machine. One file,
-//! no script, no external style: it opens offline.
+//! no script, no external style: it opens offline and prints as it shows.
 
 use std::fmt::Write as _;
 
 use super::{ReportData, ReportRow};
 
-/// The page's style.
+/// The page's style. The `@media print` block keeps each table and plot
+/// on one page, drops the grey backgrounds (a printer drops them anyway;
+/// an unexpected row is then marked in bold and underlined) and lets the
+/// plots shrink to the page's width.
 const STYLE: &str = r#"
 body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1100px; color: #222; }
 h1 { font-size: 1.6rem; } h2 { margin-top: 2.2rem; font-size: 1.2rem; }
@@ -17,6 +20,15 @@ td.oversold, td.inconsistent, td.undersold { color: #b3261e; font-weight: 600; }
 td.unexpected { background: #fde7e9; }
 code { background: #f4f4f4; padding: 2px 4px; }
 figure { margin: 1rem 0; }
+figure svg { max-width: 100%; height: auto; }
+@media print {
+  body { margin: 0; max-width: none; font-size: 10pt; }
+  code, td.unexpected { background: none; }
+  td.unexpected { font-weight: 700; text-decoration: underline; }
+  table, figure { break-inside: avoid; page-break-inside: avoid; }
+  h2 { break-after: avoid; page-break-after: avoid; }
+  @page { size: A4 landscape; margin: 12mm; }
+}
 "#;
 
 /// The whole page.
@@ -170,5 +182,18 @@ fn strip_xml_declaration(svg: &str) -> &str {
     match svg.find("<svg") {
         Some(start) => &svg[start..],
         None => svg,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_page_prints_with_tables_and_plots_kept_whole() {
+        let print = &STYLE[STYLE.find("@media print").expect("a print style")..];
+        assert!(print.contains("break-inside: avoid"), "{print}");
+        assert!(print.contains("@page"), "{print}");
+        assert!(STYLE.contains("figure svg { max-width: 100%"), "{STYLE}");
     }
 }

@@ -15,8 +15,8 @@ use crate::rush::idempotency_key;
 
 /// What every worker of a sustained run shares.
 pub(super) struct Shared {
-    /// This run's number, in every idempotency key it sends.
-    pub(super) run: u64,
+    /// This run's number, in every idempotency key it sends; `None`: no keys.
+    pub(super) run: Option<u64>,
     pub(super) next_user: AtomicI64,
     pub(super) counts: Counts,
     pub(super) failures: Failures,
@@ -25,9 +25,9 @@ pub(super) struct Shared {
 
 impl Shared {
     /// A fresh run whose first person is `first_user`.
-    pub(super) fn new(first_user: i64) -> Self {
+    pub(super) fn new(first_user: i64, keys: bool) -> Self {
         Self {
-            run: rand::random(),
+            run: keys.then(rand::random),
             next_user: AtomicI64::new(first_user),
             counts: Counts::default(),
             failures: Failures::default(),
@@ -85,10 +85,12 @@ pub(super) async fn attempt(
     shared: &Shared,
 ) -> Attempt {
     let counts = &shared.counts;
-    let answer = client
-        .post(url)
+    let mut request = client.post(url);
+    if let Some(run) = shared.run {
         // One key per person, the same on every click of theirs.
-        .header(IDEMPOTENCY_KEY, idempotency_key(shared.run, user as u64))
+        request = request.header(IDEMPOTENCY_KEY, idempotency_key(run, user as u64));
+    }
+    let answer = request
         .json(&serde_json::json!({ "user_id": user }))
         .send()
         .await;
@@ -102,6 +104,7 @@ pub(super) async fn attempt(
         }
     };
     let status = response.status().as_u16();
+    let request_id = crate::rush::request_id_of(&response);
     let body = response.text().await.unwrap_or_default();
     let (counter, outcome) = match status {
         201 => {
@@ -114,7 +117,9 @@ pub(super) async fn attempt(
             if (500..=599).contains(&status) {
                 counts.server_errors.fetch_add(1, Ordering::Relaxed);
             }
-            shared.failures.answer(url, status, &body);
+            shared
+                .failures
+                .answer(url, status, request_id.as_deref(), &body);
             (&counts.errors, Attempt::Failed)
         }
     };

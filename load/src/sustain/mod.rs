@@ -124,6 +124,8 @@ pub struct SustainPlan {
     pub rate: Option<f64>,
     /// Show live progress on stderr.
     pub progress: bool,
+    /// Send an `Idempotency-Key` with every purchase (one per person).
+    pub idempotency_keys: bool,
     /// How long to keep buying.
     pub duration: Duration,
     /// Waits for asynchronous persistence before the database is read.
@@ -147,7 +149,7 @@ pub async fn sustain(plan: &SustainPlan) -> anyhow::Result<Report> {
     )
     .await?;
     let metrics_before = scrape_metrics(&plan.targets).await;
-    let shared = Arc::new(Shared::new(SUSTAINED_FIRST_USER));
+    let shared = Arc::new(Shared::new(SUSTAINED_FIRST_USER, plan.idempotency_keys));
     let started = Instant::now();
     let ticker = progress::start(plan, &shared, started);
     let (meter, uncorrected) = buy(plan, &shared, started).await?;

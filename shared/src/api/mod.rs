@@ -10,6 +10,8 @@
 //! | `GET /metrics` | Prometheus text |
 //!
 //! A purchase may carry an `Idempotency-Key` header: see [`crate::idempotency`].
+//! Every answer carries an `x-request-id` (the request's own, or a new one),
+//! and the server's log lines for that request name it: see [`observe`].
 //!
 //! The module is split by concern, in the axum style:
 //!
@@ -18,12 +20,14 @@
 //! | [`problem`] | [`Problem`] (RFC 9457 problem+json), and the one mapping from each domain error to its status |
 //! | [`input`] | extractors that parse and reject paths, bodies and headers before a handler runs |
 //! | `purchase` | the purchase handler and its idempotency flows |
+//! | [`observe`] | request ids and tracing, on every level's router |
 //! | `routes` | [`app`], and the other handlers, which return `Result<_, Problem>` and use `?` |
 //!
 //! Input is checked completely *before* a strategy is called, so bad input
 //! is always a 4xx and never changes a row.
 
 pub mod input;
+pub mod observe;
 pub mod problem;
 mod purchase;
 mod routes;
@@ -37,6 +41,7 @@ use crate::idempotency;
 use crate::metrics::Metrics;
 
 pub use input::{parse_purchase_body, parse_ticket_id, MAX_BODY_BYTES};
+pub use observe::{observed, REQUEST_ID};
 pub use problem::Problem;
 pub use routes::app;
 

@@ -18,9 +18,10 @@ use super::AppState;
 use crate::db;
 use crate::domain::{Cancellation, PurchaseError, Ticket};
 
-/// Builds the router. Kept apart from `main` so tests can serve it on port 0.
+/// Builds the router, traced and with request ids ([`super::observe`]).
+/// Kept apart from `main` so tests can serve it on port 0.
 pub fn app(state: AppState) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/tickets/{ticket_id}/orders", post(purchase))
         .route("/tickets/{ticket_id}/orders/{order_id}", delete(cancel))
         .route("/tickets/{ticket_id}", get(ticket))
@@ -29,8 +30,8 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(state)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
+    super::observe::observed(router).with_state(state)
 }
 
 /// `DELETE /tickets/{ticket_id}/orders/{order_id}`: the strategy's own
