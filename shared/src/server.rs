@@ -251,12 +251,13 @@ impl RunningServer {
     /// Serves `router` on `listener` until stopped: for a level that builds
     /// its own router around [`crate::api::app`] (Level 6 adds
     /// `GET /requests/{id}`) and so cannot use [`start`]. The level keeps
-    /// whatever throwaway services it started alive in the router's state.
+    /// whatever throwaway services it started alive in the router's state;
+    /// `shutdown_timeout` bounds the drain as `--shutdown-timeout-ms` does.
     pub fn serve(
         listener: TcpListener,
         router: axum::Router,
-        level: &'static str,
-        strategy: &'static str,
+        (level, strategy): (&'static str, &'static str),
+        shutdown_timeout: Duration,
     ) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
         let (shutdown, stopped) = oneshot::channel::<()>();
@@ -272,6 +273,7 @@ impl RunningServer {
             level,
             strategy,
             shutdown: Some(shutdown),
+            shutdown_timeout,
             task,
             _postgres: None,
         })

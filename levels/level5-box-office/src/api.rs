@@ -70,7 +70,7 @@ pub struct AppState {
 
 /// Builds the router; kept apart from start-up so tests can serve it.
 pub fn app(state: AppState) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/admin/shows", post(create_show))
         .route("/admin/shows/{show_id}", patch(change_show))
         .route("/shows", get(list_shows))
@@ -93,8 +93,10 @@ pub fn app(state: AppState) -> Router {
                 detail: "this resource does not answer that method".to_owned(),
             }
         })
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(state)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
+    // Every answer carries an x-request-id and a trace span, as on the
+    // other levels.
+    ticket_core::api::observed(router).with_state(state)
 }
 
 /// A request body as handlers take it: the bytes, or why they could not be read.

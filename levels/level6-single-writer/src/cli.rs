@@ -132,7 +132,13 @@ impl Cli {
         });
         let router = crate::http::app(engine, shared).layer(axum::Extension(keep));
         tracing::info!(strategy = name, partitions = self.partitions, database = %db::redact(&url), "listening on port {port}");
-        Ok(RunningServer::serve(listener, router, "level6", name)?)
+        let drain = Duration::from_millis(args.shutdown_timeout_ms);
+        Ok(RunningServer::serve(
+            listener,
+            router,
+            ("level6", name),
+            drain,
+        )?)
     }
 
     /// Serves until Ctrl-C or SIGTERM.

@@ -38,11 +38,14 @@ pub fn app(engine: Engine, shared: AppState) -> Router {
         engine,
         metrics: shared.metrics.clone(),
     };
-    Router::new()
+    let own = Router::new()
         .route("/tickets/{ticket_id}/orders", post(purchase))
         .route("/tickets/{ticket_id}/orders/{order_id}", delete(cancel))
         .route("/requests/{request_id}", get(poll))
-        .route("/partitions", get(partitions))
+        .route("/partitions", get(partitions));
+    // Request ids and traces on Level 6's own routes; the fallback (the
+    // shared API) has its own.
+    ticket_core::api::observed(own)
         .with_state(state)
         .fallback_service(ticket_core::api::app(shared))
 }
