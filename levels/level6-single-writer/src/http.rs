@@ -42,7 +42,10 @@ pub fn app(engine: Engine, shared: AppState) -> Router {
         .route("/tickets/{ticket_id}/orders", post(purchase))
         .route("/tickets/{ticket_id}/orders/{order_id}", delete(cancel))
         .route("/requests/{request_id}", get(poll))
-        .route("/partitions", get(partitions));
+        .route("/partitions", get(partitions))
+        .layer(axum::extract::DefaultBodyLimit::max(
+            ticket_core::api::MAX_BODY_BYTES,
+        ));
     // Request ids and traces on Level 6's own routes; the fallback (the
     // shared API) has its own.
     ticket_core::api::observed(own)
