@@ -218,11 +218,15 @@ async fn help_and_bash_completion_list_the_levels_and_strategies() {
         "{help}"
     );
     assert!(help.contains("- atomic:"), "{help}");
+    assert!(
+        help.contains("- 6: strategies: partitioned, state-store"),
+        "{help}"
+    );
     assert!(help.contains("level 4: "), "{help}");
     assert_eq!(completion.status.code(), Some(0));
     let script = String::from_utf8_lossy(&completion.stdout);
     assert!(script.contains("complete -F _load"), "{script}");
-    assert!(script.contains("\"0 1 2 3 4\""), "{script}");
+    assert!(script.contains("\"0 1 2 3 4 6\""), "{script}");
     assert!(script.contains("naive mutex rwlock per-ticket"), "{script}");
 }
 
