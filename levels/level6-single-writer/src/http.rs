@@ -220,28 +220,14 @@ fn pending(id: &str) -> Response {
     response
 }
 
-/// The recorded answer, byte for byte.
+/// The recorded answer, byte for byte, as every level replays one.
 fn respond(answer: &Answer, replayed: bool) -> Response {
-    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let content_type = if status.is_success() {
-        "application/json"
-    } else {
-        "application/problem+json"
+    let recorded = ticket_core::idempotency::Recorded {
+        status: answer.status,
+        body: answer.body.clone(),
+        location: answer.location.clone(),
     };
-    let mut response = (status, answer.body.clone()).into_response();
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    if let Some(location) = answer
-        .location
-        .as_deref()
-        .and_then(|l| HeaderValue::from_str(l).ok())
-    {
-        headers.insert(header::LOCATION, location);
-    }
-    if replayed {
-        headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
-    }
-    response
+    ticket_core::api::replay_response(&recorded, replayed)
 }
 
 /// The metrics' outcome label for an answer.

@@ -43,6 +43,7 @@ use crate::metrics::Metrics;
 pub use input::{parse_purchase_body, parse_ticket_id, MAX_BODY_BYTES};
 pub use observe::{observed, REQUEST_ID};
 pub use problem::Problem;
+pub use purchase::replay_response;
 pub use routes::app;
 
 /// What every handler can reach: the strategy that sells, the pool that
