@@ -179,24 +179,40 @@ pub async fn start_processes(
     count: usize,
 ) -> anyhow::Result<Vec<ServerProcess>> {
     let info = level(spec.level)?;
+    spawn_processes(exe, info.binary, count, &[], |port| {
+        spec.command_line(&info, port, database_url, redis_url)
+    })
+    .await
+}
+
+/// Starts `count` children of `exe` running `load serve` with the arguments
+/// `args(port)` gives for a free port each, and `env` set; their stderr goes
+/// to a log named after `name`. Waits until each answers `/health`. The one
+/// way `load` starts server processes, whichever kind of server they run.
+pub async fn spawn_processes(
+    exe: &Path,
+    name: &str,
+    count: usize,
+    env: &[(&str, &str)],
+    args: impl Fn(u16) -> anyhow::Result<Vec<String>>,
+) -> anyhow::Result<Vec<ServerProcess>> {
     let mut started = Vec::with_capacity(count);
     for _ in 0..count {
         let port = ticket_core::services::free_port()?;
-        let args = spec.command_line(&info, port, database_url, redis_url)?;
         let log = std::env::temp_dir().join(format!(
-            "ticket-rush-{}-{port}-{}.log",
-            info.binary,
+            "ticket-rush-{name}-{port}-{}.log",
             std::process::id()
         ));
         let log_file = std::fs::File::create(&log)
             .with_context(|| format!("cannot create {}", log.display()))?;
         let mut child = Command::new(exe)
             .arg("serve")
-            .args(&args)
+            .args(args(port)?)
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
             )
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(log_file)
@@ -204,13 +220,12 @@ pub async fn start_processes(
             .spawn()
             .with_context(|| format!("cannot run {}", exe.display()))?;
         let stdin = child.stdin.take();
-        let server = ServerProcess {
+        started.push(ServerProcess {
             url: format!("http://127.0.0.1:{port}"),
             child,
             stdin,
             log,
-        };
-        started.push(server);
+        });
     }
     for server in &mut started {
         wait_until_healthy(server).await?;
