@@ -192,39 +192,11 @@ pub fn levels() -> Vec<LevelInfo> {
         )
         // A 201 means "decided in Redis"; the order reaches PostgreSQL
         // through a stream. Judge the run only once it has.
-        .settle_with(|args| {
-            Box::pin(async move {
-                let redis_url = args.redis_url.context(
-                    "Level 4 needs the servers' Redis (--redis-url or REDIS_URL) to know \
-                     when every sale it decided has reached PostgreSQL",
-                )?;
-                level4::drain::wait_until_persisted(
-                    &args.database_url,
-                    &redis_url,
-                    args.ticket_id,
-                    level4::drain::DEFAULT_TIMEOUT,
-                )
-                .await
-                .map(|_| ())
-            })
-        })
+        .settle_with(|args| Box::pin(level4_settle(args)))
         // Redis sells; a reset in PostgreSQL alone would let a buyer be sold
         // a unit of the sale being thrown away. Level 4's own reset fences
         // Redis before PostgreSQL commits.
-        .reset_with(|args, name, stock| {
-            Box::pin(async move {
-                let redis_url = args.redis_url.context(
-                    "Level 4 needs the servers' Redis (--redis-url or REDIS_URL) to reset its sale",
-                )?;
-                let ticket = ticket_core::TicketId::parse(i128::from(args.ticket_id))?;
-                let store =
-                    level4::store::SaleStore::connect(&args.database_url, &redis_url).await?;
-                let reset = store.reset_sale(ticket, name, stock).await;
-                store.pool().close().await;
-                reset.context("resetting the Level 4 sale")?;
-                Ok(())
-            })
-        }),
+        .reset_with(|args, name, stock| Box::pin(level4_reset(args, name, stock))),
         // A 201 is sent only after COMMIT: nothing to settle.
         LevelInfo::new(
             6,
@@ -235,6 +207,35 @@ pub fn levels() -> Vec<LevelInfo> {
             |args| Box::pin(async move { level6::Cli::try_parse_from(args)?.start().await }),
         ),
     ]
+}
+
+/// Level 4's settle: waits until every sale Redis decided is in PostgreSQL.
+async fn level4_settle(args: SettleArgs) -> anyhow::Result<()> {
+    let redis_url = args.redis_url.context(
+        "Level 4 needs the servers' Redis (--redis-url or REDIS_URL) to know \
+         when every sale it decided has reached PostgreSQL",
+    )?;
+    level4::drain::wait_until_persisted(
+        &args.database_url,
+        &redis_url,
+        args.ticket_id,
+        level4::drain::DEFAULT_TIMEOUT,
+    )
+    .await
+    .map(|_| ())
+}
+
+/// Level 4's reset: through its `SaleStore`, which fences Redis first.
+async fn level4_reset(args: SettleArgs, name: &'static str, stock: i32) -> anyhow::Result<()> {
+    let redis_url = args
+        .redis_url
+        .context("Level 4 needs the servers' Redis (--redis-url or REDIS_URL) to reset its sale")?;
+    let ticket = ticket_core::TicketId::parse(i128::from(args.ticket_id))?;
+    let store = level4::store::SaleStore::connect(&args.database_url, &redis_url).await?;
+    let reset = store.reset_sale(ticket, name, stock).await;
+    store.pool().close().await;
+    reset.context("resetting the Level 4 sale")?;
+    Ok(())
 }
 
 /// `--level`'s choices for `--help` and shell completion, from [`levels`]

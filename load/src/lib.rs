@@ -44,6 +44,7 @@ pub mod run;
 pub mod rush;
 pub mod scrape;
 pub mod servers;
+pub mod services;
 pub mod sustain;
 pub mod tour;
 pub mod units;

@@ -17,7 +17,7 @@ use anyhow::Context as _;
 use clap::builder::{PossibleValuesParser, TypedValueParser as _};
 use clap::{Args, Parser, Subcommand};
 use load::expect::{ExpectVerdict, Expectations, EXIT_MET, EXIT_NOT_MET, EXIT_TOOL_FAILED};
-use load::output::{render_report, tour_header, tour_row, verdict_label};
+use load::output::{render_report, tour_row};
 use load::report::{ReportData, ReportRow};
 use load::run::{run, RunOptions, RushSettings, Sustained};
 use load::tour::{tour, TourOptions};
@@ -51,7 +51,7 @@ enum Command {
     Booking(load::booking::BookingArgs),
     /// Start a throwaway PostgreSQL (and Redis) for a two-terminal demo and
     /// print their URLs; stops them on Ctrl-C.
-    Services(ServicesArgs),
+    Services(load::services::ServicesArgs),
     /// Workshop exercises: list them with your progress, `check N` your
     /// code with a real rush judged from the database, `reset N` a stub.
     Exercise(load::exercise::ExerciseArgs),
@@ -259,20 +259,6 @@ struct TourArgs {
     rush: RushArgs,
 }
 
-#[derive(Args, Debug)]
-struct ServicesArgs {
-    /// Also start Redis (for Level 3 and up).
-    #[arg(long)]
-    redis: bool,
-
-    /// Also write the URLs into this file (DATABASE_URL=..., REDIS_URL=...)
-    /// while the services run, and delete it when they stop. Name it `.env`
-    /// and every server and `load` started in that directory (or below)
-    /// reads it: no `export` in each terminal.
-    #[arg(long, value_name = "PATH")]
-    env_file: Option<PathBuf>,
-}
-
 fn main() -> ExitCode {
     // `.env` first: flags read DATABASE_URL and REDIS_URL from the
     // environment. Clap exits 2 on a usage error, like any tool failure.
@@ -305,7 +291,10 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             init_logging();
             load::booking::command(args).await
         }
-        Command::Services(args) => services_command(args).await,
+        Command::Services(args) => {
+            init_logging();
+            load::services::command(args).await
+        }
         Command::Exercise(args) => {
             init_logging();
             load::exercise::exercise_command(args).await
@@ -418,7 +407,7 @@ async fn tour_command(args: TourArgs) -> anyhow::Result<ExitCode> {
     };
     let json = args.rush.json;
     if !json {
-        print_tour_intro(&options.rush);
+        load::output::print_tour_intro(&options.rush);
     }
     let result = tour(&options, |row| {
         if !json {
@@ -432,159 +421,16 @@ async fn tour_command(args: TourArgs) -> anyhow::Result<ExitCode> {
     if json {
         println!("{}", serde_json::to_string(&result)?);
     } else {
-        print_tour_summary(&result, &options.rush);
+        load::output::print_tour_summary(&result, &options.rush);
     }
     if let Some(dir) = &args.rush.report {
-        write_tour_report(dir, &result, &options.rush)?;
+        load::tour::write_report(dir, &result, &options.rush)?;
     }
     Ok(ExitCode::from(if result.as_expected {
         EXIT_MET
     } else {
         EXIT_NOT_MET
     }))
-}
-
-/// What the tour is about to do, and the table's header.
-fn print_tour_intro(rush: &RushSettings) {
-    match rush.sustained {
-        None => println!(
-            "ticket-rush tour: {} buyers race for {} tickets on every level and strategy, one server and two.\n\
-             Every verdict comes from the database.\n",
-            rush.buyers, rush.tickets
-        ),
-        Some(shape) => println!(
-            "ticket-rush sustained tour: {} concurrent buyers buy for {} s on {servers} servers, per strategy.\n\
-             Ceilings are measured first, in the same run: HTTP at {} concurrent on {servers} idle servers, \
-             PostgreSQL at the connections shown below.\n",
-            shape.concurrency,
-            shape.duration.as_secs(),
-            shape.concurrency,
-            servers = load::tour::SUSTAINED_TOUR_SERVERS,
-        ),
-    }
-    println!("{}", tour_header(rush.sustained.is_some()));
-}
-
-/// The ceilings, the settings, and every row that was not as expected.
-fn print_tour_summary(result: &load::tour::Tour, rush: &RushSettings) {
-    if let Some(ceilings) = result.rows.first().map(|r| &r.rounds[0].ceilings) {
-        if !ceilings.is_empty() {
-            println!("\n{}", load::output::ceilings_table(ceilings));
-        }
-    }
-    println!("\nMeasured with {}.", result.machine.settings_line());
-    println!();
-    if let Some(booking) = result.booking.as_ref().filter(|b| !b.is_correct()) {
-        println!(
-            "UNEXPECTED: level 5 booking: {}",
-            booking.problems.join("; ")
-        );
-    }
-    let unexpected: Vec<_> = result.rows.iter().filter(|r| !r.as_expected).collect();
-    let booking_ok = result.booking.as_ref().is_none_or(|b| b.is_correct());
-    if unexpected.is_empty() && booking_ok {
-        if rush.sustained.is_some() {
-            println!("Every strategy meant to be correct stayed correct under sustained load.");
-        } else {
-            println!("Every strategy showed what its level teaches: races reproduced where expected, and every correct strategy sold exactly {} tickets.", rush.tickets);
-        }
-        return;
-    }
-    for row in unexpected {
-        let got = row
-            .rounds
-            .iter()
-            .find(|r| r.verdict != row.expected)
-            .map(|r| r.verdict);
-        println!(
-            "UNEXPECTED: level {} {} on {} server(s): expected {}, got {}",
-            row.level,
-            row.strategy,
-            row.servers,
-            verdict_label(row.expected),
-            got.map(verdict_label).unwrap_or_default()
-        );
-    }
-}
-
-/// The HTML report of a tour: per row, the round that disagrees, else the last.
-fn write_tour_report(
-    dir: &std::path::Path,
-    result: &load::tour::Tour,
-    rush: &RushSettings,
-) -> anyhow::Result<()> {
-    let rows = result
-        .rows
-        .iter()
-        .filter_map(|row| {
-            let shown = row
-                .rounds
-                .iter()
-                .find(|r| r.verdict != row.expected)
-                .or(row.rounds.last())?;
-            Some(ReportRow {
-                expected: Some(row.expected),
-                as_expected: Some(row.as_expected),
-                report: shown.clone(),
-            })
-        })
-        .collect();
-    let title = match rush.sustained {
-        Some(shape) => format!(
-            "ticket-rush: sustained throughput, {} concurrent buyers for {} s",
-            shape.concurrency,
-            shape.duration.as_secs()
-        ),
-        None => format!(
-            "ticket-rush tour: {} buyers, {} tickets",
-            rush.buyers, rush.tickets
-        ),
-    };
-    let data = ReportData::new(title, result.machine.clone(), rows);
-    let page = load::report::write(dir, &data)?;
-    eprintln!("report written to {}", page.display());
-    Ok(())
-}
-
-async fn services_command(args: ServicesArgs) -> anyhow::Result<ExitCode> {
-    init_logging();
-    // Install the handlers before anything is printed: a Ctrl-C that comes
-    // right after the URLs must stop the services, not kill this process
-    // before it can.
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle Ctrl-C")?;
-    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    let postgres =
-        tokio::task::spawn_blocking(ticket_core::services::Postgres::throwaway).await??;
-    let redis = if args.redis {
-        Some(tokio::task::spawn_blocking(ticket_core::services::Redis::throwaway).await??)
-    } else {
-        None
-    };
-    let mut env = format!("DATABASE_URL={}\n", postgres.url());
-    if let Some(redis) = &redis {
-        env.push_str(&format!("REDIS_URL={}\n", redis.url()));
-    }
-    for line in env.lines() {
-        println!("export {line}");
-    }
-    if let Some(path) = &args.env_file {
-        std::fs::write(path, &env).with_context(|| format!("cannot write {}", path.display()))?;
-        eprintln!(
-            "Wrote {}; servers and load started beside it read it.",
-            path.display()
-        );
-    }
-    eprintln!("Paste the line(s) above into each terminal. Ctrl-C stops the services.");
-    tokio::select! {
-        _ = interrupt.recv() => {},
-        _ = terminate.recv() => {},
-    }
-    if let Some(path) = &args.env_file {
-        // The URLs die with the services: leave no file pointing at them.
-        let _ = std::fs::remove_file(path);
-    }
-    Ok(ExitCode::SUCCESS)
 }
 
 async fn serve_command(args: Vec<String>) -> anyhow::Result<ExitCode> {

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use ticket_core::Verdict;
 
 use crate::model::{Ceiling, Report};
+use crate::run::RushSettings;
 use crate::tour::TourRow;
 
 /// A short block describing one rush.
@@ -301,4 +302,67 @@ pub fn ceilings_table(ceilings: &[Ceiling]) -> String {
         );
     }
     out
+}
+
+/// What the tour is about to do, and the table's header.
+pub fn print_tour_intro(rush: &RushSettings) {
+    match rush.sustained {
+        None => println!(
+            "ticket-rush tour: {} buyers race for {} tickets on every level and strategy, one server and two.\n\
+             Every verdict comes from the database.\n",
+            rush.buyers, rush.tickets
+        ),
+        Some(shape) => println!(
+            "ticket-rush sustained tour: {} concurrent buyers buy for {} s on {servers} servers, per strategy.\n\
+             Ceilings are measured first, in the same run: HTTP at {} concurrent on {servers} idle servers, \
+             PostgreSQL at the connections shown below.\n",
+            shape.concurrency,
+            shape.duration.as_secs(),
+            shape.concurrency,
+            servers = crate::tour::SUSTAINED_TOUR_SERVERS,
+        ),
+    }
+    println!("{}", tour_header(rush.sustained.is_some()));
+}
+
+/// The ceilings, the settings, and every row that was not as expected.
+pub fn print_tour_summary(result: &crate::tour::Tour, rush: &RushSettings) {
+    if let Some(ceilings) = result.rows.first().map(|r| &r.rounds[0].ceilings) {
+        if !ceilings.is_empty() {
+            println!("\n{}", ceilings_table(ceilings));
+        }
+    }
+    println!("\nMeasured with {}.", result.machine.settings_line());
+    println!();
+    if let Some(booking) = result.booking.as_ref().filter(|b| !b.is_correct()) {
+        println!(
+            "UNEXPECTED: level 5 booking: {}",
+            booking.problems.join("; ")
+        );
+    }
+    let unexpected: Vec<_> = result.rows.iter().filter(|r| !r.as_expected).collect();
+    let booking_ok = result.booking.as_ref().is_none_or(|b| b.is_correct());
+    if unexpected.is_empty() && booking_ok {
+        if rush.sustained.is_some() {
+            println!("Every strategy meant to be correct stayed correct under sustained load.");
+        } else {
+            println!("Every strategy showed what its level teaches: races reproduced where expected, and every correct strategy sold exactly {} tickets.", rush.tickets);
+        }
+        return;
+    }
+    for row in unexpected {
+        let got = row
+            .rounds
+            .iter()
+            .find(|r| r.verdict != row.expected)
+            .map(|r| r.verdict);
+        println!(
+            "UNEXPECTED: level {} {} on {} server(s): expected {}, got {}",
+            row.level,
+            row.strategy,
+            row.servers,
+            verdict_label(row.expected),
+            got.map(verdict_label).unwrap_or_default()
+        );
+    }
 }

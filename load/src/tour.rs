@@ -258,3 +258,42 @@ async fn tour_row(
         as_expected,
     })
 }
+
+/// The HTML report of a tour: per row, the round that disagrees, else the last.
+pub fn write_report(
+    dir: &std::path::Path,
+    result: &Tour,
+    rush: &RushSettings,
+) -> anyhow::Result<()> {
+    let rows = result
+        .rows
+        .iter()
+        .filter_map(|row| {
+            let shown = row
+                .rounds
+                .iter()
+                .find(|r| r.verdict != row.expected)
+                .or(row.rounds.last())?;
+            Some(crate::report::ReportRow {
+                expected: Some(row.expected),
+                as_expected: Some(row.as_expected),
+                report: shown.clone(),
+            })
+        })
+        .collect();
+    let title = match rush.sustained {
+        Some(shape) => format!(
+            "ticket-rush: sustained throughput, {} concurrent buyers for {} s",
+            shape.concurrency,
+            shape.duration.as_secs()
+        ),
+        None => format!(
+            "ticket-rush tour: {} buyers, {} tickets",
+            rush.buyers, rush.tickets
+        ),
+    };
+    let data = crate::report::ReportData::new(title, result.machine.clone(), rows);
+    let page = crate::report::write(dir, &data)?;
+    eprintln!("report written to {}", page.display());
+    Ok(())
+}

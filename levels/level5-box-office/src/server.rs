@@ -84,6 +84,26 @@ async fn redis(cli: &Cli) -> anyhow::Result<(Option<Redis>, Option<String>)> {
     Ok((Some(redis), Some(url)))
 }
 
+/// Connects to and migrates the database, and names the Redis key prefix
+/// after it: servers of two databases (tests) can then share one Redis
+/// without sharing lines or cached shows.
+async fn connect_database(
+    args: &ticket_core::server::ServerArgs,
+    url: &str,
+) -> anyhow::Result<(sqlx::PgPool, String)> {
+    let pool = db::connect(
+        url,
+        args.max_connections,
+        Duration::from_millis(args.acquire_timeout_ms),
+    )
+    .await?;
+    db::migrate(&pool).await?;
+    let database: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(&pool)
+        .await?;
+    Ok((pool, format!("level5:{database}")))
+}
+
 /// Starts a box-office server with the settings in `cli`.
 pub async fn start(cli: Cli) -> anyhow::Result<BoxOffice> {
     let args = &cli.server;
@@ -95,19 +115,7 @@ pub async fn start(cli: Cli) -> anyhow::Result<BoxOffice> {
     let (redis, redis_url) = redis(&cli).await?;
     let mut settings = cli.settings();
     settings.redis_url = redis_url.clone();
-    let pool = db::connect(
-        &url,
-        args.max_connections,
-        Duration::from_millis(args.acquire_timeout_ms),
-    )
-    .await?;
-    db::migrate(&pool).await?;
-    // Redis keys name the database, so servers of two databases (tests) can
-    // share one Redis without sharing lines or cached shows.
-    let database: String = sqlx::query_scalar("SELECT current_database()")
-        .fetch_one(&pool)
-        .await?;
-    let prefix = format!("level5:{database}");
+    let (pool, prefix) = connect_database(args, &url).await?;
     let queue = match (cli.queue, &redis_url) {
         (QueueMode::On, Some(redis)) => {
             Some(Arc::new(Queue::new(redis, &prefix, cli.queue_settings())?))
