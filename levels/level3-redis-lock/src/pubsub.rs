@@ -12,52 +12,23 @@
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use ticket_core::strategy::StrategyContext;
-use ticket_core::{
-    CancelError, Cancellation, Order, OrderId, Purchase, PurchaseError, SellTickets, TicketId,
-    UserId,
-};
+use ticket_core::SellTickets;
 
 use crate::lock::WaitForRelease;
 use crate::sale::LockedSale;
 use crate::Level3Config;
 
-/// Sells under a Redis lock whose waiters are woken by PUBLISH.
-pub struct PubSub {
-    sale: LockedSale,
-}
-
-/// Builds [`PubSub`].
+/// Builds `pubsub`: the sale under the lock ([`LockedSale`]), its buyers
+/// waiting for the release to be published.
 pub fn build(
     context: &StrategyContext,
     config: &Level3Config,
 ) -> anyhow::Result<Arc<dyn SellTickets>> {
-    Ok(Arc::new(PubSub {
-        sale: LockedSale::new(context, config, Arc::new(WaitForRelease))?,
-    }))
-}
-
-#[async_trait]
-impl SellTickets for PubSub {
-    fn name(&self) -> &'static str {
-        "pubsub"
-    }
-
-    async fn purchase(&self, purchase: Purchase) -> Result<Order, PurchaseError> {
-        self.sale.purchase(&purchase).await
-    }
-
-    async fn check_health(&self) -> anyhow::Result<()> {
-        self.sale.check_health().await
-    }
-
-    async fn cancel(
-        &self,
-        ticket: TicketId,
-        order: OrderId,
-        user: UserId,
-    ) -> Option<Result<Cancellation, CancelError>> {
-        Some(self.sale.cancel(ticket, order, user).await)
-    }
+    Ok(Arc::new(LockedSale::new(
+        "pubsub",
+        context,
+        config,
+        Arc::new(WaitForRelease),
+    )?))
 }

@@ -37,6 +37,8 @@ use crate::{Fencing, Level3Config};
 
 /// A sale guarded by a Redis lock, one lock per ticket (`ticket:<id>`).
 pub struct LockedSale {
+    /// The strategy's name in the level's table (`pubsub`, `spin`).
+    name: &'static str,
     ctx: StrategyContext,
     locks: LockClient,
     wait: Duration,
@@ -50,9 +52,10 @@ pub struct LockedSale {
 }
 
 impl LockedSale {
-    /// Sets up the lock client (it connects on first use) for a strategy that
-    /// waits the `waiting` way.
+    /// Sets up the lock client (it connects on first use) for the strategy
+    /// `name`, whose buyers wait the `waiting` way.
     pub fn new(
+        name: &'static str,
         ctx: &StrategyContext,
         config: &Level3Config,
         waiting: Waiting,
@@ -65,6 +68,7 @@ impl LockedSale {
         let locks = LockClient::new(&config.redis_url, ctx.instance.clone(), options)
             .with_context(|| format!("cannot use the Redis at {}", config.redis_url))?;
         Ok(Self {
+            name,
             ctx: ctx.clone(),
             locks,
             wait: config.wait,
@@ -410,6 +414,32 @@ impl LockedSale {
     /// Pings Redis, for `/health`.
     pub async fn check_health(&self) -> anyhow::Result<()> {
         self.locks.ping().await.context("Redis does not answer")
+    }
+}
+
+/// A Level 3 strategy is this sale with its own way of waiting: `pubsub.rs`
+/// and `spin.rs` differ only in the [`Waiting`] they build it with.
+#[async_trait::async_trait]
+impl ticket_core::SellTickets for LockedSale {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    async fn purchase(&self, purchase: Purchase) -> Result<Order, PurchaseError> {
+        LockedSale::purchase(self, &purchase).await
+    }
+
+    async fn check_health(&self) -> anyhow::Result<()> {
+        LockedSale::check_health(self).await
+    }
+
+    async fn cancel(
+        &self,
+        ticket: TicketId,
+        order: OrderId,
+        user: UserId,
+    ) -> Option<Result<Cancellation, CancelError>> {
+        Some(LockedSale::cancel(self, ticket, order, user).await)
     }
 }
 

@@ -42,53 +42,24 @@ use async_trait::async_trait;
 // with it too.
 pub use ticket_core::backoff::Backoff;
 use ticket_core::strategy::StrategyContext;
-use ticket_core::{
-    CancelError, Cancellation, Order, OrderId, Purchase, PurchaseError, SellTickets, TicketId,
-    UserId,
-};
+use ticket_core::SellTickets;
 
 use crate::lock::{Attempt, LockError, RedisLock, Wait};
 use crate::sale::LockedSale;
 use crate::Level3Config;
 
-/// Sells under a Redis lock whose waiters poll with exponential backoff and
-/// jitter.
-pub struct Spin {
-    sale: LockedSale,
-}
-
-/// Builds [`Spin`].
+/// Builds `spin`: the sale under the lock ([`LockedSale`]), its buyers
+/// waiting by polling with backoff ([`SPIN_BACKOFF`]).
 pub fn build(
     context: &StrategyContext,
     config: &Level3Config,
 ) -> anyhow::Result<Arc<dyn SellTickets>> {
-    Ok(Arc::new(Spin {
-        sale: LockedSale::new(context, config, Arc::new(SPIN_BACKOFF))?,
-    }))
-}
-
-#[async_trait]
-impl SellTickets for Spin {
-    fn name(&self) -> &'static str {
-        "spin"
-    }
-
-    async fn purchase(&self, purchase: Purchase) -> Result<Order, PurchaseError> {
-        self.sale.purchase(&purchase).await
-    }
-
-    async fn check_health(&self) -> anyhow::Result<()> {
-        self.sale.check_health().await
-    }
-
-    async fn cancel(
-        &self,
-        ticket: TicketId,
-        order: OrderId,
-        user: UserId,
-    ) -> Option<Result<Cancellation, CancelError>> {
-        Some(self.sale.cancel(ticket, order, user).await)
-    }
+    Ok(Arc::new(LockedSale::new(
+        "spin",
+        context,
+        config,
+        Arc::new(SPIN_BACKOFF),
+    )?))
 }
 
 /// How `spin` waits between tries: 1 ms doubling up to 64 ms, with equal

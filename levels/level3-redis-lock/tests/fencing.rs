@@ -49,6 +49,7 @@ async fn setup(stock: i32) -> anyhow::Result<Setup> {
         instance: format!("server-{:08x}", rand::random::<u32>()),
     };
     let sale = LockedSale::new(
+        "pubsub",
         &context,
         &Level3Config::new(redis_url.clone()),
         std::sync::Arc::new(level3::lock::WaitForRelease),
