@@ -58,6 +58,17 @@ pub struct Call {
 }
 
 impl Call {
+    /// Whether sending it twice does no harm: a GET, or a call whose
+    /// `Idempotency-Key` makes the server answer a repeat with the first
+    /// answer.
+    pub fn is_repeatable(&self) -> bool {
+        self.method == reqwest::Method::GET
+            || self
+                .headers
+                .iter()
+                .any(|(name, _)| name.eq_ignore_ascii_case("idempotency-key"))
+    }
+
     /// A GET of `path`.
     pub fn get(step: Step, path: impl Into<String>) -> Self {
         Self {
@@ -98,6 +109,16 @@ pub struct Api {
 /// How long one request may take before it counts as a transport failure.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How many times a repeatable call goes round every server before the
+/// journey ends in a transport error.
+pub const ROUNDS: u32 = 3;
+
+/// The pause before each further round.
+const ROUND_BACKOFF: ticket_core::backoff::Backoff = ticket_core::backoff::Backoff::equal_jitter(
+    Duration::from_millis(100),
+    Duration::from_millis(1000),
+);
+
 impl Api {
     /// An API over `targets` with at most `connections` requests in flight.
     pub fn new(targets: Vec<String>, connections: usize) -> anyhow::Result<Self> {
@@ -127,17 +148,27 @@ impl Api {
 
     /// Sends `call` to server `home`; when that server does not answer at
     /// all (refused, reset, timed out), to the next one, and so on once
-    /// round. Returns the answer and the server that gave it.
+    /// round. A call that is safe to send again (a GET, or one carrying an
+    /// `Idempotency-Key`) goes round again after a short backoff, up to
+    /// [`ROUNDS`] times: with a server killed and the machine loaded, the
+    /// survivor may also drop one connection. Returns the answer and the
+    /// server that gave it, or every server's last error.
     pub async fn send(&self, home: usize, call: &Call) -> Result<(Answer, usize), String> {
-        let mut last = String::new();
-        for offset in 0..self.targets.len() {
-            let server = (home + offset) % self.targets.len();
-            match self.send_to(server, call).await {
-                Ok(answer) => return Ok((answer, server)),
-                Err(err) => last = err,
+        let rounds = if call.is_repeatable() { ROUNDS } else { 1 };
+        let mut errors = vec![String::new(); self.targets.len()];
+        for round in 0..rounds {
+            if round > 0 {
+                tokio::time::sleep(ROUND_BACKOFF.delay(round - 1)).await;
+            }
+            for offset in 0..self.targets.len() {
+                let server = (home + offset) % self.targets.len();
+                match self.send_to(server, call).await {
+                    Ok(answer) => return Ok((answer, server)),
+                    Err(err) => errors[server] = err,
+                }
             }
         }
-        Err(last)
+        Err(errors.join("; "))
     }
 
     async fn send_to(&self, server: usize, call: &Call) -> Result<Answer, String> {
@@ -166,5 +197,62 @@ impl Api {
             body: serde_json::from_str(&text).unwrap_or(Value::Null),
             took: started.elapsed(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::booking::record::Step;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    /// A server that drops its first connection unanswered (as a loaded
+    /// survivor or a dying server may) and answers `{}` on every later one.
+    async fn drops_the_first_connection() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (first, _) = listener.accept().await.unwrap();
+            drop(first);
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let mut request = [0_u8; 4096];
+                let _ = socket.read(&mut request).await;
+                let _ = socket
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}",
+                    )
+                    .await;
+            }
+        });
+        url
+    }
+
+    #[test]
+    fn gets_and_keyed_calls_are_repeatable_other_posts_are_not() {
+        assert!(Call::get(Step::Charge, "/wallets/1").is_repeatable());
+        let charge = Call::post(Step::Charge, "/wallets/1/charges", json_body());
+        assert!(!charge.is_repeatable());
+        assert!(charge.header("Idempotency-Key", "k").is_repeatable());
+    }
+
+    fn json_body() -> Value {
+        serde_json::json!({ "amount": 1 })
+    }
+
+    #[tokio::test]
+    async fn a_keyed_call_whose_connection_dropped_goes_round_again() {
+        let api = Api::new(vec![drops_the_first_connection().await], 4).unwrap();
+        let call = Call::post(Step::Charge, "/wallets/1/charges", json_body())
+            .header("idempotency-key", "k");
+        let (answer, server) = api.send(0, &call).await.expect("answered on round two");
+        assert_eq!((answer.status, server), (200, 0));
+    }
+
+    #[tokio::test]
+    async fn an_unkeyed_post_is_sent_once() {
+        let api = Api::new(vec![drops_the_first_connection().await], 4).unwrap();
+        let call = Call::post(Step::Hold, "/shows/1/holds", json_body());
+        assert!(api.send(0, &call).await.is_err());
     }
 }
