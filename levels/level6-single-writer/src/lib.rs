@@ -92,6 +92,7 @@ pub mod decider;
 pub mod engine;
 pub mod http;
 pub mod log;
+pub mod members;
 pub mod partitioned;
 pub mod replies;
 pub mod schema;
@@ -146,6 +147,9 @@ pub struct Level6Config {
     pub reply_timeout: Duration,
     /// A partition's lease.
     pub lease: Duration,
+    /// Whether a server above its fair share of the partitions gives some
+    /// up when another server joins ([`members`]).
+    pub rebalance: bool,
 }
 
 /// Starts the engine for `mode` and names it as a strategy.
@@ -161,6 +165,7 @@ pub fn strategy(
         reply_timeout: config.reply_timeout,
         lease: config.lease,
         think: context.think_time,
+        rebalance: config.rebalance,
     };
     let engine = Engine::start(
         context.pool.clone(),
