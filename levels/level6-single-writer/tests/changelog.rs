@@ -5,6 +5,7 @@
 //! through the connection settings the engine itself uses.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use level6::changelog::{rebuild, Changelog};
 use level6::log::{Answer, Command, Keys, Request};
@@ -57,10 +58,16 @@ async fn a_hundred_thousand_buyer_changelog_is_written_and_replayed_within_the_t
         .unwrap()
         .expect("a Redis server");
     let client = redis::Client::open(server.url()).unwrap();
-    let redis =
-        redis::aio::ConnectionManager::new_with_config(client, level6::engine::redis_config())
-            .await
-            .unwrap();
+    // The engine's settings with a response timeout five times shorter:
+    // a round trip of `CHUNK` records takes milliseconds even in a debug
+    // build on a busy machine (a margin of over 100), while the whole
+    // ticket as one pipeline takes seconds, so without the chunks the
+    // test fails here as a ticket five times larger would against the
+    // engine's 5 s.
+    let config = level6::engine::redis_config().set_response_timeout(Some(Duration::from_secs(1)));
+    let redis = redis::aio::ConnectionManager::new_with_config(client, config)
+        .await
+        .unwrap();
     let keys = Keys::new(&format!("changelog-test-{:08x}", rand::random::<u32>()));
     let stream = keys.changelog(P);
     let ticket = TicketId::parse(7).unwrap();
