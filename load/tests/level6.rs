@@ -219,7 +219,7 @@ async fn a_server_that_owns_every_partition_gives_half_up_when_a_second_joins() 
     let mut servers = start_in_process(&spec, &database, Some(&redis), 1)
         .await
         .expect("server A starts");
-    let a = instance(servers[0].url()).await;
+    let a = instance(&servers[0].url()).await;
     wait_until(
         Duration::from_secs(30),
         "A to own every partition",
@@ -232,7 +232,7 @@ async fn a_server_that_owns_every_partition_gives_half_up_when_a_second_joins() 
             .await
             .expect("server B starts"),
     );
-    let b = instance(servers[1].url()).await;
+    let b = instance(&servers[1].url()).await;
     let shared = std::collections::BTreeMap::from([(a, 2), (b, 2)]);
     wait_until(Duration::from_secs(60), "two partitions each", || async {
         lease_owners(&database, &redis).await == shared
