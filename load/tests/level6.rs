@@ -143,7 +143,9 @@ async fn a_owns_b_waits(
     think_ms: u64,
 ) -> (ServerProcess, Vec<ticket_core::RunningServer>) {
     let lease = ["--lease-ms", "1000"];
-    // A keeps every partition when B joins: B must wait, not share.
+    // A keeps every partition when B joins (B must wait, not share), and
+    // B, once it took them all, does not give any back to A's member
+    // entry while that lingers for a lease after A died.
     let keep = ["--rebalance", "false"];
     let a = start_processes(
         std::path::Path::new(env!("CARGO_BIN_EXE_load")),
@@ -160,9 +162,14 @@ async fn a_owns_b_waits(
     .pop()
     .unwrap();
     wait_until_all_owned(&[a.url().to_owned()]).await;
-    let b = start_in_process(&spec("partitioned").args(lease), database, Some(redis), 1)
-        .await
-        .expect("server B starts");
+    let b = start_in_process(
+        &spec("partitioned").args(lease).args(keep),
+        database,
+        Some(redis),
+        1,
+    )
+    .await
+    .expect("server B starts");
     (a, b)
 }
 
