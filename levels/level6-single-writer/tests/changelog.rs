@@ -95,8 +95,8 @@ async fn a_hundred_thousand_buyer_changelog_is_written_and_replayed_within_the_t
         &keys,
         P,
         &state,
-        &[touch.0.clone()],
-        &[touch.1.clone()],
+        std::slice::from_ref(&touch.0),
+        std::slice::from_ref(&touch.1),
     )
     .await
     .expect("the whole ticket is logged");
