@@ -26,6 +26,7 @@
 //! | partition streams, `hash(ticket) mod P` | [`log`] | a topic's partitions, the record key |
 //! | the consumer group `deciders` | [`decider`] | the consumer group |
 //! | the partition's lease (Level 3's lock, watchdog) | [`decider`] | the group coordinator's assignment |
+//! | the members set; a server above `ceil(P / servers)` gives leases back | [`members`] | a consumer-group rebalance |
 //! | the fencing token, checked in the batch's transaction | [`batch`] | the producer epoch, zombie fencing |
 //! | XACK after COMMIT; XAUTOCLAIM on takeover | [`decider`] | committing offsets after processing |
 //! | `level6_requests` (request id, answer) | [`batch`] | exactly-once: idempotent processing |
