@@ -5,7 +5,7 @@
 //! takes every free partition, and a server that joins later only waits.
 //! To share, each server must know how many servers there are. Every
 //! server keeps its name in one sorted set (`l6:<ns>:members`), scored by
-//! Redis's own clock ([`HEARTBEAT`]), every third of a lease; a name not
+//! Redis's own clock (`HEARTBEAT`), every third of a lease; a name not
 //! refreshed for a whole lease is dropped, as a dead decider's lease is.
 //! With `n` members and `P` partitions a server's share is `ceil(P / n)`.
 //! A decider whose server owns more than that steps down after its current
