@@ -143,9 +143,16 @@ async fn a_owns_b_waits(
     think_ms: u64,
 ) -> (ServerProcess, Vec<ticket_core::RunningServer>) {
     let lease = ["--lease-ms", "1000"];
+    // A keeps every partition when B joins (B must wait, not share), and
+    // B, once it took them all, does not give any back to A's member
+    // entry while that lingers for a lease after A died.
+    let keep = ["--rebalance", "false"];
     let a = start_processes(
         std::path::Path::new(env!("CARGO_BIN_EXE_load")),
-        &spec("partitioned").think_time_ms(think_ms).args(lease),
+        &spec("partitioned")
+            .think_time_ms(think_ms)
+            .args(lease)
+            .args(keep),
         database,
         Some(redis),
         1,
@@ -155,10 +162,95 @@ async fn a_owns_b_waits(
     .pop()
     .unwrap();
     wait_until_all_owned(&[a.url().to_owned()]).await;
-    let b = start_in_process(&spec("partitioned").args(lease), database, Some(redis), 1)
-        .await
-        .expect("server B starts");
+    let b = start_in_process(
+        &spec("partitioned").args(lease).args(keep),
+        database,
+        Some(redis),
+        1,
+    )
+    .await
+    .expect("server B starts");
     (a, b)
+}
+
+/// How many partitions each server holds the lease of, judged from the
+/// lease hashes in Redis (Level 3's lock: the owner field is
+/// `<instance>:task-<id>`), by instance name.
+async fn lease_owners(database: &str, redis: &str) -> std::collections::BTreeMap<String, usize> {
+    let pool = db::connect(database, 1, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let keys = level6::log::Keys::new(&level6::schema::namespace(&pool).await.unwrap());
+    pool.close().await;
+    let options = level3::lock::LockOptions {
+        key_prefix: keys.lease_prefix(),
+        ..level3::lock::LockOptions::default()
+    };
+    let probe = level3::lock::LockClient::new(redis, "probe", options).unwrap();
+    let client = redis::Client::open(redis).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut owners = std::collections::BTreeMap::new();
+    for p in 0..PARTITIONS {
+        let lease = probe.lock(&level6::log::Keys::lease_name(p));
+        let fields: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(lease.key())
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        for field in fields.keys() {
+            if let Some((instance, _task)) = field.split_once(':') {
+                *owners.entry(instance.to_owned()).or_insert(0) += 1;
+            }
+        }
+    }
+    owners
+}
+
+/// A server's instance name, from its `GET /partitions`.
+async fn instance(url: &str) -> String {
+    partitions(url).await["instance"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Rebalancing: server A starts alone and takes all four partitions; when
+/// server B joins, A is above its share (ceil(4 / 2) = 2), gives two
+/// leases up, and B takes them: two each, judged from the lease owners in
+/// Redis. A sale over both servers is then exactly right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_owns_every_partition_gives_half_up_when_a_second_joins() {
+    let database = fresh_database().await;
+    let redis = redis_url();
+    let spec = spec("partitioned").args(["--lease-ms", "1000"]);
+    let mut servers = start_in_process(&spec, &database, Some(&redis), 1)
+        .await
+        .expect("server A starts");
+    let a = instance(&servers[0].url()).await;
+    wait_until(
+        Duration::from_secs(30),
+        "A to own every partition",
+        || async { lease_owners(&database, &redis).await.get(&a) == Some(&(PARTITIONS as usize)) },
+    )
+    .await;
+
+    servers.extend(
+        start_in_process(&spec, &database, Some(&redis), 1)
+            .await
+            .expect("server B starts"),
+    );
+    let b = instance(&servers[1].url()).await;
+    let shared = std::collections::BTreeMap::from([(a, 2), (b, 2)]);
+    wait_until(Duration::from_secs(60), "two partitions each", || async {
+        lease_owners(&database, &redis).await == shared
+    })
+    .await;
+
+    let report = rush(&plan(&servers, &database))
+        .await
+        .expect("the rush runs");
+    assert_exactly_sold(&report, 100);
+    stop(servers).await;
 }
 
 /// A decider is SIGKILLed with a batch decided and not committed: its

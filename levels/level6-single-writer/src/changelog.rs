@@ -37,10 +37,18 @@ use crate::state::PartitionState;
 /// How many records one XRANGE reads during a replay.
 const PAGE: usize = 1_000;
 
+/// The most commands one round trip sends when the changelog is written
+/// (XADDs, or ids in one XDEL). A round trip of this size takes
+/// milliseconds, far inside the engine's 5 s response timeout, whatever the
+/// state weighs.
+pub const CHUNK: usize = 1_000;
+
 /// Where each live key's record is, so that a newer record can delete it.
 #[derive(Debug, Default)]
 pub struct Changelog {
     tickets: HashMap<TicketId, TicketLog>,
+    /// Entry ids of replaced records that a failed append did not delete.
+    stale: Vec<String>,
 }
 
 #[derive(Debug, Default)]
@@ -113,6 +121,15 @@ impl Changelog {
     /// Logs what a committed batch changed: for each ticket it touched,
     /// either the changes (the batch started from the version we logged
     /// last) or the whole ticket (it was reloaded from PostgreSQL).
+    ///
+    /// The records go to Redis in round trips of at most [`CHUNK`]
+    /// commands, new records first and the `XDEL` of the replaced ones
+    /// last: a ticket held by 100,000 buyers is a hundred round trips of a
+    /// few milliseconds each, not one pipeline that outlasts the
+    /// connection's response timeout. A decider that dies between two
+    /// round trips leaves the ticket's *old* record as the last one in the
+    /// stream (the new one is written after its buyers), so the next owner
+    /// sees a version that differs from the row and reloads the ticket.
     pub async fn append(
         &mut self,
         redis: &ConnectionManager,
@@ -122,14 +139,13 @@ impl Changelog {
         requests: &[Request],
         answers: &[Answer],
     ) -> anyhow::Result<()> {
-        let stream = keys.changelog(p);
         let mut touched: Vec<TicketId> = requests.iter().map(|r| r.command.ticket()).collect();
         touched.sort();
         touched.dedup();
-        let mut pipe = redis::pipe();
-        let mut added: Vec<(TicketId, Option<UserId>)> = Vec::new();
-        let mut deleted: Vec<String> = Vec::new();
-        for ticket in touched {
+        let mut records: Vec<Record> = Vec::new();
+        // Replaced records a failed append left behind are deleted now.
+        let mut deleted: Vec<String> = std::mem::take(&mut self.stale);
+        for &ticket in &touched {
             let Some(now) = state.get(&ticket) else {
                 continue;
             };
@@ -139,16 +155,14 @@ impl Changelog {
             if whole {
                 deleted.extend(known.buyers.drain().map(|(_, id)| id));
                 for (user, order) in &now.buyers {
-                    pipe.xadd(&stream, "*", &buyer_fields(ticket, *user, *order));
-                    added.push((ticket, Some(*user)));
+                    records.push(Record::buyer(ticket, *user, *order));
                 }
             } else {
                 for (request, answer) in requests.iter().zip(answers) {
                     match (request.command, answer.status) {
                         (Command::Buy { ticket: t, user }, 201) if t == ticket => {
                             let order = now.buyers.get(&user).copied().unwrap_or(OrderId(0));
-                            pipe.xadd(&stream, "*", &buyer_fields(ticket, user, order));
-                            added.push((ticket, Some(user)));
+                            records.push(Record::buyer(ticket, user, order));
                         }
                         (
                             Command::Cancel {
@@ -163,29 +177,117 @@ impl Changelog {
                 }
             }
             known.version = now.version;
-            let fields = [
-                ("ticket", ticket.to_string()),
-                ("stock", now.stock.to_string()),
-                ("version", now.version.to_string()),
-            ];
-            pipe.xadd(&stream, "*", &fields);
-            added.push((ticket, None));
+            records.push(Record::ticket(ticket, now.stock, now.version));
         }
-        if !deleted.is_empty() {
-            pipe.xdel(&stream, &deleted).ignore();
-        }
-        let ids: Vec<redis::Value> = pipe.query_async(&mut redis.clone()).await?;
-        for ((ticket, user), id) in added.into_iter().zip(ids) {
-            let id: String = redis::from_redis_value(id)?;
-            let known = self.tickets.entry(ticket).or_default();
-            match user {
-                Some(user) => {
-                    known.buyers.insert(user, id);
+        let written = self
+            .write(redis, &keys.changelog(p), &records, &deleted)
+            .await;
+        if written.is_err() {
+            // Some records may be missing: the next batch that touches
+            // these tickets writes them whole (and deletes what we knew of).
+            for ticket in &touched {
+                if let Some(known) = self.tickets.get_mut(ticket) {
+                    known.version = i64::MIN;
                 }
-                None => known.entry = Some(id),
+            }
+            self.stale.extend(deleted);
+        }
+        written
+    }
+
+    /// Appends `records` and then deletes `deleted`, [`CHUNK`] commands per
+    /// round trip, remembering each new record's entry id as it lands.
+    async fn write(
+        &mut self,
+        redis: &ConnectionManager,
+        stream: &str,
+        records: &[Record],
+        deleted: &[String],
+    ) -> anyhow::Result<()> {
+        for chunk in records.chunks(CHUNK) {
+            let mut pipe = redis::pipe();
+            for record in chunk {
+                pipe.xadd(stream, "*", &record.fields());
+            }
+            let ids: Vec<String> = pipe
+                .query_async(&mut redis.clone())
+                .await
+                .context("append to the changelog")?;
+            for (record, id) in chunk.iter().zip(ids) {
+                match *record {
+                    Record::Buyer { ticket, user, .. } => {
+                        let known = self.tickets.entry(ticket).or_default();
+                        known.buyers.insert(user, id);
+                    }
+                    Record::Ticket { ticket, .. } => {
+                        self.tickets.entry(ticket).or_default().entry = Some(id);
+                    }
+                }
             }
         }
+        for chunk in deleted.chunks(CHUNK) {
+            let _: i64 = redis::cmd("XDEL")
+                .arg(stream)
+                .arg(chunk)
+                .query_async(&mut redis.clone())
+                .await
+                .context("compact the changelog")?;
+        }
         Ok(())
+    }
+}
+
+/// One changelog record to append.
+#[derive(Debug)]
+enum Record {
+    /// A ticket's stock and version.
+    Ticket {
+        ticket: TicketId,
+        stock: i32,
+        version: i64,
+    },
+    /// One of its buyers.
+    Buyer {
+        ticket: TicketId,
+        user: UserId,
+        order: OrderId,
+    },
+}
+
+impl Record {
+    fn buyer(ticket: TicketId, user: UserId, order: OrderId) -> Self {
+        Self::Buyer {
+            ticket,
+            user,
+            order,
+        }
+    }
+
+    fn ticket(ticket: TicketId, stock: i32, version: i64) -> Self {
+        Self::Ticket {
+            ticket,
+            stock,
+            version,
+        }
+    }
+
+    fn fields(&self) -> [(&'static str, String); 3] {
+        match *self {
+            Self::Buyer {
+                ticket,
+                user,
+                order,
+            } => buyer_fields(ticket, user, order),
+            Self::Ticket {
+                ticket,
+                stock,
+                version,
+            } => [
+                ("ticket", ticket.to_string()),
+                ("stock", stock.to_string()),
+                ("version", version.to_string()),
+            ],
+        }
     }
 }
 

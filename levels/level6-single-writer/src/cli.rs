@@ -66,6 +66,12 @@ pub struct Cli {
     /// every third of it while the decider's process runs.
     #[arg(long, default_value_t = 2_000, value_name = "MS")]
     pub lease_ms: u64,
+
+    /// Give partitions back when another server joins, so that every
+    /// server decides about ceil(partitions / servers) of them. With
+    /// `false`, a server keeps what it took until it stops or loses it.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub rebalance: bool,
 }
 
 /// What `level6` can do besides serving.
@@ -106,6 +112,7 @@ impl Cli {
             batch_size: self.batch_size,
             reply_timeout: Duration::from_millis(self.reply_timeout_ms),
             lease: Duration::from_millis(self.lease_ms),
+            rebalance: self.rebalance,
         };
         let metrics = Metrics::new();
         let context = StrategyContext {

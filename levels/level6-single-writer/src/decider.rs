@@ -36,6 +36,9 @@ enum Stop {
     /// The lease is gone (it ran out, Redis lost it) or the fence refused
     /// a batch: someone else owns the partition now.
     LostPartition,
+    /// This server owns more than its share since another one joined: it
+    /// gives this partition back ([`crate::members`]).
+    Rebalanced,
 }
 
 /// Contends for partition `p` until the server shuts down: whenever this
@@ -63,9 +66,9 @@ pub async fn contend(shared: std::sync::Arc<Shared>, p: u32) {
         match batch::take_fence(&shared.pool, p, token).await {
             Ok(Ok(())) => {
                 tracing::info!(partition = p, token, instance = %shared.instance, "took the partition");
-                shared.owned.lock().insert(p);
+                shared.members.took(p);
                 let stop = decide_while_owner(&shared, p, token, &guard).await;
-                shared.owned.lock().remove(&p);
+                shared.members.gave_up(p);
                 tracing::info!(partition = p, token, ?stop, "stopped deciding");
             }
             Ok(Err(theirs)) => {
@@ -116,6 +119,11 @@ async fn decide_while_owner(
         }
         if guard.is_lost() {
             return Stop::LostPartition;
+        }
+        // Between two batches, nothing read and not decided: the place to
+        // hand the partition over if this server has more than its share.
+        if !claiming && shared.members.should_step_down(p) {
+            return Stop::Rebalanced;
         }
         let entries = if claiming {
             claim(&mut conn, &stream, &shared.instance, shared.batch_size).await

@@ -3,12 +3,10 @@
 //! partition. Dropping the last handle stops the deciders, which give
 //! their leases back.
 
-use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::Mutex;
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 use ticket_core::PurchaseError;
@@ -16,6 +14,7 @@ use tokio::sync::watch;
 
 use crate::changelog;
 use crate::log::{partition_of, Answer, Keys, Request};
+use crate::members::Members;
 use crate::replies::{self, Replies};
 use crate::state::PartitionState;
 
@@ -47,6 +46,8 @@ pub struct EngineSettings {
     pub lease: Duration,
     /// The pause between deciding a batch and writing it.
     pub think: Duration,
+    /// Whether this server gives partitions up above its fair share.
+    pub rebalance: bool,
 }
 
 /// What every task of the engine shares.
@@ -61,7 +62,7 @@ pub struct Shared {
     pub(crate) settings: EngineSettings,
     pub(crate) think: Duration,
     pub(crate) batch_size: usize,
-    pub(crate) owned: Mutex<BTreeSet<u32>>,
+    pub(crate) members: Arc<Members>,
     pub(crate) shutdown: watch::Receiver<bool>,
     fenced_batches: AtomicU64,
 }
@@ -107,6 +108,18 @@ impl Shared {
     }
 }
 
+/// The settings of the engine's command connection (appends, the
+/// changelog): every command must be answered within 5 s, which is why the
+/// changelog is written in chunks ([`changelog::CHUNK`]).
+pub fn redis_config() -> redis::aio::ConnectionManagerConfig {
+    redis::aio::ConnectionManagerConfig::new()
+        .set_number_of_retries(1)
+        .set_connection_timeout(Some(Duration::from_millis(500)))
+        // Generous: on a loaded machine a thousand appends queue on one
+        // connection, and an append that timed out may still have landed.
+        .set_response_timeout(Some(Duration::from_secs(5)))
+}
+
 /// A server's engine. Cheap to clone.
 #[derive(Clone)]
 pub struct Engine {
@@ -135,13 +148,7 @@ impl Engine {
     ) -> anyhow::Result<Self> {
         let keys = Keys::new(namespace);
         let redis = redis::Client::open(redis_url)?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_number_of_retries(1)
-            .set_connection_timeout(Some(Duration::from_millis(500)))
-            // Generous: on a loaded machine a thousand appends queue on one
-            // connection, and an append that timed out may still have landed.
-            .set_response_timeout(Some(Duration::from_secs(5)));
-        let commands = ConnectionManager::new_lazy_with_config(redis.clone(), config)?;
+        let commands = ConnectionManager::new_lazy_with_config(redis.clone(), redis_config())?;
         let lock_options = level3::lock::LockOptions {
             key_prefix: keys.lease_prefix(),
             watchdog_lease: settings.lease,
@@ -149,6 +156,8 @@ impl Engine {
         };
         let locks = level3::lock::LockClient::new(redis_url, instance.clone(), lock_options)?;
         let (stop, shutdown) = watch::channel(false);
+        let (partitions, rebalance, lease) =
+            (settings.partitions, settings.rebalance, settings.lease);
         let shared = Arc::new(Shared {
             pool,
             keys: keys.clone(),
@@ -160,10 +169,17 @@ impl Engine {
             think: settings.think,
             batch_size: settings.batch_size.max(1),
             settings,
-            owned: Mutex::new(BTreeSet::new()),
+            members: Arc::new(Members::new(partitions, rebalance)),
             shutdown: shutdown.clone(),
             fenced_batches: AtomicU64::new(0),
         });
+        tokio::spawn(shared.members.clone().heartbeat(
+            shared.commands.clone(),
+            keys.members(),
+            instance.clone(),
+            lease,
+            shutdown.clone(),
+        ));
         tokio::spawn(replies::listen(
             redis,
             keys,
@@ -192,7 +208,7 @@ impl Engine {
 
     /// The partitions this server decides right now.
     pub fn owned(&self) -> Vec<u32> {
-        self.shared.owned.lock().iter().copied().collect()
+        self.shared.members.owned()
     }
 
     /// Batches the fence refused in this server (a zombie's writes).

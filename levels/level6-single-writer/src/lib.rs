@@ -26,6 +26,7 @@
 //! | partition streams, `hash(ticket) mod P` | [`log`] | a topic's partitions, the record key |
 //! | the consumer group `deciders` | [`decider`] | the consumer group |
 //! | the partition's lease (Level 3's lock, watchdog) | [`decider`] | the group coordinator's assignment |
+//! | the members set; a server above `ceil(P / servers)` gives leases back | [`members`] | a consumer-group rebalance |
 //! | the fencing token, checked in the batch's transaction | [`batch`] | the producer epoch, zombie fencing |
 //! | XACK after COMMIT; XAUTOCLAIM on takeover | [`decider`] | committing offsets after processing |
 //! | `level6_requests` (request id, answer) | [`batch`] | exactly-once: idempotent processing |
@@ -92,6 +93,7 @@ pub mod decider;
 pub mod engine;
 pub mod http;
 pub mod log;
+pub mod members;
 pub mod partitioned;
 pub mod replies;
 pub mod schema;
@@ -146,6 +148,9 @@ pub struct Level6Config {
     pub reply_timeout: Duration,
     /// A partition's lease.
     pub lease: Duration,
+    /// Whether a server above its fair share of the partitions gives some
+    /// up when another server joins ([`members`]).
+    pub rebalance: bool,
 }
 
 /// Starts the engine for `mode` and names it as a strategy.
@@ -161,6 +166,7 @@ pub fn strategy(
         reply_timeout: config.reply_timeout,
         lease: config.lease,
         think: context.think_time,
+        rebalance: config.rebalance,
     };
     let engine = Engine::start(
         context.pool.clone(),

@@ -52,6 +52,12 @@ impl Keys {
         format!("{}:changelog:p{p}", self.base)
     }
 
+    /// The servers that share the partitions (a sorted set, see
+    /// [`crate::members`]).
+    pub fn members(&self) -> String {
+        format!("{}:members", self.base)
+    }
+
     /// The pub/sub channel a server hears its answers on.
     pub fn replies(&self, instance: &str) -> String {
         format!("{}:replies:{instance}", self.base)

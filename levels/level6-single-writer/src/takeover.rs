@@ -52,11 +52,12 @@ impl TakeoverCommand {
         let (redis_url, _redis) = ticket_core::server::redis_or_throwaway(self.redis_url).await?;
         let pool = ticket_core::db::connect(&database, 4, Duration::from_secs(10)).await?;
         ticket_core::db::migrate(&pool).await?;
-        // Writing a 100,000-buyer changelog is one long pipeline: wait for it.
-        let patient = redis::aio::ConnectionManagerConfig::new()
-            .set_response_timeout(Some(Duration::from_secs(120)));
+        // The engine's own connection settings (5 s per command): the
+        // changelog is written and replayed in chunks, as a decider does.
         let client = redis::Client::open(redis_url)?;
-        let redis = redis::aio::ConnectionManager::new_with_config(client, patient).await?;
+        let redis =
+            redis::aio::ConnectionManager::new_with_config(client, crate::engine::redis_config())
+                .await?;
         let keys = Keys::new(&format!("takeover-{:08x}", rand::random::<u32>()));
         println!("state (buyers)  partitioned: load from PostgreSQL  state-store: replay changelog  ratio");
         for (index, &buyers) in self.buyers.iter().enumerate() {
