@@ -11,7 +11,15 @@ use serde_json::Value;
 async fn sustained_run(database_url: Option<&str>) -> Value {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_load"));
     command
-        .args(["run", "--level", "2", "--strategy", "atomic", "--servers", "1"])
+        .args([
+            "run",
+            "--level",
+            "2",
+            "--strategy",
+            "atomic",
+            "--servers",
+            "1",
+        ])
         .args(["--duration", "2s", "--concurrency", "4", "--json"])
         .env_remove("DATABASE_URL")
         .env_remove("REDIS_URL");
@@ -47,12 +55,21 @@ async fn a_short_sustained_run_reports_cpu_per_sale_for_the_server_and_postgres(
         let us = us_per_sale(&report, name).as_f64();
         assert!(us.is_some_and(|us| us > 0.0), "{name}: {us:?} in {report}");
     }
-    assert!(report["cpu_floor"]["total_us"].as_f64() > Some(0.0), "{report}");
-    assert!(report["cpu_floor"]["ratio"].as_f64() > Some(0.0), "{report}");
+    assert!(
+        report["cpu_floor"]["total_us"].as_f64() > Some(0.0),
+        "{report}"
+    );
+    assert!(
+        report["cpu_floor"]["ratio"].as_f64() > Some(0.0),
+        "{report}"
+    );
 
     let given = fresh_database().await;
     let report = sustained_run(Some(&given)).await;
-    assert!(us_per_sale(&report, "server 1").as_f64() > Some(0.0), "{report}");
+    assert!(
+        us_per_sale(&report, "server 1").as_f64() > Some(0.0),
+        "{report}"
+    );
     assert_eq!(us_per_sale(&report, "postgres"), Value::Null, "{report}");
     assert_eq!(report["cpu_floor"]["ratio"], Value::Null, "{report}");
 }

@@ -248,16 +248,20 @@ mod tests {
     use crate::cpu::ProcessCpu;
 
     fn report(level: u8, us: [Option<f64>; 3]) -> Report {
-        let processes = [("load", Role::Load), ("server 1", Role::Server), ("postgres", Role::Postgres)]
-            .iter()
-            .zip(us)
-            .map(|((name, role), us)| ProcessCpu {
-                name: (*name).to_owned(),
-                role: *role,
-                cpu_ms: us,
-                us_per_op: us,
-            })
-            .collect();
+        let processes = [
+            ("load", Role::Load),
+            ("server 1", Role::Server),
+            ("postgres", Role::Postgres),
+        ]
+        .iter()
+        .zip(us)
+        .map(|((name, role), us)| ProcessCpu {
+            name: (*name).to_owned(),
+            role: *role,
+            cpu_ms: us,
+            us_per_op: us,
+        })
+        .collect();
         Report {
             level: Some(level),
             cpu: Some(CpuCost {

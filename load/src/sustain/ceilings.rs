@@ -37,7 +37,11 @@ pub async fn postgres_purchase(
     // opening one (a backend forked, authenticated) is no part of a sale.
     let mut connections = Vec::with_capacity(concurrency);
     for _ in 0..concurrency {
-        connections.push(pool.acquire().await.context("opening the ceiling's connections")?);
+        connections.push(
+            pool.acquire()
+                .await
+                .context("opening the ceiling's connections")?,
+        );
     }
     let cpu = watch.only(&[Role::Load, Role::Postgres]).start();
     let started = Instant::now();

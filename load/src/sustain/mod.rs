@@ -40,7 +40,9 @@ use hdrhistogram::Histogram;
 use ticket_core::verify::{judge_run, Evidence, ExpectedOrders, Identities};
 use ticket_core::{db, TicketId};
 
-pub use self::ceilings::{http_noop, postgres_batch_insert, postgres_purchase, redis_lua, BATCH_ROWS};
+pub use self::ceilings::{
+    http_noop, postgres_batch_insert, postgres_purchase, redis_lua, BATCH_ROWS,
+};
 use self::closed::Shared;
 pub use crate::model::Ceiling;
 use crate::model::{latency_cdf, Latency, Report};
