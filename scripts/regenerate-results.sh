@@ -120,6 +120,16 @@ run sustained-durable --durable --duration "$DURATION" --concurrency "$CONCURREN
     echo "Sustained, $CONCURRENCY buyers for $DURATION s (\`load tour --duration $DURATION --concurrency $CONCURRENCY\`, and \`--durable\`):"
     echo
     side_by_side "$OUT/sustained.txt" "$OUT/sustained-durable.txt" sustained
+    # CPU per sale by process and the ratio to each strategy's floor (the
+    # table `load tour --duration` prints after its ceilings).
+    for name in sustained sustained-durable; do
+        echo
+        echo "CPU per sale, $name (from $OUT/$name.txt):"
+        echo
+        echo '```text'
+        sed -n '/^CPU per sale/,/^$/p' "$OUT/$name.txt"
+        echo '```'
+    done
 } >"$OUT/side-by-side.md"
 echo "== fast and durable side by side: $OUT/side-by-side.md" >&2
 

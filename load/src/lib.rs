@@ -21,6 +21,7 @@
 //! | [`tour`] | `load tour`: every level and strategy, judged against its promise |
 //! | [`output`] | the text tables |
 //! | [`sustain`] | sustained throughput runs and the ceilings they are measured against |
+//! | [`cpu`] | CPU time per sale by process, from `/proc`, and each strategy's floor |
 //! | [`units`] | durations (`30s`, `2m`) and rates as typed on the command line |
 //! | [`machine`] | the machine and services a run measured on |
 //! | [`report`] | the HTML report with plots, and the JSON behind it |
@@ -31,6 +32,7 @@
 
 pub mod booking;
 pub mod client;
+pub mod cpu;
 pub mod exercise;
 pub mod expect;
 pub mod failures;

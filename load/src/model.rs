@@ -165,6 +165,13 @@ pub struct Report {
     /// Peak memory of the load process and of each server it started.
     #[serde(default)]
     pub memory: Option<Memory>,
+    /// CPU time per successful sale, by process (sustained runs; see
+    /// [`crate::cpu`]).
+    #[serde(default)]
+    pub cpu: Option<crate::cpu::CpuCost>,
+    /// The CPU floor of the strategy and the ratio to it (sustained runs).
+    #[serde(default)]
+    pub cpu_floor: Option<crate::cpu::Floor>,
     /// The services' durability settings as they reported them, e.g.
     /// `PostgreSQL fsync=on full_page_writes=on synchronous_commit=on`
     /// (filled in by `load run`; empty when not read).
@@ -255,6 +262,8 @@ impl Report {
             ceilings: Vec::new(),
             persistence_lag_ms: None,
             memory: None,
+            cpu: None,
+            cpu_floor: None,
             settings: String::new(),
         }
     }
@@ -271,7 +280,7 @@ impl Report {
 /// A ceiling: what the bare mechanism does at the same concurrency.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Ceiling {
-    /// `postgres_purchase`, `http_noop` or `redis_lua`.
+    /// `postgres_purchase`, `postgres_batch_insert`, `http_noop` or `redis_lua`.
     pub name: String,
     /// Concurrent workers (for `postgres_purchase`: connections).
     pub concurrency: usize,
@@ -287,4 +296,8 @@ pub struct Ceiling {
     pub errors: u64,
     /// Per-operation latency.
     pub latency_ms: Latency,
+    /// CPU time per operation, by the processes it exercises (see
+    /// [`crate::cpu`]).
+    #[serde(default)]
+    pub cpu: Option<crate::cpu::CpuCost>,
 }

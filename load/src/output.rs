@@ -16,7 +16,38 @@ pub fn render_report(report: &Report, round: Option<u32>) -> String {
     truth_lines(&mut out, report);
     speed_lines(&mut out, report);
     resource_lines(&mut out, report);
+    cpu_lines(&mut out, report);
     out
+}
+
+/// CPU µs per sale by process, and the ratio to the strategy's floor.
+fn cpu_lines(out: &mut String, report: &Report) {
+    let Some(cpu) = &report.cpu else { return };
+    let parts: Vec<String> = cpu
+        .processes
+        .iter()
+        .map(|p| match p.us_per_op {
+            Some(us) => format!("{} {us:.1}", p.name),
+            None => format!("{} not measured", p.name),
+        })
+        .collect();
+    let _ = writeln!(out, "  cpu µs per sale {}", parts.join("  ·  "));
+    if let Some(floor) = &report.cpu_floor {
+        let ratio = floor
+            .ratio
+            .map_or_else(|| "not measured".to_owned(), |r| format!("{r:.2}"));
+        let _ = writeln!(
+            out,
+            "  cpu vs floor    {ratio} of {:.1} µs ({})",
+            floor.total_us,
+            floor
+                .parts
+                .iter()
+                .map(|p| format!("{} x {}", p.times, p.ceiling))
+                .collect::<Vec<_>>()
+                .join(" + ")
+        );
+    }
 }
 
 /// What ran: level, strategy, servers, shape, round.
@@ -304,6 +335,28 @@ pub fn ceilings_table(ceilings: &[Ceiling]) -> String {
     out
 }
 
+/// The tour's CPU per sale table (see [`crate::report::cost`]), after a
+/// blank line; empty when nothing was measured.
+pub fn cpu_table(result: &crate::tour::Tour) -> String {
+    let rows: Vec<(String, &Report)> = result
+        .rows
+        .iter()
+        .filter_map(|row| {
+            let shown = row.rounds.last()?;
+            let label = format!("L{} {} ×{}", row.level, row.strategy, row.servers);
+            Some((label, shown))
+        })
+        .collect();
+    let ceilings = result
+        .rows
+        .first()
+        .map_or(&[][..], |r| &r.rounds[0].ceilings[..]);
+    match crate::report::cost::text_table(&rows, ceilings) {
+        table if table.is_empty() => table,
+        table => format!("\n{table}"),
+    }
+}
+
 /// What the tour is about to do, and the table's header.
 pub fn print_tour_intro(rush: &RushSettings) {
     match rush.sustained {
@@ -332,6 +385,7 @@ pub fn print_tour_summary(result: &crate::tour::Tour, rush: &RushSettings) {
             println!("\n{}", ceilings_table(ceilings));
         }
     }
+    print!("{}", cpu_table(result));
     println!("\nMeasured with {}.", result.machine.settings_line());
     println!();
     if let Some(booking) = result.booking.as_ref().filter(|b| !b.is_correct()) {

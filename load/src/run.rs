@@ -146,6 +146,21 @@ impl Services {
     pub fn redis_url(&self) -> Option<&str> {
         self.redis.as_ref().map(Redis::url)
     }
+
+    /// The load generator and these services' processes, for CPU per sale:
+    /// only throwaway services started here have processes we know.
+    pub async fn cpu_watch(&self) -> crate::cpu::Watch {
+        let postgres = match self.postgres.is_throwaway() {
+            true => crate::cpu::postmaster_pid(self.database_url()).await,
+            false => None,
+        };
+        let redis = match &self.redis {
+            // A port: a throwaway redis-server (not a URL, not a container).
+            Some(redis) if redis.port().is_some() => crate::cpu::redis_pid(redis.url()).await,
+            _ => None,
+        };
+        crate::cpu::Watch::services(Some(postgres), self.redis.as_ref().map(|_| redis))
+    }
 }
 
 /// `load run`: one level and strategy, on servers it starts or on `targets`.
@@ -214,11 +229,16 @@ pub async fn run(options: &RunOptions) -> anyhow::Result<RunResult> {
     };
 
     let mut reports = Vec::new();
+    let watch = services
+        .cpu_watch()
+        .await
+        .with_servers(server_pids(&processes, targets.len()));
     let result = async {
         let ceilings = match options.rush.sustained {
             Some(shape) => {
                 let pools = targets.len() * default_pool_size();
-                measure_ceilings(&services, &targets, shape, pools, options.ticket_id + 1).await?
+                let id = options.ticket_id + 1;
+                measure_ceilings(&services, &targets, shape, pools, id, &watch).await?
             }
             None => Vec::new(),
         };
@@ -230,6 +250,7 @@ pub async fn run(options: &RunOptions) -> anyhow::Result<RunResult> {
                 targets.clone(),
                 options.ticket_id,
                 round,
+                &watch,
             )
             .await?;
             report.ceilings = ceilings.clone();
@@ -237,6 +258,7 @@ pub async fn run(options: &RunOptions) -> anyhow::Result<RunResult> {
             report.level = Some(info.number);
             report.strategy = Some(strategy.to_owned());
             report.think_time_ms = think_time_ms;
+            crate::cpu::attach_floor(&mut report);
             reports.push(report);
         }
         anyhow::Ok(())
@@ -315,7 +337,8 @@ pub fn level_steps(info: &LevelInfo, args: &SettleArgs) -> (Option<Settle>, Opti
     (settle, reset)
 }
 
-/// One sell-out rush, or one sustained run when the settings say so.
+/// One sell-out rush, or one sustained run when the settings say so
+/// (measuring the CPU time of `watch`'s processes per sale).
 pub(crate) async fn one_round(
     settings: &RushSettings,
     info: &LevelInfo,
@@ -323,6 +346,7 @@ pub(crate) async fn one_round(
     targets: Vec<String>,
     ticket_id: i64,
     round: u32,
+    watch: &crate::cpu::Watch,
 ) -> anyhow::Result<Report> {
     let database_url = services.database_url();
     let (settle, resetter) = level_steps(
@@ -346,6 +370,7 @@ pub(crate) async fn one_round(
                 idempotency_keys: settings.idempotency_keys,
                 settle,
                 resetter,
+                cpu: watch.clone(),
             })
             .await
         }
@@ -378,6 +403,7 @@ pub async fn measure_ceilings(
     shape: Sustained,
     db_connections: usize,
     ticket_id: i64,
+    watch: &crate::cpu::Watch,
 ) -> anyhow::Result<Vec<Ceiling>> {
     let mut best: Option<Ceiling> = None;
     let mut tried = vec![shape.concurrency];
@@ -390,6 +416,7 @@ pub async fn measure_ceilings(
             ticket_id,
             connections,
             shape.duration,
+            watch,
         )
         .await
         .context("measuring the PostgreSQL ceiling")?;
@@ -402,18 +429,31 @@ pub async fn measure_ceilings(
     }
     let mut ceilings = vec![
         best.expect("at least one PostgreSQL ceiling run"),
-        sustain::http_noop(http_targets, shape.concurrency, shape.duration)
+        sustain::http_noop(http_targets, shape.concurrency, shape.duration, watch)
             .await
             .context("measuring the HTTP ceiling")?,
+        sustain::postgres_batch_insert(services.database_url(), ticket_id, shape.duration, watch)
+            .await
+            .context("measuring the batched INSERT ceiling")?,
     ];
     if let Some(redis) = services.redis_url() {
         ceilings.push(
-            sustain::redis_lua(redis, shape.concurrency, shape.duration)
+            sustain::redis_lua(redis, shape.concurrency, shape.duration, watch)
                 .await
                 .context("measuring the Redis ceiling")?,
         );
     }
     Ok(ceilings)
+}
+
+/// The pids of the servers for CPU per sale: those started here, else
+/// `count` servers given by `--target` (not measured).
+pub(crate) fn server_pids(processes: &[ServerProcess], count: usize) -> Vec<Option<u32>> {
+    if processes.is_empty() {
+        vec![None; count]
+    } else {
+        processes.iter().map(ServerProcess::pid).collect()
+    }
 }
 
 /// Peak memory of this process and of the servers it started.

@@ -12,7 +12,7 @@ use crate::machine::Machine;
 use crate::model::{Ceiling, Report};
 use crate::run::{
     check_database, default_pool_size, default_think_time, measure_ceilings, memory_of, one_round,
-    stop_all, RushSettings, Services, Sustained,
+    server_pids, stop_all, RushSettings, Services, Sustained,
 };
 use crate::servers::{start_processes, ServerSpec};
 
@@ -163,7 +163,11 @@ async fn sustained_ceilings(
     let idle_urls: Vec<String> = idle.iter().map(|p| p.url().to_owned()).collect();
     // Strategies run on two servers, each with its default pool.
     let pools = servers * default_pool_size();
-    let measured = measure_ceilings(services, &idle_urls, shape, pools, 999).await;
+    let watch = services
+        .cpu_watch()
+        .await
+        .with_servers(server_pids(&idle, idle.len()));
+    let measured = measure_ceilings(services, &idle_urls, shape, pools, 999, &watch).await;
     stop_all(idle).await;
     measured
 }
@@ -206,6 +210,10 @@ async fn tour_row(
     .with_context(|| format!("starting level {} {}", info.number, strategy.name))?;
     let targets: Vec<String> = processes.iter().map(|p| p.url().to_owned()).collect();
     let expected = strategy.expected.for_servers(servers);
+    let watch = services
+        .cpu_watch()
+        .await
+        .with_servers(server_pids(&processes, servers));
     let mut rounds = Vec::new();
     let mut failure = None;
     for round in 0..options.rounds.max(1) {
@@ -216,6 +224,7 @@ async fn tour_row(
             targets.clone(),
             ticket_id,
             round,
+            &watch,
         )
         .await;
         match report {
@@ -225,6 +234,7 @@ async fn tour_row(
                 report.level = Some(info.number);
                 report.strategy = Some(strategy.name.to_owned());
                 report.think_time_ms = Some(think);
+                crate::cpu::attach_floor(&mut report);
                 rounds.push(report);
             }
             Err(err) => {

@@ -93,6 +93,7 @@ async fn the_corrected_p99_shows_a_stall_the_uncorrected_one_misses() {
         idempotency_keys: true,
         settle: None,
         resetter: None,
+        cpu: Default::default(),
     })
     .await
     .expect("the run finishes");

@@ -36,6 +36,7 @@ pub(super) fn html(data: &ReportData, plots: &[(&str, &str, String)]) -> String 
     let mut out = head(data);
     comparison_table(&mut out, data);
     ceilings_table(&mut out, data);
+    super::cost::section(&mut out, data);
     for (file, title, svg) in plots {
         let id = file.trim_end_matches(".svg");
         let _ = write!(

@@ -17,7 +17,14 @@
 //!   the better one counts, see `run::measure_ceilings`);
 //! - [`http_noop`]: `GET /livez` on a server, which does no work: the most
 //!   HTTP and the server framework allow;
-//! - [`redis_lua`]: a stock-decrementing Lua script issued straight to Redis.
+//! - [`redis_lua`]: a stock-decrementing Lua script issued straight to Redis;
+//! - [`postgres_batch_insert`]: orders inserted [`BATCH_ROWS`] at a time, one
+//!   transaction per batch, as Levels 4 and 6 persist them: a sale's share
+//!   of a batch (its cost is per row).
+//!
+//! Each run and each ceiling also measures the CPU time its processes spent
+//! per operation ([`crate::cpu`]): the strategies against their floor, the
+//! sum of the ceilings' costs they cannot avoid.
 
 mod ceilings;
 mod closed;
@@ -33,7 +40,9 @@ use hdrhistogram::Histogram;
 use ticket_core::verify::{judge_run, Evidence, ExpectedOrders, Identities};
 use ticket_core::{db, TicketId};
 
-pub use self::ceilings::{http_noop, postgres_purchase, redis_lua};
+pub use self::ceilings::{
+    http_noop, postgres_batch_insert, postgres_purchase, redis_lua, BATCH_ROWS,
+};
 use self::closed::Shared;
 pub use crate::model::Ceiling;
 use crate::model::{latency_cdf, Latency, Report};
@@ -89,6 +98,7 @@ fn ceiling(name: &str, concurrency: usize, meter: &Meter, elapsed: Duration) -> 
         operations: meter.ok,
         errors: meter.errors,
         latency_ms: meter.latency(),
+        cpu: None,
     }
 }
 
@@ -132,6 +142,8 @@ pub struct SustainPlan {
     pub settle: Option<crate::rush::Settle>,
     /// The level's own reset; `None`: PostgreSQL alone.
     pub resetter: Option<crate::reset::Reset>,
+    /// The processes whose CPU time per sale is measured.
+    pub cpu: crate::cpu::Watch,
 }
 
 /// Runs a sustained purchase load and judges it from the database.
@@ -150,6 +162,7 @@ pub async fn sustain(plan: &SustainPlan) -> anyhow::Result<Report> {
     .await?;
     let metrics_before = scrape_metrics(&plan.targets).await;
     let shared = Arc::new(Shared::new(SUSTAINED_FIRST_USER, plan.idempotency_keys));
+    let cpu = plan.cpu.start();
     let started = Instant::now();
     let ticker = progress::start(plan, &shared, started);
     let (meter, uncorrected) = buy(plan, &shared, started).await?;
@@ -161,6 +174,8 @@ pub async fn sustain(plan: &SustainPlan) -> anyhow::Result<Report> {
         Some(settle) => settle.run(&pool, ticket, shared.last_success()).await?,
         None => None,
     };
+    // Up to the end of persistence: a sale's batched INSERT is part of it.
+    let cpu = cpu.per_operation(shared.counts.succeeded.load(Ordering::Relaxed));
     let truth = db::truth(&pool, ticket).await?;
     let holders = db::order_holders(&pool, ticket).await?;
     pool.close().await;
@@ -169,6 +184,7 @@ pub async fn sustain(plan: &SustainPlan) -> anyhow::Result<Report> {
         server_metrics: metrics_delta(&metrics_before, &metrics_after),
         persistence_lag_ms,
         latency_uncorrected_ms: uncorrected.as_ref().map(Latency::of),
+        cpu: Some(cpu),
         ..judged(plan, &shared, &meter, &truth, &holders, elapsed)
     })
 }
