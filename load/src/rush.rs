@@ -11,7 +11,11 @@
 //! 4. on 503 `busy` clicks again, as a person would, after the server's
 //!    `retry_after_ms` hint (or `Retry-After`, or a short random pause),
 //!    at most `max_attempts` times;
-//! 5. stops at the first other answer.
+//! 5. on a load balancer's 502 or 504 (its server died holding the
+//!    purchase) clicks again with the same `Idempotency-Key`, if it sends
+//!    one, and again on 409 `request_in_progress` (that key's first attempt
+//!    is at work, or holds the key until its lease runs out);
+//! 6. stops at the first other answer.
 //!
 //! The answers it reads (201, 409 `sold_out`/`already_purchased`, 503 `busy`
 //! with `retry_after_ms`) are the API's, in docs/api.md; what it reports is
@@ -522,6 +526,34 @@ impl Buyer {
                     // Half to one and a half times the hint: buyers who were
                     // told the same thing do not all come back together.
                     let pause = hint.mul_f64(rng.random_range(0.5..1.5));
+                    tokio::time::sleep(pause).await;
+                }
+                // A balancer's 502/504: the server it chose failed after
+                // the purchase reached it, and the balancer (rightly) did
+                // not resend it, as it may have sold. With a key, clicking
+                // again is safe: a sale already made is replayed as 201.
+                (502 | 504, _) if self.idempotency_key.is_some() => {
+                    let id = request_id.as_deref().unwrap_or("none");
+                    tally.failures.record(crate::failures::kind::GATEWAY, || {
+                        format!("{}: HTTP {status} (x-request-id {id}), retried", self.url)
+                    });
+                    let pause = Duration::from_millis(20).mul_f64(rng.random_range(0.5..1.5));
+                    tokio::time::sleep(pause).await;
+                }
+                // The key's first attempt is still at work, or its server
+                // died holding the key until the key's lease runs out (the
+                // server already waited before answering): ask again.
+                (409, "request_in_progress") => {
+                    let id = request_id.as_deref().unwrap_or("none");
+                    tally
+                        .failures
+                        .record(crate::failures::kind::IN_PROGRESS, || {
+                            format!(
+                                "{}: HTTP 409 request_in_progress (x-request-id {id}), retried",
+                                self.url
+                            )
+                        });
+                    let pause = Duration::from_millis(20).mul_f64(rng.random_range(0.5..1.5));
                     tokio::time::sleep(pause).await;
                 }
                 (500..=599, _) => {

@@ -264,7 +264,7 @@ fn nginx_args(dir: &Path) -> Vec<String> {
 fn spawn(nginx: &Path, dir: &Path) -> anyhow::Result<Supervised> {
     let script = r#"
 set -eu
-"$NGINX" "$@" &
+"$NGINX_BINARY" "$@" &
 pid=$!
 echo ready
 read -r _ || true
@@ -278,7 +278,9 @@ rm -rf "$DIR"
         .arg(script)
         .arg("nginx-supervisor")
         .args(nginx_args(dir))
-        .env("NGINX", nginx)
+        // nginx reads `NGINX` as a list of sockets to inherit: never pass one.
+        .env_remove("NGINX")
+        .env("NGINX_BINARY", nginx)
         .env("DIR", dir);
     Supervised::spawn(command, None, dir, &["error.log"]).context("cannot start nginx")
 }
