@@ -467,6 +467,16 @@ impl Buyer {
         Ok(client)
     }
 
+    /// Files an answer this buyer asks again about (see [`Buyer::buy`]).
+    fn note_retried(&self, tally: &Tally, status: u16, request_id: Option<&str>) {
+        use crate::failures::kind::{GATEWAY, IN_PROGRESS};
+        let kind = if status == 409 { IN_PROGRESS } else { GATEWAY };
+        let id = request_id.unwrap_or("none");
+        tally.failures.record(kind, || {
+            format!("{}: HTTP {status} (x-request-id {id}), retried", self.url)
+        });
+    }
+
     async fn buy(&self, client: &reqwest::Client, tally: &Tally) -> Final {
         let mut rng = StdRng::seed_from_u64(self.seed);
         for _ in 0..self.max_attempts {
@@ -528,31 +538,14 @@ impl Buyer {
                     let pause = hint.mul_f64(rng.random_range(0.5..1.5));
                     tokio::time::sleep(pause).await;
                 }
-                // A balancer's 502/504: the server it chose failed after
-                // the purchase reached it, and the balancer (rightly) did
-                // not resend it, as it may have sold. With a key, clicking
-                // again is safe: a sale already made is replayed as 201.
-                (502 | 504, _) if self.idempotency_key.is_some() => {
-                    let id = request_id.as_deref().unwrap_or("none");
-                    tally.failures.record(crate::failures::kind::GATEWAY, || {
-                        format!("{}: HTTP {status} (x-request-id {id}), retried", self.url)
-                    });
-                    let pause = Duration::from_millis(20).mul_f64(rng.random_range(0.5..1.5));
-                    tokio::time::sleep(pause).await;
-                }
-                // The key's first attempt is still at work, or its server
-                // died holding the key until the key's lease runs out (the
-                // server already waited before answering): ask again.
-                (409, "request_in_progress") => {
-                    let id = request_id.as_deref().unwrap_or("none");
-                    tally
-                        .failures
-                        .record(crate::failures::kind::IN_PROGRESS, || {
-                            format!(
-                                "{}: HTTP 409 request_in_progress (x-request-id {id}), retried",
-                                self.url
-                            )
-                        });
+                // Asked again with the same key: a balancer's 502/504 (its
+                // server died holding the purchase, which it rightly did not
+                // resend: it may have sold), or 409 request_in_progress (the
+                // key's first attempt is at work, or died with its server
+                // and holds the key until its lease runs out). A sale
+                // already made is then replayed as its 201.
+                (502 | 504, _) | (409, "request_in_progress") if self.idempotency_key.is_some() => {
+                    self.note_retried(tally, status, request_id.as_deref());
                     let pause = Duration::from_millis(20).mul_f64(rng.random_range(0.5..1.5));
                     tokio::time::sleep(pause).await;
                 }
