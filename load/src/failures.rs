@@ -39,6 +39,14 @@ pub mod kind {
     pub const SERVER_ERROR: &str = "5xx";
     /// Any other transport failure (the connection dropped, a bad body).
     pub const TRANSPORT: &str = "transport";
+    /// A load balancer's 502 or 504 (the server it chose failed after the
+    /// purchase reached it) that the buyer retried with its
+    /// Idempotency-Key: counted, but not a final error.
+    pub const GATEWAY: &str = "gateway";
+    /// A 409 `request_in_progress` the buyer asked again about: its key's
+    /// first request is still at work, or died with its server and holds
+    /// the key until its lease runs out. Counted, not a final error.
+    pub const IN_PROGRESS: &str = "in_progress";
 }
 
 impl Failures {

@@ -9,6 +9,7 @@
 //! | --- | --- |
 //! | [`levels`] | the levels and strategies it knows, and what each should show |
 //! | [`servers`] | starting servers in this process (tests) or as child processes (runs, tour) |
+//! | [`balancer`] | `--balancer nginx`: the servers behind one URL |
 //! | [`exercise`] | `load exercise`: workshop exercises checked by a rush |
 //! | [`expect`] | `--expect` and thresholds, and the exit codes they give |
 //! | [`failures`] | failed answers by kind (refused, timeout, 4xx, 5xx), one sample each |
@@ -30,6 +31,7 @@
 //! The verdict rules live in [`ticket_core::verify`], so that tests and the
 //! tool judge the same way.
 
+pub mod balancer;
 pub mod booking;
 pub mod client;
 pub mod cpu;

@@ -215,6 +215,14 @@ struct RunArgs {
     #[arg(long = "target", value_name = "URL")]
     targets: Vec<String>,
 
+    /// Put a load balancer in front of the servers: buyers then use its one
+    /// URL and it deals their requests over the servers (nginx: Debian's
+    /// package, started with a throwaway config on a loopback port). It
+    /// never resends a purchase that reached a server; buyers retry its 502
+    /// with their Idempotency-Key.
+    #[arg(long, value_enum, value_name = "BALANCER")]
+    balancer: Option<load::balancer::Balancer>,
+
     /// The ticket id to race for.
     #[arg(long, default_value_t = 1)]
     ticket_id: i64,
@@ -254,6 +262,11 @@ struct TourArgs {
     /// Only these levels (comma-separated). Default: every level.
     #[arg(long, value_delimiter = ',', value_parser = level_parser())]
     levels: Option<Vec<u8>>,
+
+    /// Put this load balancer in front of the two-server rows (see `load
+    /// run --balancer`).
+    #[arg(long, value_enum, value_name = "BALANCER")]
+    balancer: Option<load::balancer::Balancer>,
 
     #[command(flatten)]
     rush: RushArgs,
@@ -319,6 +332,7 @@ async fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
         strategy: args.strategy,
         servers: args.servers,
         targets: args.targets,
+        balancer: args.balancer,
         think_time_ms: args.rush.think_time_ms,
         server_args: args.server_args,
         ticket_id: args.ticket_id,
@@ -404,9 +418,16 @@ async fn tour_command(args: TourArgs) -> anyhow::Result<ExitCode> {
             progress: false,
             ..args.rush.settings()
         },
+        balancer: args.balancer,
     };
     let json = args.rush.json;
     if !json {
+        if let Some(balancer) = options.balancer {
+            println!(
+                "Rows with more than one server go through {}: buyers use its one URL.",
+                balancer.as_str()
+            );
+        }
         load::output::print_tour_intro(&options.rush);
     }
     let result = tour(&options, |row| {

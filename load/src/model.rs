@@ -64,6 +64,11 @@ pub struct Report {
     pub strategy: Option<String>,
     /// How many servers the buyers were spread over.
     pub servers: usize,
+    /// The load balancer the buyers went through (`nginx`), one URL in
+    /// front of the servers; `None`: buyers were dealt over the servers'
+    /// own ports.
+    #[serde(default)]
+    pub balancer: Option<String>,
     /// Concurrent buyers.
     pub buyers: usize,
     /// Units put on sale.
@@ -226,6 +231,7 @@ impl Report {
             level: None,
             strategy: None,
             servers: 0,
+            balancer: None,
             buyers: 0,
             tickets: 0,
             distinct_users: 0,

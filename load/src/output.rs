@@ -62,6 +62,10 @@ fn title_line(out: &mut String, report: &Report, round: Option<u32>) {
         .unwrap_or_default();
     let round = round.map(|r| format!(" · round {r}")).unwrap_or_default();
     let plural = if report.servers == 1 { "" } else { "s" };
+    let plural = match &report.balancer {
+        Some(balancer) => format!("{plural} behind {balancer} (one URL)"),
+        None => plural.to_owned(),
+    };
     if let Some(rate) = report.rate {
         let _ = writeln!(
             out,

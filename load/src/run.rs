@@ -9,6 +9,7 @@ use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 use ticket_core::services::{free_port, Durability, Postgres, Redis};
 
+use crate::balancer::{Balancer, Front};
 use crate::levels::{level, LevelInfo, SettleArgs};
 use crate::machine::Machine;
 use crate::model::{peak_rss_mib, Ceiling, Memory, Report};
@@ -174,6 +175,9 @@ pub struct RunOptions {
     pub servers: usize,
     /// Servers someone else started.
     pub targets: Vec<String>,
+    /// A load balancer to put in front of the servers (`--balancer`):
+    /// buyers then use its one URL.
+    pub balancer: Option<Balancer>,
     /// `--think-time-ms` for started servers (`None`: the level's race window).
     pub think_time_ms: Option<u64>,
     /// Extra flags for started servers.
@@ -234,22 +238,29 @@ pub async fn run(options: &RunOptions) -> anyhow::Result<RunResult> {
         .await
         .with_servers(server_pids(&processes, targets.len()));
     let result = async {
+        let front = match options.balancer {
+            Some(kind) => Some(Front::start(kind, targets.clone(), options.rush.timeout).await?),
+            None => None,
+        };
+        let buyers_use = front
+            .as_ref()
+            .map_or_else(|| targets.clone(), |f| vec![f.url().to_owned()]);
         let ceilings = match options.rush.sustained {
             Some(shape) => {
                 let pools = targets.len() * default_pool_size();
                 let id = options.ticket_id + 1;
-                measure_ceilings(&services, &targets, shape, pools, id, &watch).await?
+                measure_ceilings(&services, &buyers_use, shape, pools, id, &watch).await?
             }
             None => Vec::new(),
         };
         for round in 0..options.rounds.max(1) {
-            let mut report = one_round(
+            let mut report = round_via(
+                front.as_ref(),
                 &options.rush,
                 &info,
                 &services,
                 targets.clone(),
-                options.ticket_id,
-                round,
+                (options.ticket_id, round),
                 &watch,
             )
             .await?;
@@ -335,6 +346,29 @@ pub fn level_steps(info: &LevelInfo, args: &SettleArgs) -> (Option<Settle>, Opti
         }))
     });
     (settle, reset)
+}
+
+/// One round on `targets`, or, given a `front`, through its one URL,
+/// reported as the servers behind it (see [`Front::label`]). `place` is
+/// the ticket and the round's number; `watch` the processes whose CPU
+/// time a sustained run measures.
+pub(crate) async fn round_via(
+    front: Option<&Front>,
+    settings: &RushSettings,
+    info: &LevelInfo,
+    services: &Services,
+    targets: Vec<String>,
+    (ticket_id, round): (i64, u32),
+    watch: &crate::cpu::Watch,
+) -> anyhow::Result<Report> {
+    let Some(front) = front else {
+        return one_round(settings, info, services, targets, ticket_id, round, watch).await;
+    };
+    let before = front.counters().await;
+    let through = vec![front.url().to_owned()];
+    let mut report = one_round(settings, info, services, through, ticket_id, round, watch).await?;
+    front.label(&mut report, &before).await;
+    Ok(report)
 }
 
 /// One sell-out rush, or one sustained run when the settings say so

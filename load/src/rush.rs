@@ -11,7 +11,11 @@
 //! 4. on 503 `busy` clicks again, as a person would, after the server's
 //!    `retry_after_ms` hint (or `Retry-After`, or a short random pause),
 //!    at most `max_attempts` times;
-//! 5. stops at the first other answer.
+//! 5. on a load balancer's 502 or 504 (its server died holding the
+//!    purchase) clicks again with the same `Idempotency-Key`, if it sends
+//!    one, and again on 409 `request_in_progress` (that key's first attempt
+//!    is at work, or holds the key until its lease runs out);
+//! 6. stops at the first other answer.
 //!
 //! The answers it reads (201, 409 `sold_out`/`already_purchased`, 503 `busy`
 //! with `retry_after_ms`) are the API's, in docs/api.md; what it reports is
@@ -463,6 +467,16 @@ impl Buyer {
         Ok(client)
     }
 
+    /// Files an answer this buyer asks again about (see [`Buyer::buy`]).
+    fn note_retried(&self, tally: &Tally, status: u16, request_id: Option<&str>) {
+        use crate::failures::kind::{GATEWAY, IN_PROGRESS};
+        let kind = if status == 409 { IN_PROGRESS } else { GATEWAY };
+        let id = request_id.unwrap_or("none");
+        tally.failures.record(kind, || {
+            format!("{}: HTTP {status} (x-request-id {id}), retried", self.url)
+        });
+    }
+
     async fn buy(&self, client: &reqwest::Client, tally: &Tally) -> Final {
         let mut rng = StdRng::seed_from_u64(self.seed);
         for _ in 0..self.max_attempts {
@@ -522,6 +536,17 @@ impl Buyer {
                     // Half to one and a half times the hint: buyers who were
                     // told the same thing do not all come back together.
                     let pause = hint.mul_f64(rng.random_range(0.5..1.5));
+                    tokio::time::sleep(pause).await;
+                }
+                // Asked again with the same key: a balancer's 502/504 (its
+                // server died holding the purchase, which it rightly did not
+                // resend: it may have sold), or 409 request_in_progress (the
+                // key's first attempt is at work, or died with its server
+                // and holds the key until its lease runs out). A sale
+                // already made is then replayed as its 201.
+                (502 | 504, _) | (409, "request_in_progress") if self.idempotency_key.is_some() => {
+                    self.note_retried(tally, status, request_id.as_deref());
+                    let pause = Duration::from_millis(20).mul_f64(rng.random_range(0.5..1.5));
                     tokio::time::sleep(pause).await;
                 }
                 (500..=599, _) => {

@@ -7,11 +7,12 @@ use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 use ticket_core::Verdict;
 
+use crate::balancer::{Balancer, Front};
 use crate::levels::{levels, LevelInfo, StrategyInfo};
 use crate::machine::Machine;
 use crate::model::{Ceiling, Report};
 use crate::run::{
-    check_database, default_pool_size, default_think_time, measure_ceilings, memory_of, one_round,
+    check_database, default_pool_size, default_think_time, measure_ceilings, memory_of, round_via,
     server_pids, stop_all, RushSettings, Services, Sustained,
 };
 use crate::servers::{start_processes, ServerSpec};
@@ -33,6 +34,9 @@ pub struct TourOptions {
     pub exe: PathBuf,
     /// The rush itself.
     pub rush: RushSettings,
+    /// Put this load balancer in front of the rows with more than one
+    /// server (`--balancer`).
+    pub balancer: Option<Balancer>,
 }
 
 /// Servers every strategy of a sustained tour runs on (and the HTTP ceiling
@@ -214,16 +218,20 @@ async fn tour_row(
         .cpu_watch()
         .await
         .with_servers(server_pids(&processes, servers));
+    let front = match options.balancer.filter(|_| servers > 1) {
+        Some(kind) => Some(Front::start(kind, targets.clone(), options.rush.timeout).await?),
+        None => None,
+    };
     let mut rounds = Vec::new();
     let mut failure = None;
     for round in 0..options.rounds.max(1) {
-        let report = one_round(
+        let report = round_via(
+            front.as_ref(),
             &options.rush,
             info,
             services,
             targets.clone(),
-            ticket_id,
-            round,
+            (ticket_id, round),
             &watch,
         )
         .await;
@@ -243,6 +251,7 @@ async fn tour_row(
             }
         }
     }
+    drop(front);
     stop_all(processes).await;
     if let Some(err) = failure {
         return Err(err.context(format!(

@@ -18,7 +18,8 @@
 //! That is what lets a test binary keep one server in a `static` (never
 //! dropped) without leaking processes.
 //!
-//! One file each: [`postgres`](Postgres), [`redis`](Redis), the `sh`
+//! One file each: [`postgres`](Postgres), [`redis`](Redis), the load
+//! balancer [`nginx`](Nginx) (started in front of N servers), the `sh`
 //! supervisor (`supervise.rs`) and, behind the feature, `docker.rs`.
 //!
 //! PostgreSQL refuses to run as root; when this process is root, the server
@@ -32,10 +33,12 @@ use anyhow::Context as _;
 
 #[cfg(feature = "docker")]
 mod docker;
+mod nginx;
 mod postgres;
 mod redis;
 mod supervise;
 
+pub use nginx::{Nginx, NginxSettings};
 pub use postgres::{with_database, Postgres};
 pub use redis::Redis;
 
