@@ -50,8 +50,7 @@ fn percentile_x(percent: f64) -> f64 {
 }
 
 /// The x axis's ticks: where, and what they say.
-const PERCENTILE_TICKS: [(f64, &str); 6] = [
-    (0.0, "0%"),
+const PERCENTILE_TICKS: [(f64, &str); 5] = [
     (0.301, "50%"),
     (1.0, "90%"),
     (2.0, "99%"),
@@ -111,7 +110,7 @@ pub(super) fn latency_plot(data: &ReportData) -> anyhow::Result<String> {
 fn draw_latency_header<DB: DrawingBackend>(
     area: &DrawingArea<DB, plotters::coord::Shift>,
 ) -> anyhow::Result<()> {
-    let title = "Latency: how long the slowest x % of buyers waited";
+    let title = "Latency: x % of buyers were answered within y ms";
     area.draw(&Text::new(title, (12, 8), ("sans-serif", 22).into_font()))
         .map_err(plot_error)?;
     let grey = RGBColor(60, 60, 60);
@@ -156,8 +155,10 @@ fn draw_latency_panel<DB: DrawingBackend>(
 ) -> anyhow::Result<()> {
     let lines: Vec<Vec<(f64, f64)>> = panel.rows.iter().map(|r| latency_points(r)).collect();
     let all_ms = || lines.iter().flatten().map(|p| p.1);
-    let min_ms = all_ms().fold(f64::MAX, f64::min).min(1.0) * 0.8;
-    let max_ms = all_ms().fold(1.0_f64, f64::max) * 1.3;
+    // The panel's own range, so that its lines fill it (panels are read
+    // one at a time; each names its scale).
+    let min_ms = all_ms().fold(f64::MAX, f64::min).min(1e6) * 0.7;
+    let max_ms = all_ms().fold(0.0_f64, f64::max).max(min_ms * 10.0) * 1.4;
     let mut chart = ChartBuilder::on(area)
         .caption(&panel.title, ("sans-serif", 19).into_font())
         .margin(8)
@@ -419,4 +420,35 @@ pub(super) fn outcomes_plot(data: &ReportData) -> anyhow::Result<String> {
         .collect();
     let legend: Vec<(&str, RGBColor)> = OUTCOMES.iter().map(|(n, f, _)| (*n, *f)).collect();
     stacked_bars("What buyers were answered", "answers", &bars, &legend)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_names_at_one_height_are_spread_so_none_overlaps() {
+        let blue = STRATEGY_COLORS[0];
+        let labels = vec![
+            (100, "b".to_owned(), blue),
+            (100, "a".to_owned(), blue),
+            (105, "c".to_owned(), blue),
+            (300, "d".to_owned(), blue),
+        ];
+        let heights: Vec<i32> = spread_labels(labels, 17).iter().map(|l| l.0).collect();
+        assert_eq!(heights, [100, 117, 134, 300]);
+    }
+
+    #[test]
+    fn the_tail_percentiles_are_evenly_spaced_and_the_maximum_last() {
+        let x: Vec<f64> = [90.0, 99.0, 99.9, 100.0]
+            .iter()
+            .map(|p| percentile_x(*p))
+            .collect();
+        assert!(
+            (x[0] - 1.0).abs() < 1e-9 && (x[1] - 2.0).abs() < 1e-9,
+            "{x:?}"
+        );
+        assert!((x[2] - 3.0).abs() < 1e-6 && x[3] > x[2], "{x:?}");
+    }
 }
