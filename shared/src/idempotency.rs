@@ -14,9 +14,11 @@
 //!    be atomic with; its answer is recorded after. A retryable failure (503)
 //!    is not recorded: the claim is released, so a retry does the work again.
 //! 3. **Everyone else waits and replays.** Any other request with the key
-//!    polls the row until it is completed (and replays its status and body,
-//!    byte for byte, with `Idempotent-Replayed: true`), released (and tries to
-//!    claim it), or until the wait bound (409 `request_in_progress`).
+//!    re-reads the row, backing off (10 ms, doubling to 200 ms: a rush must
+//!    not spend its connections on waiting), until it is completed (and
+//!    replays its status and body, byte for byte, with
+//!    `Idempotent-Replayed: true`), released (and tries to claim it), or
+//!    until the wait bound (409 `request_in_progress`).
 //!
 //! A claim holds a lease. If its server died, the lease runs out, and because
 //! of step 2 an expired claim never has an order behind it: the next request
@@ -44,6 +46,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::{PgConnection, PgPool, Row as _};
 
+use crate::backoff::Backoff;
 use crate::domain::{PurchaseError, TicketId, UserId};
 
 /// How keys are handled (`--idempotency`).
@@ -179,10 +182,24 @@ pub enum Begin {
     InProgress,
 }
 
+/// How a duplicate waits for the request that holds its key: a first
+/// re-read after about 10 ms, then pauses doubling up to 200 ms. Under a
+/// rush the holder is queued behind thousands of buyers for the same pool
+/// of connections; a duplicate that re-read every 10 ms would take a turn
+/// of that pool each time and slow the holder it waits for.
+const WAIT_BACKOFF: Backoff =
+    Backoff::equal_jitter(Duration::from_millis(10), Duration::from_millis(200));
+
 /// Claims `user`'s `key` for `ticket`, or waits for whoever holds it.
 ///
 /// Keys are scoped per buyer: `(user, key)` names a row, so two buyers who
 /// pick the same key never see each other's.
+///
+/// The common case, a key never seen, costs one turn of the connection
+/// pool: the claiming INSERT. Only a conflict costs more: reading the row
+/// (and, for a key whose time to live is over, deleting it and claiming
+/// again). A duplicate in progress then re-reads the row alone, backing
+/// off ([`WAIT_BACKOFF`]), and claims again only once the row is gone.
 pub async fn begin(
     pool: &PgPool,
     settings: &Settings,
@@ -191,8 +208,8 @@ pub async fn begin(
     user: UserId,
 ) -> Result<Begin, PurchaseError> {
     let deadline = Instant::now() + settings.wait;
+    let mut waits = 0;
     loop {
-        forget_if_expired(pool, key, user).await?;
         let claim = Claim {
             key: key.to_owned(),
             user,
@@ -201,32 +218,46 @@ pub async fn begin(
         if try_claim(pool, settings, &claim, ticket).await? {
             return Ok(Begin::Owner(claim));
         }
-        let Some(row) = read(pool, key, user).await? else {
-            continue; // released or expired in between: try to claim again
-        };
-        if row.ticket != ticket.get() {
-            return Ok(Begin::Mismatch);
-        }
-        if let Some(answer) = row.answer {
-            return Ok(Begin::Replay(answer));
-        }
-        if row.stale {
-            // The holder's lease ran out (its server died, most likely). No
-            // order stands behind an unfinished claim, so take it over.
-            if take_over(pool, settings, &claim).await? {
-                return Ok(Begin::Owner(claim));
+        // Someone holds the key, or held it: wait on its row alone until
+        // it answers, or is gone (then claim again).
+        loop {
+            let Some(row) = read(pool, key, user).await? else {
+                break; // released or forgotten in between: claim again
+            };
+            if row.expired {
+                // Answered, and remembered long enough: the same key is
+                // now a new request.
+                forget_if_expired(pool, key, user).await?;
+                break;
             }
-            continue;
+            if row.ticket != ticket.get() {
+                return Ok(Begin::Mismatch);
+            }
+            if let Some(answer) = row.answer {
+                return Ok(Begin::Replay(answer));
+            }
+            if row.stale {
+                // The holder's lease ran out (its server died, most
+                // likely). No order stands behind an unfinished claim, so
+                // take it over.
+                if take_over(pool, settings, &claim).await? {
+                    return Ok(Begin::Owner(claim));
+                }
+                continue;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(Begin::InProgress);
+            }
+            waits += 1;
+            tokio::time::sleep(WAIT_BACKOFF.delay(waits).min(deadline - now)).await;
         }
-        if Instant::now() >= deadline {
-            return Ok(Begin::InProgress);
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
 /// Deletes the key if it was answered and its time to live is over: the
-/// same key is then a new request.
+/// same key is then a new request. Run only when a claim found the key
+/// taken: a rush of new keys never pays for it.
 ///
 /// Never a key still in progress (`status IS NULL`): its request may be
 /// about to commit an order with it. An unfinished claim whose server died
@@ -274,11 +305,14 @@ struct KeyRow {
     answer: Option<Recorded>,
     /// The holder's lease ran out.
     stale: bool,
+    /// It was answered and its time to live is over.
+    expired: bool,
 }
 
 async fn read(pool: &PgPool, key: &str, user: UserId) -> Result<Option<KeyRow>, sqlx::Error> {
     let row = sqlx::query(
-        "SELECT ticket_id, status, body, location, locked_until < now() AS stale \
+        "SELECT ticket_id, status, body, location, locked_until < now() AS stale, \
+                status IS NOT NULL AND expires_at < now() AS expired \
          FROM idempotency_keys WHERE user_id = $1 AND key = $2",
     )
     .bind(user.get())
@@ -293,6 +327,7 @@ async fn read(pool: &PgPool, key: &str, user: UserId) -> Result<Option<KeyRow>, 
             location: row.get("location"),
         }),
         stale: row.get("stale"),
+        expired: row.get("expired"),
     }))
 }
 

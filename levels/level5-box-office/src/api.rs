@@ -29,10 +29,10 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, patch, post};
 use axum::{Json, Router};
 use serde_json::Value;
 use sqlx::PgPool;
+use ticket_core::api::listed::ListedRouter;
 use ticket_core::idempotency;
 use ticket_core::metrics::Metrics;
 use ticket_core::UserId;
@@ -68,23 +68,31 @@ pub struct AppState {
     pub metrics: Metrics,
 }
 
+/// The box office's routes, each added through
+/// [`ticket_core::api::listed::ListedRouter`], so that the OpenAPI test
+/// reads the very list that is served.
+pub fn listed() -> ListedRouter<AppState> {
+    ListedRouter::new()
+        .post("/admin/shows", create_show)
+        .patch("/admin/shows/{show_id}", change_show)
+        .get("/shows", list_shows)
+        .get("/shows/{show_id}/seats", seat_map)
+        .post("/shows/{show_id}/holds", hold)
+        .delete("/holds/{hold_id}", release)
+        .post("/holds/{hold_id}/payments", pay)
+        .post("/wallets/{user_id}/charges", charge)
+        .get("/wallets/{user_id}", balance)
+        .get("/users/{user_id}/reservations", user_reservations)
+        .get("/health", health)
+        .get("/livez", || async { "ok" })
+        .get("/metrics", metrics)
+        .merge(crate::queue::routes::routes())
+}
+
 /// Builds the router; kept apart from start-up so tests can serve it.
 pub fn app(state: AppState) -> Router {
-    let router = Router::new()
-        .route("/admin/shows", post(create_show))
-        .route("/admin/shows/{show_id}", patch(change_show))
-        .route("/shows", get(list_shows))
-        .route("/shows/{show_id}/seats", get(seat_map))
-        .route("/shows/{show_id}/holds", post(hold))
-        .route("/holds/{hold_id}", delete(release))
-        .route("/holds/{hold_id}/payments", post(pay))
-        .route("/wallets/{user_id}/charges", post(charge))
-        .route("/wallets/{user_id}", get(balance))
-        .route("/users/{user_id}/reservations", get(user_reservations))
-        .route("/health", get(health))
-        .route("/livez", get(|| async { "ok" }))
-        .route("/metrics", get(metrics))
-        .merge(crate::queue::routes::routes())
+    let router = listed()
+        .into_router()
         .fallback(|| async { BoxError::NotFound("resource") })
         .method_not_allowed_fallback(|| async {
             BoxError::Invalid {

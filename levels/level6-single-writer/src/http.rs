@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use ticket_core::api::input::{BuyerBody, IdempotencyKey, OrderPath, TicketPath};
+use ticket_core::api::listed::ListedRouter;
 use ticket_core::api::{AppState, Problem};
 use ticket_core::metrics::Metrics;
 use ticket_core::{PurchaseError, TicketId, UserId};
@@ -32,17 +32,26 @@ pub struct Level6State {
     pub metrics: Metrics,
 }
 
+/// Level 6's own routes, each added through
+/// [`ticket_core::api::listed::ListedRouter`]; together with
+/// [`ticket_core::api::listed()`], which answers everything else, they are
+/// the routes the OpenAPI test compares with the document.
+pub fn listed() -> ListedRouter<Level6State> {
+    ListedRouter::new()
+        .post("/tickets/{ticket_id}/orders", purchase)
+        .delete("/tickets/{ticket_id}/orders/{order_id}", cancel)
+        .get("/requests/{request_id}", poll)
+        .get("/partitions", partitions)
+}
+
 /// The router: Level 6's routes, and the shared API for everything else.
 pub fn app(engine: Engine, shared: AppState) -> Router {
     let state = Level6State {
         engine,
         metrics: shared.metrics.clone(),
     };
-    let own = Router::new()
-        .route("/tickets/{ticket_id}/orders", post(purchase))
-        .route("/tickets/{ticket_id}/orders/{order_id}", delete(cancel))
-        .route("/requests/{request_id}", get(poll))
-        .route("/partitions", get(partitions))
+    let own = listed()
+        .into_router()
         .layer(axum::extract::DefaultBodyLimit::max(
             ticket_core::api::MAX_BODY_BYTES,
         ));

@@ -8,7 +8,8 @@ use super::{ReportData, ReportRow};
 /// The page's style. The `@media print` block keeps each table and plot
 /// on one page, drops the grey backgrounds (a printer drops them anyway;
 /// an unexpected row is then marked in bold and underlined) and lets the
-/// plots shrink to the page's width.
+/// plots shrink to the page's width, and a tall one (the latency panels)
+/// to the page's height.
 const STYLE: &str = r#"
 body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1100px; color: #222; }
 h1 { font-size: 1.6rem; } h2 { margin-top: 2.2rem; font-size: 1.2rem; }
@@ -26,6 +27,7 @@ figure svg { max-width: 100%; height: auto; }
   code, td.unexpected { background: none; }
   td.unexpected { font-weight: 700; text-decoration: underline; }
   table, figure { break-inside: avoid; page-break-inside: avoid; }
+  figure svg { max-height: 180mm; width: auto; }
   h2 { break-after: avoid; page-break-after: avoid; }
   @page { size: A4 landscape; margin: 12mm; }
 }
@@ -196,5 +198,6 @@ mod tests {
         assert!(print.contains("break-inside: avoid"), "{print}");
         assert!(print.contains("@page"), "{print}");
         assert!(STYLE.contains("figure svg { max-width: 100%"), "{STYLE}");
+        assert!(print.contains("figure svg { max-height: 180mm"), "{print}");
     }
 }

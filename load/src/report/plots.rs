@@ -1,6 +1,8 @@
 //! The report's plots, drawn with `plotters` into SVG strings.
 
+use plotters::element::DashedPathElement;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::ReportData;
 use crate::model::Report;
@@ -16,60 +18,243 @@ fn plot_error(err: impl std::fmt::Display) -> anyhow::Error {
     anyhow::anyhow!("drawing a plot: {err}")
 }
 
-/// Latency CDF: one line per row, x = milliseconds (log scale), y = share of
-/// buyers answered within that time.
+/// Colours for the strategies of one panel: the Okabe-Ito palette, told
+/// apart by most colour-blind readers and on a washed-out projector.
+const STRATEGY_COLORS: [RGBColor; 7] = [
+    RGBColor(0, 114, 178),
+    RGBColor(213, 94, 0),
+    RGBColor(0, 158, 115),
+    RGBColor(204, 121, 167),
+    RGBColor(230, 159, 0),
+    RGBColor(86, 180, 233),
+    RGBColor(0, 0, 0),
+];
+
+/// Panels side by side, and each panel's size in pixels.
+const PANEL_COLUMNS: usize = 2;
+const PANEL_HEIGHT: u32 = 330;
+/// Room on the right of a panel for the lines' names.
+const LABEL_ROOM: u32 = 130;
+/// Room above the panels for the title and the key of line styles.
+const HEADER: u32 = 70;
+
+/// Where a percentile sits on the x axis: `-log10(1 - p)`, so 90 %, 99 %
+/// and 99.9 % are evenly spaced and the tail gets the room it deserves;
+/// the maximum (100 %) is drawn half a step past 99.9 %.
+fn percentile_x(percent: f64) -> f64 {
+    if percent >= 99.95 {
+        3.5
+    } else {
+        -(1.0 - percent / 100.0).log10()
+    }
+}
+
+/// The x axis's ticks: where, and what they say.
+const PERCENTILE_TICKS: [(f64, &str); 5] = [
+    (0.301, "50%"),
+    (1.0, "90%"),
+    (2.0, "99%"),
+    (3.0, "99.9%"),
+    (3.5, "max"),
+];
+
+/// The rows of one level, for one panel.
+struct Panel<'a> {
+    title: String,
+    rows: Vec<&'a super::ReportRow>,
+}
+
+/// Groups rows by level, in the order levels first appear.
+fn panels(data: &ReportData) -> Vec<Panel<'_>> {
+    let mut panels: Vec<(Option<u8>, Panel<'_>)> = Vec::new();
+    for row in &data.rows {
+        let level = row.report.level;
+        match panels.iter_mut().find(|(l, _)| *l == level) {
+            Some((_, panel)) => panel.rows.push(row),
+            None => panels.push((
+                level,
+                Panel {
+                    title: level.map_or_else(|| "Other".to_owned(), |l| format!("Level {l}")),
+                    rows: vec![row],
+                },
+            )),
+        }
+    }
+    panels.into_iter().map(|(_, panel)| panel).collect()
+}
+
+/// Latency by percentile as small multiples: one panel per level, one
+/// colour per strategy, a solid line for one server and a dashed one for
+/// two, each strategy named at the end of its line (no legend to decode).
+/// x = percentile of buyers (0 % to the slowest), y = milliseconds (log).
 pub(super) fn latency_plot(data: &ReportData) -> anyhow::Result<String> {
+    let panels = panels(data);
+    let grid_rows = panels.len().div_ceil(PANEL_COLUMNS).max(1);
+    let height = HEADER + PANEL_HEIGHT * grid_rows as u32;
     let mut svg = String::new();
     {
-        let height = 440 + 18 * data.rows.len() as u32;
         let root = SVGBackend::with_string(&mut svg, (WIDTH, height)).into_drawing_area();
         root.fill(&WHITE).map_err(plot_error)?;
-        let max_ms = data
-            .rows
-            .iter()
-            .flat_map(|r| r.report.latency_cdf_ms.iter().map(|p| p[1]))
-            .fold(1.0_f64, f64::max)
-            * 1.2;
-        let (chart_area, legend_area) = root.split_vertically(440);
-        let mut chart = ChartBuilder::on(&chart_area)
-            .caption(
-                "Latency: share of buyers answered within x ms",
-                ("sans-serif", 18),
-            )
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(50)
-            .build_cartesian_2d((0.1_f64..max_ms).log_scale(), 0.0_f64..100.0)
-            .map_err(plot_error)?;
-        chart
-            .configure_mesh()
-            .x_desc("milliseconds (log scale)")
-            .y_desc("percent of buyers")
-            .draw()
-            .map_err(plot_error)?;
-        for (i, row) in data.rows.iter().enumerate() {
-            let points: Vec<(f64, f64)> = row
-                .report
-                .latency_cdf_ms
-                .iter()
-                .map(|p| (p[1].max(0.1), p[0]))
-                .collect();
-            chart
-                .draw_series(LineSeries::new(points, color(i).stroke_width(2)))
-                .map_err(plot_error)?;
-        }
-        for (i, row) in data.rows.iter().enumerate() {
-            let y = 8 + 18 * i as i32;
-            legend_area
-                .draw(&Rectangle::new([(60, y), (80, y + 10)], color(i).filled()))
-                .map_err(plot_error)?;
-            legend_area
-                .draw(&Text::new(row.label(), (88, y), ("sans-serif", 13)))
-                .map_err(plot_error)?;
+        let (header, grid) = root.split_vertically(HEADER);
+        draw_latency_header(&header)?;
+        let cells = grid.split_evenly((grid_rows, PANEL_COLUMNS));
+        for (panel, area) in panels.iter().zip(&cells) {
+            draw_latency_panel(area, panel)?;
         }
         root.present().map_err(plot_error)?;
     }
     Ok(svg)
+}
+
+/// The title and the key of the two line styles.
+fn draw_latency_header<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+) -> anyhow::Result<()> {
+    let title = "Latency: x % of buyers were answered within y ms";
+    area.draw(&Text::new(title, (12, 8), ("sans-serif", 22).into_font()))
+        .map_err(plot_error)?;
+    let grey = RGBColor(60, 60, 60);
+    area.draw(&PathElement::new(
+        vec![(16, 50), (60, 50)],
+        grey.stroke_width(3),
+    ))
+    .map_err(plot_error)?;
+    area.draw(&Text::new("one server", (68, 42), ("sans-serif", 16)))
+        .map_err(plot_error)?;
+    area.draw(&DashedPathElement::new(
+        vec![(190, 50), (234, 50)],
+        8,
+        5,
+        grey.stroke_width(3),
+    ))
+    .map_err(plot_error)?;
+    area.draw(&Text::new("two servers", (242, 42), ("sans-serif", 16)))
+        .map_err(plot_error)?;
+    area.draw(&Text::new(
+        "colour = strategy, named at the end of its line",
+        (380, 42),
+        ("sans-serif", 16),
+    ))
+    .map_err(plot_error)?;
+    Ok(())
+}
+
+/// The points of a row's line, in plot coordinates.
+fn latency_points(row: &super::ReportRow) -> Vec<(f64, f64)> {
+    row.report
+        .latency_cdf_ms
+        .iter()
+        .map(|p| (percentile_x(p[0]), p[1].max(0.1)))
+        .collect()
+}
+
+/// One level's panel: its strategies' lines, named on the right.
+fn draw_latency_panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    panel: &Panel<'_>,
+) -> anyhow::Result<()> {
+    let lines: Vec<Vec<(f64, f64)>> = panel.rows.iter().map(|r| latency_points(r)).collect();
+    let all_ms = || lines.iter().flatten().map(|p| p.1);
+    // The panel's own range, so that its lines fill it (panels are read
+    // one at a time; each names its scale).
+    let min_ms = all_ms().fold(f64::MAX, f64::min).min(1e6) * 0.7;
+    let max_ms = all_ms().fold(0.0_f64, f64::max).max(min_ms * 10.0) * 1.4;
+    let mut chart = ChartBuilder::on(area)
+        .caption(&panel.title, ("sans-serif", 19).into_font())
+        .margin(8)
+        .margin_right(LABEL_ROOM)
+        .x_label_area_size(30)
+        .y_label_area_size(56)
+        .build_cartesian_2d(0.0_f64..3.6, (min_ms..max_ms).log_scale())
+        .map_err(plot_error)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(0)
+        .y_labels(5)
+        .y_label_style(("sans-serif", 14))
+        .y_desc("ms")
+        .y_label_formatter(&|ms| format_ms(*ms))
+        .draw()
+        .map_err(plot_error)?;
+    // The chart speaks in whole-picture pixels; `area` draws in its own.
+    let (base_x, base_y) = area.get_base_pixel();
+    let grid = RGBColor(220, 220, 220);
+    for (x, text) in PERCENTILE_TICKS {
+        chart
+            .draw_series(LineSeries::new(
+                [(x, min_ms), (x, max_ms)],
+                grid.stroke_width(1),
+            ))
+            .map_err(plot_error)?;
+        let (px, py) = chart.backend_coord(&(x, min_ms));
+        let style = ("sans-serif", 14)
+            .into_font()
+            .color(&BLACK)
+            .pos(Pos::new(HPos::Center, VPos::Top));
+        area.draw(&Text::new(text, (px - base_x, py - base_y + 6), style))
+            .map_err(plot_error)?;
+    }
+    let mut strategies: Vec<&str> = Vec::new();
+    let mut labels: Vec<(i32, String, RGBColor)> = Vec::new();
+    for (row, points) in panel.rows.iter().zip(&lines) {
+        let name = row.report.strategy.as_deref().unwrap_or("?");
+        let index = strategies
+            .iter()
+            .position(|s| *s == name)
+            .unwrap_or_else(|| {
+                strategies.push(name);
+                strategies.len() - 1
+            });
+        let color = STRATEGY_COLORS[index % STRATEGY_COLORS.len()];
+        let style = color.stroke_width(3);
+        if row.report.servers <= 1 {
+            chart.draw_series(LineSeries::new(points.clone(), style))
+        } else {
+            chart.draw_series(DashedLineSeries::new(points.clone(), 9, 6, style))
+        }
+        .map_err(plot_error)?;
+        // A strategy is named once, at the end of its first line.
+        if let (Some(end), false) = (points.last(), labels.iter().any(|l| l.1 == name)) {
+            labels.push((chart.backend_coord(end).1 - base_y, name.to_owned(), color));
+        }
+    }
+    let x = chart.backend_coord(&(3.6, max_ms)).0 - base_x + 8;
+    for (y, name, color) in spread_labels(labels, 17) {
+        let style = ("sans-serif", 15)
+            .into_font()
+            .color(&color)
+            .pos(Pos::new(HPos::Left, VPos::Center));
+        area.draw(&Text::new(name, (x, y), style))
+            .map_err(plot_error)?;
+    }
+    Ok(())
+}
+
+/// Milliseconds as an axis label: no trailing noise.
+fn format_ms(ms: f64) -> String {
+    if ms >= 10.0 {
+        format!("{ms:.0}")
+    } else if ms >= 1.0 {
+        format!("{ms:.1}")
+    } else {
+        format!("{ms:.2}")
+    }
+}
+
+/// Moves labels apart vertically so that none overlaps the next: sorted
+/// top to bottom, each at least `gap` pixels below the one above.
+fn spread_labels(
+    mut labels: Vec<(i32, String, RGBColor)>,
+    gap: i32,
+) -> Vec<(i32, String, RGBColor)> {
+    labels.sort_by_key(|l| l.0);
+    let mut last = i32::MIN / 2;
+    for label in &mut labels {
+        label.0 = label.0.max(last + gap);
+        last = label.0;
+    }
+    labels
 }
 
 /// One bar of a bar chart: its label and its segments, left to right.
@@ -235,4 +420,35 @@ pub(super) fn outcomes_plot(data: &ReportData) -> anyhow::Result<String> {
         .collect();
     let legend: Vec<(&str, RGBColor)> = OUTCOMES.iter().map(|(n, f, _)| (*n, *f)).collect();
     stacked_bars("What buyers were answered", "answers", &bars, &legend)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_names_at_one_height_are_spread_so_none_overlaps() {
+        let blue = STRATEGY_COLORS[0];
+        let labels = vec![
+            (100, "b".to_owned(), blue),
+            (100, "a".to_owned(), blue),
+            (105, "c".to_owned(), blue),
+            (300, "d".to_owned(), blue),
+        ];
+        let heights: Vec<i32> = spread_labels(labels, 17).iter().map(|l| l.0).collect();
+        assert_eq!(heights, [100, 117, 134, 300]);
+    }
+
+    #[test]
+    fn the_tail_percentiles_are_evenly_spaced_and_the_maximum_last() {
+        let x: Vec<f64> = [90.0, 99.0, 99.9, 100.0]
+            .iter()
+            .map(|p| percentile_x(*p))
+            .collect();
+        assert!(
+            (x[0] - 1.0).abs() < 1e-9 && (x[1] - 2.0).abs() < 1e-9,
+            "{x:?}"
+        );
+        assert!((x[2] - 3.0).abs() < 1e-6 && x[3] > x[2], "{x:?}");
+    }
 }

@@ -27,6 +27,7 @@
 //! is always a 4xx and never changes a row.
 
 pub mod input;
+pub mod listed;
 pub mod observe;
 pub mod problem;
 mod purchase;
@@ -44,7 +45,7 @@ pub use input::{parse_purchase_body, parse_ticket_id, MAX_BODY_BYTES};
 pub use observe::{observed, REQUEST_ID};
 pub use problem::Problem;
 pub use purchase::replay_response;
-pub use routes::app;
+pub use routes::{app, listed};
 
 /// What every handler can reach: the strategy that sells, the pool that
 /// reads, and this server's metrics.

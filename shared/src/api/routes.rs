@@ -8,26 +8,33 @@ use std::time::Duration;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 
 use super::input::{BuyerBody, OrderPath, TicketPath, MAX_BODY_BYTES};
+use super::listed::ListedRouter;
 use super::problem::Problem;
 use super::purchase::purchase;
 use super::AppState;
 use crate::db;
 use crate::domain::{Cancellation, PurchaseError, Ticket};
 
+/// The API's routes, each added through [`ListedRouter`] so that the list
+/// (and the OpenAPI test that reads it) cannot drift from what is served.
+pub fn listed() -> ListedRouter<AppState> {
+    ListedRouter::new()
+        .post("/tickets/{ticket_id}/orders", purchase)
+        .delete("/tickets/{ticket_id}/orders/{order_id}", cancel)
+        .get("/tickets/{ticket_id}", ticket)
+        .get("/health", health)
+        .get("/livez", livez)
+        .get("/metrics", metrics)
+}
+
 /// Builds the router, traced and with request ids ([`super::observe`]).
 /// Kept apart from `main` so tests can serve it on port 0.
 pub fn app(state: AppState) -> Router {
-    let router = Router::new()
-        .route("/tickets/{ticket_id}/orders", post(purchase))
-        .route("/tickets/{ticket_id}/orders/{order_id}", delete(cancel))
-        .route("/tickets/{ticket_id}", get(ticket))
-        .route("/health", get(health))
-        .route("/livez", get(livez))
-        .route("/metrics", get(metrics))
+    let router = listed()
+        .into_router()
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));

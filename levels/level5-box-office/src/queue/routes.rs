@@ -13,8 +13,8 @@ use std::sync::Arc;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
+use ticket_core::api::listed::ListedRouter;
 
 use super::stats::QueueStats;
 use super::{Polled, Queue};
@@ -23,11 +23,11 @@ use crate::error::BoxError;
 use crate::input;
 
 /// The waiting room's routes, merged into [`crate::api::app`].
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/queue", post(join))
-        .route("/queue/{token}", get(poll))
-        .route("/shows/{show_id}/queue", get(stats))
+pub fn routes() -> ListedRouter<AppState> {
+    ListedRouter::new()
+        .post("/queue", join)
+        .get("/queue/{token}", poll)
+        .get("/shows/{show_id}/queue", stats)
 }
 
 fn queue(state: &AppState) -> Result<&Arc<Queue>, BoxError> {
