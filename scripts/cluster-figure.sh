@@ -62,7 +62,7 @@ for round in $(seq 1 "$ROUNDS"); do
         if [ "$which" = single ]; then redis=$SINGLE; else redis=$CLUSTER; fi
         "$LOAD" run --level 4 --strategy redis-lua --servers 2 \
             --duration "$DURATION" --concurrency "$CONCURRENCY" --json \
-            --database-url "$DB" --redis-url "$redis" >"$TMP/out.json" || true
+            --database-url "$DB" --redis-url "$redis" >"$TMP/out.json" 2>>"$TMP/load.log" || true
         python3 - "$TMP/out.json" "$round" "$which" "$TMP/$which.txt" <<'PY'
 import json, sys
 report = json.loads(open(sys.argv[1]).read().strip().splitlines()[-1])
