@@ -200,21 +200,7 @@ pub struct RunOptions {
 pub async fn run(options: &RunOptions) -> anyhow::Result<RunResult> {
     let info = level(options.level)?;
     let strategy = info.strategy(options.strategy.as_deref())?.name;
-    if !options.targets.is_empty()
-        && options.database_url.is_none()
-        && std::env::var("DATABASE_URL").map_or(true, |v| v.is_empty())
-    {
-        anyhow::bail!(
-            "with --target, also give --database-url (or DATABASE_URL): the database those \
-             servers share, which the load tool resets before and checks after the rush"
-        );
-    }
-    let given_targets = options
-        .targets
-        .iter()
-        .map(|t| normalise_target(t))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    check_targets(&given_targets).await?;
+    let given_targets = given_targets(options).await?;
     let services = Services::find(
         options.database_url.clone(),
         options.redis_url.clone(),
@@ -264,12 +250,13 @@ pub async fn run(options: &RunOptions) -> anyhow::Result<RunResult> {
                 &watch,
             )
             .await?;
-            report.ceilings = ceilings.clone();
-            report.memory = memory_of(&processes);
-            report.level = Some(info.number);
-            report.strategy = Some(strategy.to_owned());
-            report.think_time_ms = think_time_ms;
-            crate::cpu::attach_floor(&mut report);
+            label_report(
+                &mut report,
+                &ceilings,
+                &processes,
+                (info.number, strategy),
+                think_time_ms,
+            );
             reports.push(report);
         }
         anyhow::Ok(())
@@ -279,6 +266,45 @@ pub async fn run(options: &RunOptions) -> anyhow::Result<RunResult> {
     stop_all(processes).await;
     result?;
     Ok(RunResult { reports, machine })
+}
+
+/// The servers given with `--target`, normalised and answering `/health`,
+/// once the database they share is known.
+async fn given_targets(options: &RunOptions) -> anyhow::Result<Vec<String>> {
+    if !options.targets.is_empty()
+        && options.database_url.is_none()
+        && std::env::var("DATABASE_URL").map_or(true, |v| v.is_empty())
+    {
+        anyhow::bail!(
+            "with --target, also give --database-url (or DATABASE_URL): the database those \
+             servers share, which the load tool resets before and checks after the rush"
+        );
+    }
+    let targets = options
+        .targets
+        .iter()
+        .map(|t| normalise_target(t))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    check_targets(&targets).await?;
+    Ok(targets)
+}
+
+/// Writes into a round's report where it ran: the ceilings measured in the
+/// same run, the servers' memory, the level and strategy, the think time,
+/// and the CPU floor its cost is compared with.
+pub(crate) fn label_report(
+    report: &mut Report,
+    ceilings: &[Ceiling],
+    processes: &[ServerProcess],
+    (level, strategy): (u8, &str),
+    think_time_ms: Option<u64>,
+) {
+    report.ceilings = ceilings.to_vec();
+    report.memory = memory_of(processes);
+    report.level = Some(level);
+    report.strategy = Some(strategy.to_owned());
+    report.think_time_ms = think_time_ms;
+    crate::cpu::attach_floor(report);
 }
 
 /// Starts `options.servers` servers of the level and strategy on

@@ -12,8 +12,8 @@ use crate::levels::{levels, LevelInfo, StrategyInfo};
 use crate::machine::Machine;
 use crate::model::{Ceiling, Report};
 use crate::run::{
-    check_database, default_pool_size, default_think_time, measure_ceilings, memory_of, round_via,
-    server_pids, stop_all, RushSettings, Services, Sustained,
+    check_database, default_pool_size, default_think_time, label_report, measure_ceilings,
+    round_via, server_pids, stop_all, RushSettings, Services, Sustained,
 };
 use crate::servers::{start_processes, ServerSpec};
 
@@ -273,12 +273,8 @@ async fn tour_row(
         .await;
         match report {
             Ok(mut report) => {
-                report.ceilings = ceilings.to_vec();
-                report.memory = memory_of(&processes);
-                report.level = Some(info.number);
-                report.strategy = Some(strategy.name.to_owned());
-                report.think_time_ms = Some(think);
-                crate::cpu::attach_floor(&mut report);
+                let row = (info.number, strategy.name);
+                label_report(&mut report, ceilings, &processes, row, Some(think));
                 rounds.push(report);
             }
             Err(err) => {
@@ -295,14 +291,7 @@ async fn tour_row(
             info.number, strategy.name
         )));
     }
-    // A sustained run never sells out, so only strategies meant to be
-    // correct are held to a verdict there; the racy ones are shown for their
-    // speed.
-    let as_expected = if options.rush.sustained.is_some() {
-        expected != Verdict::Correct || rounds.iter().all(|r| r.verdict == Verdict::Correct)
-    } else {
-        rounds.iter().all(|r| r.verdict == expected)
-    };
+    let as_expected = met(options.rush.sustained.is_some(), expected, &rounds);
     Ok(TourRow {
         level: info.number,
         strategy: strategy.name.to_owned(),
@@ -312,6 +301,17 @@ async fn tour_row(
         rounds,
         as_expected,
     })
+}
+
+/// Whether a row's rounds earned `expected`. A sustained run never sells
+/// out, so only strategies meant to be correct are held to a verdict there;
+/// the racy ones are shown for their speed.
+fn met(sustained: bool, expected: Verdict, rounds: &[Report]) -> bool {
+    if sustained {
+        expected != Verdict::Correct || rounds.iter().all(|r| r.verdict == Verdict::Correct)
+    } else {
+        rounds.iter().all(|r| r.verdict == expected)
+    }
 }
 
 /// The HTML report of a tour: per row, the round that disagrees, else the last.
