@@ -179,6 +179,22 @@ impl LockClient {
         self.load_scripts().await
     }
 
+    /// `WAIT replicas timeout` on the connection that ran the lock's
+    /// scripts (WAIT counts the writes of the connection it is sent on),
+    /// sent to the master that holds `key`: how many replicas acknowledged
+    /// every write made so far on that connection.
+    pub(super) async fn wait_for_replicas(
+        &self,
+        key: &str,
+        replicas: u32,
+        timeout: std::time::Duration,
+    ) -> Result<u32, LockError> {
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(replicas).arg(super::millis(timeout));
+        let _ = key;
+        self.query(&wait).await
+    }
+
     /// Who the current task is, as an owner: `<instance>:<task id>`. Outside
     /// any task (a `block_on` in `main`) the thread stands in for the task.
     /// Always contains a ':', so it can never be the hash's `fence` field.

@@ -100,6 +100,9 @@ impl RedisLock {
             },
             other => other,
         })?;
+        if let Some(wait) = self.client.inner.options.replicas {
+            self.await_replicas(&owner, token, wait).await?;
+        }
         self.client
             .inner
             .wakeups
@@ -125,6 +128,34 @@ impl RedisLock {
             watchdog,
             released: false,
         })
+    }
+
+    /// `WAIT` until `wait.replicas` replicas have the hold just taken with
+    /// `token`; if fewer do in time, or Redis does not answer, gives the
+    /// hold back (as Redisson does when no replica synced) and fails.
+    async fn await_replicas(
+        &self,
+        owner: &str,
+        token: u64,
+        wait: super::ReplicaWait,
+    ) -> Result<(), LockError> {
+        let acknowledged = self
+            .client
+            .wait_for_replicas(&self.keys.lock, wait.replicas, wait.timeout)
+            .await;
+        let error = match acknowledged {
+            Ok(acknowledged) if acknowledged >= wait.replicas => return Ok(()),
+            Ok(acknowledged) => LockError::NotReplicated {
+                name: self.name.to_string(),
+                acknowledged,
+                wanted: wait.replicas,
+            },
+            Err(err) => err,
+        };
+        if let Err(err) = self.release_as(owner, Some(token)).await {
+            tracing::debug!(lock = %self.name, %err, "could not give back an unreplicated hold; its lease will");
+        }
+        Err(error)
     }
 
     /// Releases one hold of the current task, Redisson's `unlock()`:
