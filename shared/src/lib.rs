@@ -18,6 +18,7 @@
 //! | [`services`] | PostgreSQL and Redis from a URL, or throwaway servers started from local binaries |
 //! | [`verify`] | judging a rush from the database: correct, oversold, undersold, inconsistent |
 //! | [`metrics`] | per-server Prometheus counters (`GET /metrics`) |
+//! | [`redis_conn`] | one Redis connection for a single Redis or a Redis Cluster (`redis+cluster://` URLs), and hash slots |
 //! | [`redis_checks`] | for the levels that keep state in Redis: is an error an outage, may Redis evict keys |
 
 pub mod api;
@@ -27,6 +28,7 @@ pub mod domain;
 pub mod idempotency;
 pub mod metrics;
 pub mod redis_checks;
+pub mod redis_conn;
 pub mod server;
 pub mod services;
 pub mod strategy;

@@ -18,7 +18,8 @@
 //! That is what lets a test binary keep one server in a `static` (never
 //! dropped) without leaking processes.
 //!
-//! One file each: [`postgres`](Postgres), [`redis`](Redis), the `sh`
+//! One file each: [`postgres`](Postgres), [`redis`](Redis), a Redis Cluster of
+//! six of those ([`cluster`](RedisCluster)), the `sh`
 //! supervisor (`supervise.rs`) and, behind the feature, `docker.rs`.
 //!
 //! PostgreSQL refuses to run as root; when this process is root, the server
@@ -30,12 +31,14 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
+mod cluster;
 #[cfg(feature = "docker")]
 mod docker;
 mod postgres;
 mod redis;
 mod supervise;
 
+pub use cluster::{key_slot, ClusterMaster, RedisCluster};
 pub use postgres::{with_database, Postgres};
 pub use redis::Redis;
 
