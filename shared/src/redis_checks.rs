@@ -69,10 +69,14 @@ pub enum EvictionCheckError {
 /// Reads the policy from `INFO memory`, which managed Redis services that
 /// disable `CONFIG` still answer. An `INFO` without the field (a very old
 /// Redis, a proxy) is let through with a warning rather than refused.
+///
+/// On a Redis Cluster the client sends `INFO` to every node and answers a
+/// map of node to report: every node must be `noeviction`, since any of
+/// them may be promoted to hold a slot.
 pub async fn require_noeviction(
     conn: &mut (impl ConnectionLike + Send),
 ) -> Result<(), EvictionCheckError> {
-    let info: String = redis::cmd("INFO")
+    let reply: redis::Value = redis::cmd("INFO")
         .arg("memory")
         .query_async(conn)
         .await
@@ -83,16 +87,26 @@ pub async fn require_noeviction(
                 EvictionCheckError::Refused(err)
             }
         })?;
-    match eviction_policy(&info) {
-        Some("noeviction") => Ok(()),
-        Some(policy) => Err(EvictionCheckError::Evicting {
-            policy: policy.to_owned(),
-        }),
-        None => {
-            tracing::warn!("Redis did not report its maxmemory-policy; make sure it is noeviction");
-            Ok(())
+    let reports: Vec<redis::Value> = match reply {
+        redis::Value::Map(per_node) => per_node.into_iter().map(|(_, info)| info).collect(),
+        one => vec![one],
+    };
+    for report in reports {
+        let info: String = redis::from_redis_value(report)
+            .map_err(|err| EvictionCheckError::Refused(err.into()))?;
+        match eviction_policy(&info) {
+            Some("noeviction") => {}
+            Some(policy) => {
+                return Err(EvictionCheckError::Evicting {
+                    policy: policy.to_owned(),
+                })
+            }
+            None => tracing::warn!(
+                "Redis did not report its maxmemory-policy; make sure it is noeviction"
+            ),
         }
     }
+    Ok(())
 }
 
 /// The `maxmemory_policy` field of an `INFO memory` answer.

@@ -36,10 +36,13 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{
+    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
+};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, RedisFuture, RedisResult, Value};
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+use redis::{Cmd, FromRedisValue, RedisFuture, RedisResult, Value};
 use tokio::sync::OnceCell;
 
 /// The scheme that names a Redis Cluster by its seed nodes.
@@ -83,6 +86,7 @@ pub struct RedisConnection {
 #[derive(Clone)]
 enum Inner {
     Single(ConnectionManager),
+    Plain(MultiplexedConnection),
     Cluster(Arc<LazyCluster>),
 }
 
@@ -161,6 +165,32 @@ impl RedisConnection {
         })
     }
 
+    /// A plain multiplexed connection, made now, with the client's default
+    /// settings and no reconnection: what a measuring tool opens per worker
+    /// (one connection per simulated client). On a cluster, a cluster
+    /// connection with the same defaults.
+    pub async fn multiplexed(url: &str) -> RedisResult<Self> {
+        let inner = match cluster_seeds(url) {
+            Some(seeds) => {
+                let client = ClusterClient::new(seeds)?;
+                let lazy = LazyCluster {
+                    conn: OnceCell::new_with(Some(client.get_async_connection().await?)),
+                    client,
+                };
+                Inner::Cluster(Arc::new(lazy))
+            }
+            None => Inner::Plain(
+                redis::Client::open(url)?
+                    .get_multiplexed_async_connection()
+                    .await?,
+            ),
+        };
+        Ok(Self {
+            inner,
+            url: url.into(),
+        })
+    }
+
     /// The URL it was opened with.
     pub fn url(&self) -> &str {
         &self.url
@@ -170,12 +200,34 @@ impl RedisConnection {
     pub fn is_cluster(&self) -> bool {
         matches!(self.inner, Inner::Cluster(_))
     }
+
+    /// Sends `cmd` to the master serving `key`'s slot (on a single Redis:
+    /// to it). For commands that name no key yet must run where some keys
+    /// live: a `SCAN` over one hash tag's keys, the `INFO` of their node.
+    /// The cluster client alone would send them to any node.
+    pub async fn query_at_key<T: FromRedisValue>(&self, key: &str, cmd: &Cmd) -> RedisResult<T> {
+        match &self.inner {
+            Inner::Single(manager) => cmd.query_async(&mut manager.clone()).await,
+            Inner::Plain(conn) => cmd.query_async(&mut conn.clone()).await,
+            Inner::Cluster(lazy) => {
+                let route = Route::with_key(key, SlotAddr::Master);
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+                let value = lazy
+                    .get()
+                    .await?
+                    .route_command(cmd.clone(), routing)
+                    .await?;
+                Ok(redis::from_redis_value(value)?)
+            }
+        }
+    }
 }
 
 impl ConnectionLike for RedisConnection {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match &mut self.inner {
             Inner::Single(manager) => manager.req_packed_command(cmd),
+            Inner::Plain(conn) => conn.req_packed_command(cmd),
             Inner::Cluster(lazy) => {
                 let lazy = Arc::clone(lazy);
                 Box::pin(async move { lazy.get().await?.req_packed_command(cmd).await })
@@ -191,6 +243,7 @@ impl ConnectionLike for RedisConnection {
     ) -> RedisFuture<'a, Vec<Value>> {
         match &mut self.inner {
             Inner::Single(manager) => manager.req_packed_commands(pipeline, offset, count),
+            Inner::Plain(conn) => conn.req_packed_commands(pipeline, offset, count),
             Inner::Cluster(lazy) => {
                 let lazy = Arc::clone(lazy);
                 Box::pin(async move {
@@ -204,6 +257,7 @@ impl ConnectionLike for RedisConnection {
     fn get_db(&self) -> i64 {
         match &self.inner {
             Inner::Single(manager) => manager.get_db(),
+            Inner::Plain(conn) => conn.get_db(),
             Inner::Cluster(_) => 0,
         }
     }
@@ -220,6 +274,15 @@ pub fn cluster_seeds(url: &str) -> Option<Vec<String>> {
             .map(|seed| format!("redis://{seed}/"))
             .collect(),
     )
+}
+
+/// A plain `redis://` URL of one node: the first seed of a cluster URL, or
+/// `url` itself. For tools that read a setting every node shares (`INFO
+/// server`'s version, `CONFIG GET`), not for keys.
+pub fn one_node_url(url: &str) -> String {
+    cluster_seeds(url)
+        .and_then(|seeds| seeds.into_iter().next())
+        .unwrap_or_else(|| url.to_owned())
 }
 
 /// Whether `url` names a Redis Cluster.

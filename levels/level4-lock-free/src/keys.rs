@@ -1,6 +1,6 @@
 //! Where a Level 4 sale lives in Redis: the key names, in one place.
 //!
-//! Every key starts with `ticket-rush:l4:<namespace>`, where the namespace is
+//! Every key starts with `ticket-rush:l4:{<namespace>}`, where the namespace is
 //! drawn once per PostgreSQL database (migration `0003_level4_sales.sql`).
 //! Servers, workers and tools that reach the same database therefore find
 //! the same keys without being told, and two databases sharing one Redis
@@ -15,9 +15,20 @@
 //! | `…:order-id` | integer | the last order id handed out |
 //! | `…:isolated` | hash `entry id → consumer` | entries persisted alone after their holders kept stopping |
 //!
-//! One Redis server is assumed. On a Redis Cluster a script may only touch
-//! keys of one hash slot: the sale, its buyers and its stream would then need
-//! one hash tag per ticket (`…:{ticket:7}:sale`), and a stream per ticket.
+//! ## On a Redis Cluster
+//!
+//! A script or a MULTI/EXEC may only touch keys of one hash slot (Redis
+//! refuses it with `CROSSSLOT` otherwise). The purchase script touches the
+//! sale, its buyers, its idempotency keys, the *one* orders stream and the
+//! *one* order id counter of the database: so the namespace is the hash tag
+//! (`ticket-rush:l4:{<namespace>}:…`) and every key of a database lives in
+//! one slot, on one master. Different databases (events, tests) spread over
+//! the masters; one event's sales do not. Spreading one event over masters
+//! would need a tag per ticket (`{ticket:7}`), hence a stream and an order
+//! id counter per ticket, and a worker reading many streams: a different
+//! design, not a key rename. The tests check every script's keys share a
+//! slot (`every_script_call_keeps_its_keys_in_one_slot`); docs/08-cluster.md
+//! tells the rest.
 
 use sqlx::PgPool;
 
@@ -37,7 +48,8 @@ impl Keys {
     /// The keys under `namespace`.
     pub fn new(namespace: &str) -> Self {
         Self {
-            prefix: format!("ticket-rush:l4:{namespace}"),
+            // The namespace is the hash tag: see the module documentation.
+            prefix: format!("ticket-rush:l4:{{{namespace}}}"),
         }
     }
 
@@ -114,11 +126,44 @@ mod tests {
     fn every_key_of_a_database_shares_its_prefix() {
         let keys = Keys::new("abc");
         let ticket = TicketId::parse(7).unwrap();
-        assert_eq!(keys.sale(ticket), "ticket-rush:l4:abc:sale:7");
-        assert_eq!(keys.buyers(ticket), "ticket-rush:l4:abc:buyers:7");
-        assert_eq!(keys.orders(), "ticket-rush:l4:abc:orders");
+        assert_eq!(keys.sale(ticket), "ticket-rush:l4:{abc}:sale:7");
+        assert_eq!(keys.buyers(ticket), "ticket-rush:l4:{abc}:buyers:7");
+        assert_eq!(keys.orders(), "ticket-rush:l4:{abc}:orders");
         assert!(keys.dead_letters().starts_with(keys.prefix()));
         assert!(keys.idempotency(ticket).starts_with(keys.prefix()));
         assert!(keys.order_id().starts_with(keys.prefix()));
+    }
+
+    /// Every key one script, transaction or pipeline call touches hashes to
+    /// one slot, so a Redis Cluster runs it instead of refusing it with
+    /// CROSSSLOT. Lists the keys of each call site (store.rs, load.rs,
+    /// cancel.rs, reset.rs, reconcile, persist, drain) through the same
+    /// builders they use.
+    #[test]
+    fn every_script_call_keeps_its_keys_in_one_slot() {
+        use ticket_core::redis_conn::assert_one_slot;
+        let keys = Keys::new("f3a1c2");
+        for id in [1, 7, 1000, 123_456] {
+            let t = TicketId::parse(id).unwrap();
+            let (sale, buyers, idem) = (keys.sale(t), keys.buyers(t), keys.idempotency(t));
+            let (orders, order_id) = (keys.orders(), keys.order_id());
+            assert_one_slot("purchase.lua", &[&sale, &buyers, &orders, &order_id, &idem]);
+            assert_one_slot("load.lua", &[&sale, &buyers, &order_id, &idem]);
+            assert_one_slot("cancel.lua, repair.lua", &[&sale, &buyers, &order_id]);
+            assert_one_slot(
+                "reconcile's snapshot, drain, the worker",
+                &[
+                    &sale,
+                    &buyers,
+                    &orders,
+                    &keys.dead_letters(),
+                    &keys.isolated(),
+                ],
+            );
+        }
+        // Different tickets too: the stream and the counter are shared.
+        let one = keys.sale(TicketId::parse(1).unwrap());
+        let two = keys.sale(TicketId::parse(2).unwrap());
+        assert_one_slot("two tickets of one database", &[&one, &two]);
     }
 }

@@ -12,10 +12,10 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{FromRedisValue, Script, ScriptInvocation};
 use sqlx::PgPool;
 use ticket_core::redis_checks::is_unavailable;
+use ticket_core::redis_conn::{RedisConnection, RedisOptions};
 use ticket_core::{TicketId, UserId};
 
 use crate::keys::Keys;
@@ -30,10 +30,13 @@ pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// One connection to Redis, multiplexed: every request of a server shares
 /// it, and Redis answers them in order (a pipeline it did not have to ask
-/// for). Cheap to clone.
+/// for). Cheap to clone. On a Redis Cluster (a `redis+cluster://` URL, see
+/// [`ticket_core::redis_conn`]) it is one such connection per master, and
+/// every key of a database shares one hash tag ([`crate::keys`]), so each
+/// script and transaction runs on the one master serving that slot.
 #[derive(Clone)]
 pub struct RedisConn {
-    manager: ConnectionManager,
+    manager: RedisConnection,
     url: Arc<str>,
 }
 
@@ -54,14 +57,9 @@ impl RedisConn {
     /// retries inside the client): the caller decides what an outage means
     /// (a 503 for a buyer, a pause for the worker).
     pub fn new(url: &str, response_timeout: Duration) -> anyhow::Result<Self> {
-        let client = redis::Client::open(url)
-            .map_err(|err| anyhow::anyhow!("bad Redis URL {url:?}: {err}"))?;
-        let config = ConnectionManagerConfig::new()
-            .set_number_of_retries(0)
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(response_timeout));
-        let manager = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|err| anyhow::anyhow!("cannot set up a Redis connection: {err}"))?;
+        let manager =
+            RedisConnection::open(url, RedisOptions::new(CONNECT_TIMEOUT, response_timeout))
+                .map_err(|err| anyhow::anyhow!("bad Redis URL {url:?}: {err}"))?;
         Ok(Self {
             manager,
             url: url.into(),
@@ -109,6 +107,16 @@ impl RedisConn {
             Err(err) if err.is_connection_refusal() => pipe.query_async(&mut conn).await,
             other => other,
         }
+    }
+
+    /// Sends one command to the node holding `key` (see
+    /// [`RedisConnection::query_at_key`]): `SCAN` over one database's keys.
+    pub async fn query_at_key<T: FromRedisValue>(
+        &self,
+        key: &str,
+        cmd: &redis::Cmd,
+    ) -> redis::RedisResult<T> {
+        self.manager.query_at_key(key, cmd).await
     }
 
     /// Checks that this Redis will not evict keys on its own

@@ -229,9 +229,12 @@ async fn known_tickets(store: &SaleStore) -> Result<Vec<TicketId>, StoreError> {
     let prefix = store.keys().sale_pattern();
     let prefix = prefix.trim_end_matches('*').to_owned();
     loop {
+        // On a cluster every sale of the database lives on the master of
+        // its hash tag: SCAN that node, not any node.
         let (next, keys): (u64, Vec<String>) = store
             .redis()
-            .query(
+            .query_at_key(
+                &store.keys().orders(),
                 redis::cmd("SCAN")
                     .arg(cursor)
                     .arg("MATCH")
