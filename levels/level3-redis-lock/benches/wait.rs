@@ -50,7 +50,10 @@ fn main() {
     println!("(master and replica: two redis-server processes on loopback)\n");
     println!("| shape | without WAIT | with WAIT 1 | with / without |");
     println!("| --- | ---: | ---: | ---: |");
-    for (shape, tasks) in [("uncontended (1 task)", 1), ("contended (8 tasks, 2 clients)", TASKS)] {
+    for (shape, tasks) in [
+        ("uncontended (1 task)", 1),
+        ("contended (8 tasks, 2 clients)", TASKS),
+    ] {
         let mut without = Vec::new();
         let mut with = Vec::new();
         for _ in 0..TURNS {

@@ -38,7 +38,9 @@ pub enum LockError {
     /// [`ReplicaWait::replicas`](super::ReplicaWait) acknowledged it within
     /// the timeout, so it was given back: a failover now could grant it to
     /// someone else. Retryable: a server answers 503 busy.
-    #[error("lock {name:?} reached {acknowledged} of {wanted} replicas in time, so it was given back")]
+    #[error(
+        "lock {name:?} reached {acknowledged} of {wanted} replicas in time, so it was given back"
+    )]
     NotReplicated {
         /// The lock's name.
         name: String,

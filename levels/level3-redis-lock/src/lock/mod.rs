@@ -71,6 +71,7 @@ mod client;
 mod error;
 mod guard;
 mod redis_lock;
+mod subscriber;
 mod wait_for_release;
 mod wakeups;
 mod watchdog;

@@ -335,7 +335,8 @@ impl RedisLock {
                     .arg(millis(receipt_keep(&inner.options)))
                     .arg(&self.keys.channel)
                     .arg(millis(GRANT_TIME))
-                    .arg(requeue),
+                    .arg(requeue)
+                    .arg(self.client.sharded_flag()),
             )
             .await?;
         Ok(match answer {
@@ -437,7 +438,8 @@ impl Drop for AbandonOnDrop<'_> {
                         .arg(&attempt)
                         .arg(&lock.keys.channel)
                         .arg(millis(GRANT_TIME))
-                        .arg(requeue),
+                        .arg(requeue)
+                        .arg(lock.client.sharded_flag()),
                 )
                 .await;
             if let Err(err) = undone {
