@@ -103,7 +103,8 @@ impl Machine {
 }
 
 async fn redis_settings(url: &str) -> anyhow::Result<String> {
-    let client = redis::Client::open(url)?;
+    // A cluster's nodes share their settings: ask the first.
+    let client = redis::Client::open(ticket_core::redis_conn::one_node_url(url))?;
     let mut conn = client.get_multiplexed_async_connection().await?;
     let mut out = Vec::new();
     for name in ["appendonly", "appendfsync", "save"] {
@@ -124,7 +125,7 @@ async fn redis_settings(url: &str) -> anyhow::Result<String> {
 }
 
 async fn redis_version(url: &str) -> anyhow::Result<String> {
-    let client = redis::Client::open(url)?;
+    let client = redis::Client::open(ticket_core::redis_conn::one_node_url(url))?;
     let mut conn = client.get_multiplexed_async_connection().await?;
     let info: String = redis::cmd("INFO")
         .arg("server")

@@ -255,6 +255,12 @@ struct TourArgs {
     #[arg(long, value_delimiter = ',', value_parser = level_parser())]
     levels: Option<Vec<u8>>,
 
+    /// Run on a throwaway Redis Cluster (three masters, three replicas)
+    /// instead of one Redis: the levels that run there (see
+    /// `load::tour::cluster_levels`). Replaces --redis-url.
+    #[arg(long)]
+    redis_cluster: bool,
+
     #[command(flatten)]
     rush: RushArgs,
 }
@@ -393,12 +399,20 @@ async fn run_command(args: RunArgs) -> anyhow::Result<ExitCode> {
 
 async fn tour_command(args: TourArgs) -> anyhow::Result<ExitCode> {
     init_logging();
+    // Kept alive (and stopped on drop) for the whole tour.
+    let cluster = load::tour::start_cluster(args.redis_cluster).await?;
     let options = TourOptions {
-        levels: args.levels,
+        levels: match &cluster {
+            Some(_) => Some(load::tour::cluster_levels(args.levels)?),
+            None => args.levels,
+        },
         think_time_ms: args.rush.think_time_ms,
         rounds: args.rush.rounds,
         database_url: args.rush.database_url.clone(),
-        redis_url: args.rush.redis_url.clone(),
+        redis_url: match &cluster {
+            Some(cluster) => Some(cluster.url().to_owned()),
+            None => args.rush.redis_url.clone(),
+        },
         exe: this_exe()?,
         rush: RushSettings {
             progress: false,

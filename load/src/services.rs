@@ -1,6 +1,6 @@
-//! `load services`: a throwaway PostgreSQL (and Redis) for a two-terminal
-//! demo, with their URLs printed and optionally written to a `.env` file,
-//! stopped on Ctrl-C.
+//! `load services`: a throwaway PostgreSQL (and Redis, or a Redis Cluster)
+//! for a two-terminal demo, with their URLs printed and optionally written
+//! to a `.env` file, stopped on Ctrl-C.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,6 +14,13 @@ pub struct ServicesArgs {
     /// Also start Redis (for Level 3 and up).
     #[arg(long)]
     pub redis: bool,
+
+    /// Start a Redis Cluster instead (three masters, three replicas, from
+    /// local `redis-server` and `redis-cli`): `REDIS_URL` is then a
+    /// `redis+cluster://host:port,...` URL that every level's
+    /// `--redis-url` takes (see docs/08-cluster.md).
+    #[arg(long, conflicts_with = "redis")]
+    pub redis_cluster: bool,
 
     /// Also write the URLs into this file (DATABASE_URL=..., REDIS_URL=...)
     /// while the services run, and delete it when they stop. Name it `.env`
@@ -38,9 +45,17 @@ pub async fn command(args: ServicesArgs) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
+    let cluster = if args.redis_cluster {
+        Some(tokio::task::spawn_blocking(ticket_core::services::RedisCluster::throwaway).await??)
+    } else {
+        None
+    };
     let mut env = format!("DATABASE_URL={}\n", postgres.url());
     if let Some(redis) = &redis {
         env.push_str(&format!("REDIS_URL={}\n", redis.url()));
+    }
+    if let Some(cluster) = &cluster {
+        env.push_str(&format!("REDIS_URL={}\n", cluster.url()));
     }
     for line in env.lines() {
         println!("export {line}");

@@ -35,6 +35,42 @@ pub struct TourOptions {
     pub rush: RushSettings,
 }
 
+/// The levels `load tour --redis-cluster` runs: those whose every Redis
+/// script and transaction keeps its keys in one hash slot (Level 4: one tag
+/// per database; Level 5: one per show), so they run on a cluster as on
+/// one Redis. Level 3 (its pub/sub wake-ups) is not on this list yet: a
+/// cluster delivers a plain PUBLISH to every node, and its sharded pub/sub
+/// port is work in progress (docs/08-cluster.md). Levels 0-2 use no Redis;
+/// Level 6's partition leases and streams are not tagged for a cluster.
+pub const CLUSTER_LEVELS: &[u8] = &[4, 5];
+
+/// The levels to tour on a cluster: `requested` (default: all of
+/// [`CLUSTER_LEVELS`]), refusing any level not on that list with the reason.
+pub fn cluster_levels(requested: Option<Vec<u8>>) -> anyhow::Result<Vec<u8>> {
+    let levels = requested.unwrap_or_else(|| CLUSTER_LEVELS.to_vec());
+    if let Some(level) = levels.iter().find(|l| !CLUSTER_LEVELS.contains(l)) {
+        anyhow::bail!(
+            "level {level} does not run on a Redis Cluster in this build; \
+             --redis-cluster tours levels {CLUSTER_LEVELS:?} (see docs/08-cluster.md)"
+        );
+    }
+    Ok(levels)
+}
+
+/// Starts a throwaway Redis Cluster when `wanted` (`load tour
+/// --redis-cluster`); it stops when dropped.
+pub async fn start_cluster(
+    wanted: bool,
+) -> anyhow::Result<Option<ticket_core::services::RedisCluster>> {
+    if !wanted {
+        return Ok(None);
+    }
+    let cluster =
+        tokio::task::spawn_blocking(ticket_core::services::RedisCluster::throwaway).await??;
+    eprintln!("Redis Cluster: {}", cluster.url());
+    Ok(Some(cluster))
+}
+
 /// Servers every strategy of a sustained tour runs on (and the HTTP ceiling
 /// is measured on).
 pub const SUSTAINED_TOUR_SERVERS: usize = 2;

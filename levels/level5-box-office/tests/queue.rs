@@ -94,7 +94,7 @@ async fn admission_log(office: &Office, show: i64) -> anyhow::Result<Vec<i64>> {
     let client = redis::Client::open(office.redis_url.clone().unwrap())?;
     let mut conn = client.get_multiplexed_async_connection().await?;
     Ok(redis::cmd("LRANGE")
-        .arg(format!("level5:{database}:q:{show}:log"))
+        .arg(format!("level5:{database}:q:{{show:{show}}}:log"))
         .arg(0)
         .arg(-1)
         .query_async(&mut conn)

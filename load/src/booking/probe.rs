@@ -10,7 +10,7 @@
 //! every [`INTERVAL`] (for the report's timeline) and once more at the end.
 //!
 //! FIFO is judged the same way: the admitting script appends every number
-//! it admits to a list in Redis (`level5:<database>:q:<show>:log`), in
+//! it admits to a list in Redis (`level5:<database>:q:{show:<show>}:log`), in
 //! admission order. A number admitted after a larger one was admitted
 //! while it waited (numbers are handed out, and put in line, in one
 //! script), so every descent in that list is a violation.
@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use ticket_core::redis_conn::{RedisConnection, RedisOptions};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -132,10 +133,11 @@ pub async fn admission_log(
     let Some(url) = redis_url else {
         return Ok(None);
     };
-    let client = redis::Client::open(url)?;
-    let mut conn = client.get_multiplexed_async_connection().await?;
+    // A single Redis or a cluster (the log lives in the show's slot).
+    let options = RedisOptions::new(Duration::from_secs(2), Duration::from_secs(5));
+    let mut conn = RedisConnection::connect(url, options).await?;
     let log: Vec<i64> = redis::cmd("LRANGE")
-        .arg(format!("level5:{database}:q:{show_id}:log"))
+        .arg(format!("level5:{database}:q:{{show:{show_id}}}:log"))
         .arg(0)
         .arg(-1)
         .query_async(&mut conn)

@@ -140,10 +140,10 @@ pub async fn redis_lua(
     concurrency: usize,
     duration: Duration,
 ) -> anyhow::Result<Ceiling> {
-    let client = redis::Client::open(redis_url).context("bad Redis URL")?;
+    // A single Redis, or a cluster (`redis+cluster://`, docs/08-cluster.md).
+    use ticket_core::redis_conn::RedisConnection;
     let key = format!("ticket-rush:ceiling:{}", rand::random::<u32>());
-    let mut setup = client
-        .get_multiplexed_async_connection()
+    let mut setup = RedisConnection::multiplexed(redis_url)
         .await
         .context("cannot connect to Redis")?;
     redis::cmd("SET")
@@ -156,13 +156,13 @@ pub async fn redis_lua(
     let deadline = started + duration;
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..concurrency {
-        let client = client.clone();
+        let url = redis_url.to_owned();
         let key = key.clone();
         let script = script.clone();
         workers.spawn(async move {
             let mut meter = Meter::new();
             // One connection per worker, like one connection per buyer.
-            let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+            let Ok(mut conn) = RedisConnection::multiplexed(&url).await else {
                 meter.errors += 1;
                 return meter;
             };

@@ -30,7 +30,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use ticket_core::redis_conn::RedisConnection;
 use tokio::sync::OnceCell;
 
 use crate::error::{redis_error, BoxError};
@@ -56,8 +56,8 @@ pub struct CacheSettings {
 
 /// A Redis cache with a stampede guard; `None` inside means no cache.
 pub struct Cache {
-    redis: Option<redis::Client>,
-    conn: OnceCell<ConnectionManager>,
+    redis_url: Option<String>,
+    conn: OnceCell<RedisConnection>,
     prefix: String,
     settings: CacheSettings,
     /// One async mutex per key, for the single flight in this process.
@@ -73,7 +73,9 @@ impl Cache {
         settings: CacheSettings,
     ) -> anyhow::Result<Self> {
         Ok(Self {
-            redis: redis_url.map(redis::Client::open).transpose()?,
+            redis_url: redis_url
+                .map(|url| crate::redis_conn::check_url(url).map(|()| url.to_owned()))
+                .transpose()?,
             conn: OnceCell::new(),
             prefix: format!("{prefix}:cache"),
             settings,
@@ -91,13 +93,13 @@ impl Cache {
         format!("{}:{name}", self.prefix)
     }
 
-    async fn conn(&self) -> Result<Option<ConnectionManager>, BoxError> {
-        let Some(client) = &self.redis else {
+    async fn conn(&self) -> Result<Option<RedisConnection>, BoxError> {
+        let Some(url) = &self.redis_url else {
             return Ok(None);
         };
         let conn = self
             .conn
-            .get_or_try_init(|| crate::redis_conn::manager(client.clone()))
+            .get_or_try_init(|| crate::redis_conn::manager(url))
             .await?;
         Ok(Some(conn.clone()))
     }
@@ -148,7 +150,7 @@ impl Cache {
 
     async fn cached_or_load<F, Fut>(
         &self,
-        mut conn: ConnectionManager,
+        mut conn: RedisConnection,
         key: &str,
         ttl: Duration,
         load: &F,
@@ -202,7 +204,7 @@ impl Cache {
     }
 }
 
-async fn get(conn: &mut ConnectionManager, key: &str) -> Result<Option<String>, BoxError> {
+async fn get(conn: &mut RedisConnection, key: &str) -> Result<Option<String>, BoxError> {
     redis::cmd("GET")
         .arg(key)
         .query_async(conn)
@@ -211,7 +213,7 @@ async fn get(conn: &mut ConnectionManager, key: &str) -> Result<Option<String>, 
 }
 
 async fn set(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConnection,
     key: &str,
     value: &str,
     ttl: Duration,
@@ -228,7 +230,7 @@ async fn set(
 
 /// Takes `<key>:lock` if nobody has it; returns the value that proves it
 /// is ours (so we never delete another loader's lock).
-async fn try_lock(conn: &mut ConnectionManager, key: &str) -> Result<Option<String>, BoxError> {
+async fn try_lock(conn: &mut RedisConnection, key: &str) -> Result<Option<String>, BoxError> {
     let mine = format!("{:032x}", rand::random::<u128>());
     let taken: Option<String> = redis::cmd("SET")
         .arg(format!("{key}:lock"))
@@ -242,7 +244,7 @@ async fn try_lock(conn: &mut ConnectionManager, key: &str) -> Result<Option<Stri
     Ok(taken.map(|_| mine))
 }
 
-async fn lock_held(conn: &mut ConnectionManager, key: &str) -> Result<bool, BoxError> {
+async fn lock_held(conn: &mut RedisConnection, key: &str) -> Result<bool, BoxError> {
     redis::cmd("EXISTS")
         .arg(format!("{key}:lock"))
         .query_async(conn)
@@ -251,7 +253,7 @@ async fn lock_held(conn: &mut ConnectionManager, key: &str) -> Result<bool, BoxE
 }
 
 /// Deletes the lock only if it is still ours (compare and delete, atomic).
-async fn unlock(conn: &mut ConnectionManager, key: &str, mine: &str) -> Result<(), BoxError> {
+async fn unlock(conn: &mut RedisConnection, key: &str, mine: &str) -> Result<(), BoxError> {
     let script = redis::Script::new(
         "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
     );

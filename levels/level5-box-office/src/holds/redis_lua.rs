@@ -31,9 +31,9 @@
 //! in flight is the same kind of gap.
 
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
 use redis::Script;
 use sqlx::PgPool;
+use ticket_core::redis_conn::RedisConnection;
 use tokio::sync::OnceCell;
 
 use super::{
@@ -47,8 +47,8 @@ use crate::Settings;
 pub struct RedisLua {
     pool: PgPool,
     settings: Settings,
-    redis: redis::Client,
-    conn: OnceCell<ConnectionManager>,
+    redis_url: String,
+    conn: OnceCell<RedisConnection>,
     prefix: OnceCell<String>,
     hold_script: Script,
     free_script: Script,
@@ -64,7 +64,10 @@ impl RedisLua {
         Ok(Self {
             pool,
             settings,
-            redis: redis::Client::open(url)?,
+            redis_url: {
+                crate::redis_conn::check_url(&url)?;
+                url
+            },
             conn: OnceCell::new(),
             prefix: OnceCell::new(),
             hold_script: Script::new(include_str!("lua/hold.lua")),
@@ -73,16 +76,18 @@ impl RedisLua {
         })
     }
 
-    async fn conn(&self) -> Result<ConnectionManager, BoxError> {
+    async fn conn(&self) -> Result<RedisConnection, BoxError> {
         let conn = self
             .conn
-            .get_or_try_init(|| crate::redis_conn::manager(self.redis.clone()))
+            .get_or_try_init(|| crate::redis_conn::manager(&self.redis_url))
             .await?;
         Ok(conn.clone())
     }
 
     /// The show's two keys. The prefix names this database, so two
-    /// databases (tests: one per test) can share one Redis.
+    /// databases (tests: one per test) can share one Redis. Both carry the
+    /// show's hash tag: `hold.lua` and `load.lua` touch both, and a Redis
+    /// Cluster runs a script only when all its keys share a slot.
     async fn keys(&self, show_id: i64) -> Result<(String, String), BoxError> {
         let prefix = self
             .prefix
@@ -93,10 +98,7 @@ impl RedisLua {
                 Ok::<_, BoxError>(format!("level5:{db}"))
             })
             .await?;
-        Ok((
-            format!("{prefix}:show:{show_id}:owners"),
-            format!("{prefix}:show:{show_id}:loaded"),
-        ))
+        Ok(show_keys(prefix, show_id))
     }
 
     /// Runs `hold.lua`; loads the show first when Redis does not have it.
@@ -182,6 +184,14 @@ impl RedisLua {
     }
 }
 
+/// The owners hash and the loaded flag of one show, under its hash tag.
+pub(crate) fn show_keys(prefix: &str, show_id: i64) -> (String, String) {
+    (
+        format!("{prefix}:{{show:{show_id}}}:owners"),
+        format!("{prefix}:{{show:{show_id}}}:loaded"),
+    )
+}
+
 #[async_trait]
 impl HoldSeats for RedisLua {
     fn name(&self) -> &'static str {
@@ -240,5 +250,32 @@ impl HoldSeats for RedisLua {
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::show_keys;
+    use crate::queue::line_base;
+    use ticket_core::redis_conn::assert_one_slot;
+
+    /// Every key one Level 5 script touches hashes to one slot, so a Redis
+    /// Cluster runs it rather than refusing it with CROSSSLOT: the two keys
+    /// of `hold.lua`/`load.lua`/`free.lua`, and every key the waiting
+    /// room's scripts build from a line's base (see `queue/lua/advance.lua`).
+    #[test]
+    fn every_script_call_keeps_its_keys_in_one_slot() {
+        for show in [1, 2, 77, 123_456] {
+            let (owners, loaded) = show_keys("level5:ticket_rush_test_42", show);
+            assert_one_slot("hold.lua, load.lua", &[&owners, &loaded]);
+            let base = line_base("level5:ticket_rush_test_42", show);
+            let line: Vec<String> = [
+                "", ":seq", ":waiting", ":active", ":e:17", ":users", ":admits", ":log", ":stats",
+            ]
+            .iter()
+            .map(|suffix| format!("{base}{suffix}"))
+            .collect();
+            assert_one_slot("the waiting room's scripts", &line);
+        }
     }
 }

@@ -37,9 +37,9 @@ pub mod token;
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use redis::Script;
 use serde::Serialize;
+use ticket_core::redis_conn::RedisConnection;
 use tokio::sync::OnceCell;
 
 use crate::error::BoxError;
@@ -110,8 +110,8 @@ pub enum Purpose {
 
 /// The waiting room of every show, on one Redis.
 pub struct Queue {
-    redis: redis::Client,
-    conn: OnceCell<ConnectionManager>,
+    redis_url: String,
+    conn: OnceCell<RedisConnection>,
     prefix: String,
     settings: QueueSettings,
     join: Script,
@@ -131,7 +131,10 @@ impl Queue {
     /// names the database, so tests on one Redis do not share lines).
     pub fn new(redis_url: &str, prefix: &str, settings: QueueSettings) -> anyhow::Result<Self> {
         Ok(Self {
-            redis: redis::Client::open(redis_url)?,
+            redis_url: {
+                crate::redis_conn::check_url(redis_url)?;
+                redis_url.to_owned()
+            },
             conn: OnceCell::new(),
             prefix: prefix.to_owned(),
             settings,
@@ -148,17 +151,21 @@ impl Queue {
         self.settings
     }
 
-    async fn conn(&self) -> Result<ConnectionManager, BoxError> {
+    async fn conn(&self) -> Result<RedisConnection, BoxError> {
         let conn = self
             .conn
-            .get_or_try_init(|| crate::redis_conn::manager(self.redis.clone()))
+            .get_or_try_init(|| crate::redis_conn::manager(&self.redis_url))
             .await?;
         Ok(conn.clone())
     }
 
-    /// The keys of one show's line start with this.
+    /// The keys of one show's line start with this. It holds the show's
+    /// hash tag (`{show:<id>}`): the scripts build every key of a line
+    /// from it, and a Redis Cluster runs a script only where all its keys
+    /// share one slot. The scripts are passed it as their one key (KEYS[1])
+    /// so that a cluster client sends them to that slot's master.
     pub fn base(&self, show_id: i64) -> String {
-        format!("{}:q:{show_id}", self.prefix)
+        line_base(&self.prefix, show_id)
     }
 
     fn shows_key(&self) -> String {
@@ -171,8 +178,10 @@ impl Queue {
         script: &Script,
         token: &Token,
     ) -> Result<T, BoxError> {
+        let base = self.base(token.show_id);
         script
-            .arg(self.base(token.show_id))
+            .key(&base)
+            .arg(&base)
             .arg(self.settings.active_limit)
             .arg(self.settings.admitted_ttl.as_millis() as u64)
             .arg(token.number)
@@ -193,16 +202,17 @@ impl Queue {
     /// Puts `user` in line for `show_id` (the caller checked the show
     /// exists), or finds them there already.
     pub async fn join(&self, show_id: i64, user: i64) -> Result<Joined, BoxError> {
+        let base = self.base(show_id);
+        let mut conn = self.conn().await?;
         let fields: Vec<String> = self
             .join
-            .arg(self.base(show_id))
+            .key(&base)
+            .arg(&base)
             .arg(self.settings.active_limit)
             .arg(self.settings.admitted_ttl.as_millis() as u64)
             .arg(user)
             .arg(token::new_secret())
-            .arg(self.shows_key())
-            .arg(show_id)
-            .invoke_async(&mut self.conn().await?)
+            .invoke_async(&mut conn)
             .await
             .map_err(crate::error::redis_error)?;
         let [number, secret, state, position, recent, created] = fields.as_slice() else {
@@ -210,6 +220,16 @@ impl Queue {
                 "join.lua answered {fields:?}"
             )));
         };
+        if created == "1" {
+            // The ticker's list of lines; apart from the line's own keys (see
+            // join.lua). A tick before this only misses the line once.
+            let _: i64 = redis::cmd("SADD")
+                .arg(self.shows_key())
+                .arg(show_id)
+                .query_async(&mut conn)
+                .await
+                .map_err(crate::error::redis_error)?;
+        }
         let number = parse_number(number)?;
         let (position, recent) = (parse_count(position)?, parse_count(recent)?);
         Ok(Joined {
@@ -299,15 +319,31 @@ impl Queue {
 
     /// Moves every show's line once; returns how many lines there are.
     pub async fn tick(&self) -> Result<u64, BoxError> {
-        self.tick
-            .arg(&self.prefix)
-            .arg(self.settings.active_limit)
-            .arg(self.settings.admitted_ttl.as_millis() as u64)
+        let mut conn = self.conn().await?;
+        let shows: Vec<i64> = redis::cmd("SMEMBERS")
             .arg(self.shows_key())
-            .invoke_async(&mut self.conn().await?)
+            .query_async(&mut conn)
             .await
-            .map_err(crate::error::redis_error)
+            .map_err(crate::error::redis_error)?;
+        for &show in &shows {
+            let base = self.base(show);
+            let _: i64 = self
+                .tick
+                .key(&base)
+                .arg(&base)
+                .arg(self.settings.active_limit)
+                .arg(self.settings.admitted_ttl.as_millis() as u64)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(crate::error::redis_error)?;
+        }
+        Ok(shows.len() as u64)
     }
+}
+
+/// The keys of one show's line start with this (see [`Queue::base`]).
+pub(crate) fn line_base(prefix: &str, show_id: i64) -> String {
+    format!("{prefix}:q:{{show:{show_id}}}")
 }
 
 fn status_of(state: &str) -> Status {

@@ -6,7 +6,7 @@
 -- `limit` are admitted. Whichever server runs a script moves the queue:
 -- no server is "the admitter", so killing one stops nothing.
 --
--- Keys under `base` (level5:<db>:q:<show>):
+-- Keys under `base` (level5:<db>:q:{show:<id>}, the show its hash tag):
 --   :seq      INCR, the show's arrival numbers (one sequence, all servers)
 --   :waiting  zset number -> number: who waits, in arrival order
 --   :active   zset number -> deadline ms: admitted and not finished

@@ -1,4 +1,6 @@
--- join: ARGV base, limit, ttl, user, secret, shows-set, show
+-- join: ARGV base, limit, ttl, user, secret
+-- (The caller adds the show to the set of shows with lines afterwards: that
+-- set spans every show, so on a Redis Cluster it lives in another slot.)
 -- Returns {number, secret, state, position, recent_admits, created (1|0)}.
 local base, limit, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local user, secret = ARGV[4], ARGV[5]
@@ -17,7 +19,6 @@ local n = redis.call('INCR', base .. ':seq')
 redis.call('HSET', base .. ':e:' .. n, 'user', user, 'secret', secret, 'state', 'waiting')
 redis.call('HSET', base .. ':users', user, n)
 redis.call('ZADD', base .. ':waiting', n, n)
-redis.call('SADD', ARGV[6], ARGV[7])
 advance(base, limit, ttl)
 local state = redis.call('HGET', base .. ':e:' .. n, 'state')
 local d = describe(base, n, state)
