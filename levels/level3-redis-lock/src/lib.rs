@@ -94,7 +94,7 @@ use ticket_core::services::Redis;
 use ticket_core::strategy::{Expected, StrategyEntry};
 use ticket_core::RunningServer;
 
-use crate::lock::{Lease, LockClient, LockError, LockOptions};
+use crate::lock::{Lease, LockClient, LockError, LockOptions, ReplicaWait};
 
 /// Level 3's strategies: both correct on any number of servers; they differ
 /// in how a buyer waits for the lock. This table is the only list: a new
@@ -154,6 +154,8 @@ pub struct Level3Config {
     /// A simulated stop-the-world pause between the last "is the lock still
     /// mine?" check and COMMIT (zero: none).
     pub pause_before_commit: Duration,
+    /// `WAIT` for this many replicas after each acquisition (`None`: no).
+    pub replicas: Option<ReplicaWait>,
     /// A throwaway Redis started because no URL was given; kept running for
     /// as long as the server (which holds this config) lives.
     throwaway_redis: Option<Arc<Redis>>,
@@ -170,6 +172,7 @@ impl Level3Config {
             fencing: Fencing::On,
             release_before_commit: false,
             pause_before_commit: Duration::ZERO,
+            replicas: None,
             throwaway_redis: None,
         }
     }
@@ -244,6 +247,21 @@ pub struct Cli {
     /// UPDATE waits for our row lock, and its own check rolls it back.
     #[arg(long, default_value_t = 0, value_name = "MS")]
     pub pause_before_commit_ms: u64,
+
+    /// After taking a lock, send `WAIT N` and give the lock back (503 busy,
+    /// the buyer clicks again) unless N replicas acknowledged it within
+    /// --wait-timeout-ms. Narrows the window in which a master that dies
+    /// right after granting the lock leaves a replica that never saw it; it
+    /// does not close it (replication stays asynchronous, and WAIT is not a
+    /// vote), so fencing is still what keeps the sale correct. 0: don't wait.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub wait_replicas: u32,
+
+    /// With --wait-replicas: how long Redis may wait for the replicas. Kept
+    /// below the lock client's 1 s response timeout.
+    #[arg(long, default_value_t = 100, value_name = "MS",
+          value_parser = clap::value_parser!(u64).range(1..=900))]
+    pub wait_timeout_ms: u64,
 }
 
 impl Cli {
@@ -259,6 +277,10 @@ impl Cli {
             fencing: self.fencing,
             release_before_commit: self.release_before_commit,
             pause_before_commit: Duration::from_millis(self.pause_before_commit_ms),
+            replicas: (self.wait_replicas > 0).then(|| ReplicaWait {
+                replicas: self.wait_replicas,
+                timeout: Duration::from_millis(self.wait_timeout_ms),
+            }),
             throwaway_redis,
             ..Level3Config::new(redis_url)
         };

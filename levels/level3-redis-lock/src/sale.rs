@@ -63,6 +63,7 @@ impl LockedSale {
         let options = LockOptions {
             waiting,
             watchdog_lease: config.watchdog_lease,
+            replicas: config.replicas,
             ..LockOptions::default()
         };
         let locks = LockClient::new(&config.redis_url, ctx.instance.clone(), options)
@@ -398,6 +399,10 @@ impl LockedSale {
             LockError::Timeout { .. } => {
                 self.ctx.metrics.event("lock_timeout");
                 PurchaseError::busy("waited too long for the ticket's lock")
+            }
+            LockError::NotReplicated { .. } => {
+                self.ctx.metrics.event("lock_not_replicated");
+                PurchaseError::busy("the ticket's lock did not reach a replica in time")
             }
             LockError::Unavailable(err) => {
                 self.ctx.metrics.event("redis_unavailable");

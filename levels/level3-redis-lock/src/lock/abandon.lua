@@ -17,6 +17,7 @@
 --          waiting for this lock, else '' (as in release.lua: the attempt
 --          may have taken this process out of the line when it took the
 --          lock, and nobody else would wake those tasks)
+-- ARGV[6]  '1' on a Redis Cluster: announce with SPUBLISH (see hand_on.lua)
 --
 -- Returns 1 when a hold was undone, 0 when the attempt had added no hold to
 -- the one there now (it found the lock taken, or the hold it took has ended
@@ -24,7 +25,7 @@
 -- touched.
 
 local lock, line = KEYS[1], KEYS[2]
-local owner, attempt, channel, grant_ms, requeue = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local owner, attempt, channel, grant_ms, requeue, sharded = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 
 local marker = 'attempt-' .. attempt
 local held = redis.call('HMGET', lock, owner, marker)
@@ -40,5 +41,5 @@ if tonumber(held[1]) > 1 then
   return 1
 end
 -- Free again: hand it on exactly as release.lua does.
-hand_on(lock, line, channel, grant_ms, requeue)
+hand_on(lock, line, channel, grant_ms, requeue, sharded)
 return 1

@@ -4,8 +4,9 @@
 use std::fmt;
 use std::sync::Arc;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManagerConfig;
 use redis::{FromRedisValue, IntoConnectionInfo as _, ProtocolVersion, Script, ScriptInvocation};
+use ticket_core::redis_conn::{cluster_seeds, RedisConnection, RedisOptions};
 
 use super::redis_lock::Keys;
 use super::{wakeups, LockError, LockOptions, RedisLock};
@@ -34,9 +35,13 @@ pub struct LockClient {
 pub(super) struct ClientInner {
     pub(super) instance: String,
     pub(super) options: LockOptions,
-    /// Commands (scripts, PING). A `ConnectionManager` is one multiplexed
-    /// connection that reconnects by itself after Redis comes back.
-    pub(super) commands: ConnectionManager,
+    /// Commands (scripts, PING): one multiplexed connection that reconnects
+    /// by itself after Redis comes back, to a single Redis or to every
+    /// master of a cluster ([`RedisConnection`]).
+    pub(super) commands: RedisConnection,
+    /// On a Redis Cluster: releases announce with `SPUBLISH` and waiters
+    /// listen with `SSUBSCRIBE` (sharded pub/sub), see `wakeups.rs`.
+    pub(super) sharded: bool,
     /// The subscriber connection and the local waiting lines.
     pub(super) wakeups: wakeups::WakeUps,
     pub(super) scripts: Scripts,
@@ -60,36 +65,48 @@ impl LockClient {
         instance: impl Into<String>,
         options: LockOptions,
     ) -> Result<Self, LockError> {
-        let info = url.into_connection_info().map_err(LockError::Redis)?;
         // Fail fast while Redis is down: one connection attempt, short
         // timeouts. The lock's callers decide what to do about an outage
         // (answer 503); retrying inside the client would only make every
-        // buyer wait longer for the same answer.
-        let config = ConnectionManagerConfig::new()
-            .set_number_of_retries(0)
-            .set_connection_timeout(Some(options.connect_timeout))
-            .set_response_timeout(Some(options.response_timeout));
-        let commands = ConnectionManager::new_lazy_with_config(
-            redis::Client::open(info.clone()).map_err(LockError::Redis)?,
-            config.clone(),
-        )
-        .map_err(LockError::Redis)?;
-        // The subscriber speaks RESP3, in which a connection can receive
-        // pushed messages; the connection manager then re-subscribes by
-        // itself after a reconnect.
-        let resp3 = info
-            .redis_settings()
-            .clone()
-            .set_protocol(ProtocolVersion::RESP3);
-        let subscriber =
-            redis::Client::open(info.set_redis_settings(resp3)).map_err(LockError::Redis)?;
+        // buyer wait longer for the same answer. (A cluster client retries
+        // within the response timeout: that is how it follows a failover.)
+        let timeouts = RedisOptions::new(options.connect_timeout, options.response_timeout);
+        let commands = RedisConnection::open(url, timeouts).map_err(LockError::Redis)?;
         let instance: String = instance.into();
-        let wakeups = wakeups::WakeUps::new(subscriber, config, instance.clone())?;
+        let (wakeups, sharded) = match cluster_seeds(url) {
+            // A cluster: one sharded subscriber, which keeps a connection to
+            // each master that owns a channel it listens on.
+            Some(seeds) => (
+                wakeups::WakeUps::new_sharded(&seeds, timeouts, instance.clone())?,
+                true,
+            ),
+            None => {
+                let info = url.into_connection_info().map_err(LockError::Redis)?;
+                let config = ConnectionManagerConfig::new()
+                    .set_number_of_retries(0)
+                    .set_connection_timeout(Some(options.connect_timeout))
+                    .set_response_timeout(Some(options.response_timeout));
+                // The subscriber speaks RESP3, in which a connection can
+                // receive pushed messages; the connection manager then
+                // re-subscribes by itself after a reconnect.
+                let resp3 = info
+                    .redis_settings()
+                    .clone()
+                    .set_protocol(ProtocolVersion::RESP3);
+                let subscriber = redis::Client::open(info.set_redis_settings(resp3))
+                    .map_err(LockError::Redis)?;
+                (
+                    wakeups::WakeUps::new(subscriber, config, instance.clone())?,
+                    false,
+                )
+            }
+        };
         Ok(Self {
             inner: Arc::new(ClientInner {
                 instance,
                 options,
                 commands,
+                sharded,
                 wakeups,
                 scripts: Scripts {
                     acquire: Script::new(include_str!("acquire.lua")),
@@ -100,6 +117,21 @@ impl LockClient {
                 },
             }),
         })
+    }
+
+    /// Whether this client talks to a Redis Cluster (and so announces
+    /// releases with sharded pub/sub).
+    pub fn is_cluster(&self) -> bool {
+        self.inner.sharded
+    }
+
+    /// The flag the scripts that free a lock take: `'1'` for `SPUBLISH`.
+    pub(super) fn sharded_flag(&self) -> &'static str {
+        if self.inner.sharded {
+            "1"
+        } else {
+            "0"
+        }
     }
 
     /// The lock called `name`. Nothing is sent to Redis until it is taken.
@@ -177,6 +209,25 @@ impl LockClient {
                 EvictionCheckError::Evicting { policy } => LockError::Evicting { policy },
             })?;
         self.load_scripts().await
+    }
+
+    /// `WAIT replicas timeout` on the connection that ran the lock's
+    /// scripts (WAIT counts the writes of the connection it is sent on),
+    /// sent to the master that holds `key`: how many replicas acknowledged
+    /// every write made so far on that connection.
+    pub(super) async fn wait_for_replicas(
+        &self,
+        key: &str,
+        replicas: u32,
+        timeout: std::time::Duration,
+    ) -> Result<u32, LockError> {
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(replicas).arg(super::millis(timeout));
+        self.inner
+            .commands
+            .query_at_key(key, &wait)
+            .await
+            .map_err(LockError::from_redis)
     }
 
     /// Who the current task is, as an owner: `<instance>:<task id>`. Outside

@@ -34,6 +34,21 @@ pub enum LockError {
         /// The lock's name.
         name: String,
     },
+    /// The lock was taken, but fewer replicas than
+    /// [`ReplicaWait::replicas`](super::ReplicaWait) acknowledged it within
+    /// the timeout, so it was given back: a failover now could grant it to
+    /// someone else. Retryable: a server answers 503 busy.
+    #[error(
+        "lock {name:?} reached {acknowledged} of {wanted} replicas in time, so it was given back"
+    )]
+    NotReplicated {
+        /// The lock's name.
+        name: String,
+        /// How many replicas acknowledged the hold.
+        acknowledged: u32,
+        /// How many were asked for.
+        wanted: u32,
+    },
     /// Redis did not answer: stopped, unreachable, too slow, or still loading
     /// its data. Trying again later may work; a server answers 503.
     #[error("Redis is unavailable: {0}")]

@@ -71,6 +71,7 @@ mod client;
 mod error;
 mod guard;
 mod redis_lock;
+mod subscriber;
 mod wait_for_release;
 mod wakeups;
 mod watchdog;
@@ -148,6 +149,35 @@ pub struct LockOptions {
     /// How long to wait for Redis to answer a command before calling it
     /// unavailable.
     pub response_timeout: Duration,
+    /// After each acquisition, wait until this many replicas have the hold
+    /// (`WAIT`), and give it back if they do not. `None` (the default): the
+    /// master's answer is enough. See [`ReplicaWait`].
+    pub replicas: Option<ReplicaWait>,
+}
+
+/// `WAIT numreplicas timeout` after every acquisition, with Redisson's
+/// answer to a short count: a hold that fewer replicas than asked
+/// acknowledged within the timeout is given back, and the caller is told
+/// [`LockError::NotReplicated`] (a server answers 503 busy, and the buyer
+/// clicks again).
+///
+/// What it buys: a master that dies right after granting the lock is less
+/// likely to be replaced by a replica that never saw it. What it does not:
+/// replication stays asynchronous, the write is not rolled back when WAIT
+/// times out, and the failover may still promote a replica that had not
+/// acknowledged (WAIT is a count, not a vote). So the lock can still be
+/// granted twice, more rarely; fencing at the database is still what keeps
+/// the sale correct. What it costs: one more round trip per acquisition,
+/// plus the replica's acknowledgement, and while Redis holds the `WAIT`
+/// the connection it came on (shared by every task of the process) waits
+/// behind it. `docs/08-cluster.md` has the measured price.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaWait {
+    /// How many replicas must acknowledge the hold.
+    pub replicas: u32,
+    /// How long Redis may wait for them. Must stay below
+    /// [`LockOptions::response_timeout`], or the client gives up first.
+    pub timeout: Duration,
 }
 
 impl Default for LockOptions {
@@ -158,6 +188,7 @@ impl Default for LockOptions {
             watchdog_lease: Duration::from_secs(3),
             connect_timeout: Duration::from_millis(500),
             response_timeout: Duration::from_secs(1),
+            replicas: None,
         }
     }
 }

@@ -10,16 +10,17 @@
 -- ARGV[1]  this process's instance id
 -- ARGV[2]  the channel waiters listen on
 -- ARGV[3]  how long the next process has to claim the lock, in milliseconds
+-- ARGV[4]  '1' on a Redis Cluster: announce with SPUBLISH (see hand_on.lua)
 --
 -- Returns 1 when the grant was passed on, 0 when it was not ours (any more).
 
 local lock, line = KEYS[1], KEYS[2]
-local instance, channel, grant_ms = ARGV[1], ARGV[2], ARGV[3]
+local instance, channel, grant_ms, sharded = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 
 redis.call('LREM', line, 0, instance)
 if redis.call('HGET', lock, 'grant') ~= instance then
   return 0
 end
 -- Nobody here waits, so nobody of ours goes back in line.
-hand_on(lock, line, channel, grant_ms, '')
+hand_on(lock, line, channel, grant_ms, '', sharded)
 return 1

@@ -100,6 +100,9 @@ impl RedisLock {
             },
             other => other,
         })?;
+        if let Some(wait) = self.client.inner.options.replicas {
+            self.await_replicas(&owner, token, wait).await?;
+        }
         self.client
             .inner
             .wakeups
@@ -125,6 +128,34 @@ impl RedisLock {
             watchdog,
             released: false,
         })
+    }
+
+    /// `WAIT` until `wait.replicas` replicas have the hold just taken with
+    /// `token`; if fewer do in time, or Redis does not answer, gives the
+    /// hold back (as Redisson does when no replica synced) and fails.
+    async fn await_replicas(
+        &self,
+        owner: &str,
+        token: u64,
+        wait: super::ReplicaWait,
+    ) -> Result<(), LockError> {
+        let acknowledged = self
+            .client
+            .wait_for_replicas(&self.keys.lock, wait.replicas, wait.timeout)
+            .await;
+        let error = match acknowledged {
+            Ok(acknowledged) if acknowledged >= wait.replicas => return Ok(()),
+            Ok(acknowledged) => LockError::NotReplicated {
+                name: self.name.to_string(),
+                acknowledged,
+                wanted: wait.replicas,
+            },
+            Err(err) => err,
+        };
+        if let Err(err) = self.release_as(owner, Some(token)).await {
+            tracing::debug!(lock = %self.name, %err, "could not give back an unreplicated hold; its lease will");
+        }
+        Err(error)
     }
 
     /// Releases one hold of the current task, Redisson's `unlock()`:
@@ -304,7 +335,8 @@ impl RedisLock {
                     .arg(millis(receipt_keep(&inner.options)))
                     .arg(&self.keys.channel)
                     .arg(millis(GRANT_TIME))
-                    .arg(requeue),
+                    .arg(requeue)
+                    .arg(self.client.sharded_flag()),
             )
             .await?;
         Ok(match answer {
@@ -406,7 +438,8 @@ impl Drop for AbandonOnDrop<'_> {
                         .arg(&attempt)
                         .arg(&lock.keys.channel)
                         .arg(millis(GRANT_TIME))
-                        .arg(requeue),
+                        .arg(requeue)
+                        .arg(lock.client.sharded_flag()),
                 )
                 .await;
             if let Err(err) = undone {

@@ -18,6 +18,7 @@
 -- ARGV[7]  how long the next process has to claim the lock, in milliseconds
 -- ARGV[8]  the releasing process's instance id if it has tasks waiting for
 --          this lock too (they go to the back of the line), else ''
+-- ARGV[9]  '1' on a Redis Cluster: announce with SPUBLISH (see hand_on.lua)
 --
 -- Returns  1  released: the lock is free, or handed to the next in line
 --          0  still held: this owner took it more than once (reentrancy)
@@ -26,7 +27,7 @@
 
 local lock, line, receipt = KEYS[1], KEYS[2], KEYS[3]
 local owner, token, id, repeated = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local keep_receipt, channel, grant_ms, requeue = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local keep_receipt, channel, grant_ms, requeue, sharded = ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
 
 -- Never delete a lock that is not ours: after our lease ran out, the key may
 -- belong to the next buyer. Refuse, and let the caller say so. A repeat of a
@@ -60,6 +61,6 @@ end
 -- longest (our own waiters queue behind everyone else): see hand_on.lua.
 -- The receipt costs one call, and is what lets a repeat of this release
 -- answer "released" rather than "lost".
-hand_on(lock, line, channel, grant_ms, requeue)
+hand_on(lock, line, channel, grant_ms, requeue, sharded)
 redis.call('SET', receipt, 1, 'PX', keep_receipt)
 return 1

@@ -11,9 +11,11 @@ use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Msg, PushInfo, PushKind, Script};
+use ticket_core::redis_conn::RedisOptions;
 use tokio::sync::{mpsc, Notify};
 
 use super::redis_lock::{Keys, Line};
+use super::subscriber::{ShardedSubscriber, Subscriber};
 use super::{LockError, GRANT_TIME};
 
 /// How long a subscription outlives its last waiter. During a rush the line
@@ -115,7 +117,7 @@ enum Chore {
 /// that has local waiters, and the local lines.
 pub(super) struct WakeUps {
     registry: Registry,
-    subscriber: ConnectionManager,
+    subscriber: Subscriber,
     instance: String,
     chores: mpsc::UnboundedSender<Chore>,
     /// Runs the chores (see [`do_chores`]).
@@ -123,6 +125,7 @@ pub(super) struct WakeUps {
 }
 
 impl WakeUps {
+    /// The subscriber of one Redis: plain pub/sub, on `client` (RESP3).
     pub(super) fn new(
         client: redis::Client,
         config: ConnectionManagerConfig,
@@ -130,52 +133,51 @@ impl WakeUps {
     ) -> Result<Self, LockError> {
         let registry: Registry = Arc::default();
         let (chores, todo) = mpsc::unbounded_channel();
-        // Messages are handled right where the connection reads them: a
-        // lookup and a `notify_one`, no extra task in between.
-        let on_push = {
-            let registry = registry.clone();
-            let chores = chores.clone();
-            let instance = instance.clone();
-            move |push: PushInfo| -> Result<(), std::convert::Infallible> {
-                match push.kind {
-                    PushKind::Message => {
-                        if let Some(message) = Msg::from_push_info(push) {
-                            let named: String = message.get_payload().unwrap_or_default();
-                            on_release(
-                                &registry,
-                                &chores,
-                                &instance,
-                                message.get_channel_name(),
-                                &named,
-                            );
-                        }
-                    }
-                    PushKind::Disconnection => {
-                        let _ = chores.send(Chore::Reconnect);
-                    }
-                    _ => {}
-                }
-                Ok(())
-            }
-        };
         let config = config
-            .set_push_sender(on_push)
+            .set_push_sender(on_push(&registry, &chores, &instance))
             .set_automatic_resubscription();
-        let subscriber =
-            ConnectionManager::new_lazy_with_config(client, config).map_err(LockError::Redis)?;
+        let subscriber = Subscriber::Plain(
+            ConnectionManager::new_lazy_with_config(client, config).map_err(LockError::Redis)?,
+        );
+        Ok(Self::start(registry, subscriber, instance, chores, todo))
+    }
+
+    /// The subscriber of a Redis Cluster reached through `seeds`: sharded
+    /// pub/sub (see `subscriber.rs`).
+    pub(super) fn new_sharded(
+        seeds: &[String],
+        options: RedisOptions,
+        instance: String,
+    ) -> Result<Self, LockError> {
+        let registry: Registry = Arc::default();
+        let (chores, todo) = mpsc::unbounded_channel();
+        let push = on_push(&registry, &chores, &instance);
+        let subscriber = Subscriber::Sharded(Arc::new(
+            ShardedSubscriber::new(seeds, options, push).map_err(LockError::Redis)?,
+        ));
+        Ok(Self::start(registry, subscriber, instance, chores, todo))
+    }
+
+    fn start(
+        registry: Registry,
+        subscriber: Subscriber,
+        instance: String,
+        chores: mpsc::UnboundedSender<Chore>,
+        todo: mpsc::UnboundedReceiver<Chore>,
+    ) -> Self {
         let chores_task = tokio::spawn(do_chores(
             subscriber.clone(),
             registry.clone(),
             instance.clone(),
             todo,
         ));
-        Ok(Self {
+        Self {
             registry,
             subscriber,
             instance,
             chores,
             _chores_task: AbortOnDrop(chores_task),
-        })
+        }
     }
 
     /// True when a caller may try at once: nobody of this process is in line
@@ -283,8 +285,7 @@ impl WakeUps {
             .expect("a waiter's channel stays registered while it waits");
         let mut subscribed = subscribed.lock().await;
         if !*subscribed {
-            let mut subscriber = self.subscriber.clone();
-            subscriber
+            self.subscriber
                 .subscribe(channel)
                 .await
                 .map_err(LockError::from_redis)?;
@@ -309,7 +310,7 @@ impl WakeUps {
         let subscribed = channel.subscribed.clone();
         let keys = channel.keys.clone();
         let registry = self.registry.clone();
-        let mut subscriber = self.subscriber.clone();
+        let subscriber = self.subscriber.clone();
         let instance = self.instance.clone();
         let name = name.to_owned();
         runtime.spawn(async move {
@@ -341,11 +342,8 @@ impl WakeUps {
                 // Redis is down these fail; the line's expiry cleans up, and
                 // a stray subscription only costs messages nobody reads.)
                 let _ = subscriber.unsubscribe(&name).await;
-                let _: redis::RedisResult<i64> = redis::cmd("LREM")
-                    .arg(&keys.line)
-                    .arg(0)
-                    .arg(&instance)
-                    .query_async(&mut subscriber)
+                let _: redis::RedisResult<i64> = subscriber
+                    .query(redis::cmd("LREM").arg(&keys.line).arg(0).arg(&instance))
                     .await;
                 *subscribed = false;
             }
@@ -356,6 +354,42 @@ impl WakeUps {
             }
             remove_if_unused(&mut registry, &name);
         });
+    }
+}
+
+/// What the subscriber does with each message Redis pushes: a release
+/// (`message`, or `smessage` on a cluster) is handled right where the
+/// connection reads it, a lookup and a `notify_one`, no extra task in
+/// between; a dropped connection (on a cluster: to one of the masters)
+/// becomes a chore.
+fn on_push(
+    registry: &Registry,
+    chores: &mpsc::UnboundedSender<Chore>,
+    instance: &str,
+) -> impl Fn(PushInfo) -> Result<(), std::convert::Infallible> + Send + Sync + 'static {
+    let registry = registry.clone();
+    let chores = chores.clone();
+    let instance = instance.to_owned();
+    move |push: PushInfo| {
+        match push.kind {
+            PushKind::Message | PushKind::SMessage => {
+                if let Some(message) = Msg::from_push_info(push) {
+                    let named: String = message.get_payload().unwrap_or_default();
+                    on_release(
+                        &registry,
+                        &chores,
+                        &instance,
+                        message.get_channel_name(),
+                        &named,
+                    );
+                }
+            }
+            PushKind::Disconnection => {
+                let _ = chores.send(Chore::Reconnect);
+            }
+            _ => {}
+        }
+        Ok(())
     }
 }
 
@@ -498,14 +532,14 @@ impl Drop for Waiter<'_> {
 ///   its lock instead of trusting that nothing happened while we were deaf.
 /// * **Pass on** a grant nobody here can use (`pass.lua`).
 async fn do_chores(
-    subscriber: ConnectionManager,
+    subscriber: Subscriber,
     registry: Registry,
     instance: String,
     mut todo: mpsc::UnboundedReceiver<Chore>,
 ) {
     let pass = Script::new(handing_on!("pass.lua"));
+    let sharded = matches!(subscriber, Subscriber::Sharded(_));
     while let Some(chore) = todo.recv().await {
-        let mut connection = subscriber.clone();
         match chore {
             Chore::Reconnect => {
                 // Wake the heads now too: if Redis is down their tries fail
@@ -514,8 +548,8 @@ async fn do_chores(
                 wake_every_head(&registry);
                 let mut pause = Duration::from_millis(50);
                 loop {
-                    let pong: redis::RedisResult<String> =
-                        redis::cmd("PING").query_async(&mut connection).await;
+                    let pong: redis::RedisResult<redis::Value> =
+                        subscriber.query(&redis::cmd("PING")).await;
                     if pong.is_ok() {
                         break;
                     }
@@ -528,13 +562,15 @@ async fn do_chores(
                 if let Some(channel) = lock_registry(&registry).get_mut(&keys.channel) {
                     channel.in_line = false;
                 }
-                let passed: redis::RedisResult<i64> = pass
-                    .key(&keys.lock)
-                    .key(&keys.line)
-                    .arg(&instance)
-                    .arg(&keys.channel)
-                    .arg(super::millis(GRANT_TIME))
-                    .invoke_async(&mut connection)
+                let passed: redis::RedisResult<i64> = subscriber
+                    .invoke(
+                        pass.key(&keys.lock)
+                            .key(&keys.line)
+                            .arg(&instance)
+                            .arg(&keys.channel)
+                            .arg(super::millis(GRANT_TIME))
+                            .arg(if sharded { "1" } else { "0" }),
+                    )
                     .await;
                 if let Err(err) = passed {
                     tracing::debug!(%err, "could not pass on an unused grant; it runs out by itself");
