@@ -150,15 +150,7 @@ fn config_text(
     as_root: bool,
 ) -> String {
     let dir = dir.display();
-    let mut servers = String::new();
-    for address in upstreams {
-        // One failed connection takes a server out of the rotation for
-        // 10 s, so buyers stop being sent to a dead one.
-        let _ = writeln!(
-            servers,
-            "        server {address} max_fails=1 fail_timeout=10s;"
-        );
-    }
+    let servers = server_lines(upstreams);
     let user = if as_root {
         // Run as root, the master would hand the workers to `nobody`,
         // who may not be able to reach this directory; the workers only
@@ -168,17 +160,7 @@ fn config_text(
     } else {
         ""
     };
-    let next_upstream = if settings.retry_non_idempotent {
-        "        # BROKEN ON PURPOSE: `non_idempotent` also resends a POST that\n        \
-         # already reached a server, which may have sold before it failed.\n        \
-         proxy_next_upstream error timeout non_idempotent;\n"
-    } else {
-        "        # Try the next server on a connection error or a timeout, but\n        \
-         # never resend a POST that reached a server: without\n        \
-         # `non_idempotent` nginx answers 502 instead, and the buyer retries\n        \
-         # with its Idempotency-Key. Do not add `non_idempotent` here.\n        \
-         proxy_next_upstream error timeout;\n"
-    };
+    let next_upstream = next_upstream_lines(settings);
     let read_timeout = settings.read_timeout.as_secs().max(1);
     let tries = upstreams.len();
     format!(
@@ -228,6 +210,35 @@ http {{
 }}
 "
     )
+}
+
+/// The upstream's `server` lines. One failed connection takes a server out
+/// of the rotation for 10 s, so buyers stop being sent to a dead one.
+fn server_lines(upstreams: &[String]) -> String {
+    let mut servers = String::new();
+    for address in upstreams {
+        let _ = writeln!(
+            servers,
+            "        server {address} max_fails=1 fail_timeout=10s;"
+        );
+    }
+    servers
+}
+
+/// Which failures send a request on to the next server: the lesson's rule,
+/// or the broken version that resends POSTs.
+fn next_upstream_lines(settings: &NginxSettings) -> &'static str {
+    if settings.retry_non_idempotent {
+        "        # BROKEN ON PURPOSE: `non_idempotent` also resends a POST that\n        \
+     # already reached a server, which may have sold before it failed.\n        \
+     proxy_next_upstream error timeout non_idempotent;\n"
+    } else {
+        "        # Try the next server on a connection error or a timeout, but\n        \
+     # never resend a POST that reached a server: without\n        \
+     # `non_idempotent` nginx answers 502 instead, and the buyer retries\n        \
+     # with its Idempotency-Key. Do not add `non_idempotent` here.\n        \
+     proxy_next_upstream error timeout;\n"
+    }
 }
 
 /// `nginx -t`: a bad config is one clear error, before anything starts.
