@@ -11,10 +11,14 @@ use load::rush::{rush, RushPlan};
 use load::servers::{urls, ServerSpec};
 use ticket_core::api::timing::{parse_duration_ms, HANDLER_METRIC, SERVER_TIMING};
 
-/// The handler's duration in an answer's `Server-Timing`.
+/// The handler's duration in an answer's `Server-Timing` (the header may
+/// come several times: a purchase adds its own entries).
 fn server_time(response: &reqwest::Response) -> Option<f64> {
-    let value = response.headers().get(SERVER_TIMING)?.to_str().ok()?;
-    parse_duration_ms(value, HANDLER_METRIC)
+    let values = response.headers().get_all(SERVER_TIMING);
+    values
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .find_map(|value| parse_duration_ms(value, HANDLER_METRIC))
 }
 
 /// A sale, a refusal, a read, a 404 and the health check all carry a
