@@ -2,7 +2,12 @@
 //! open-file limit they need), and a small pool to the database it judges
 //! from.
 
-use std::time::Duration;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 use ticket_core::db;
@@ -20,6 +25,85 @@ pub(crate) fn buyer_client_waiting(timeout: Duration) -> reqwest::Result<reqwest
         .timeout(timeout)
         .no_proxy()
         .build()
+}
+
+/// [`buyer_client_waiting`] whose connection set-ups are timed by `clock`:
+/// a rush's buyer, whose latency is split into connecting, queueing and the
+/// server's own time.
+pub(crate) fn timed_buyer_client(
+    timeout: Duration,
+    clock: ConnectClock,
+) -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(1)
+        .timeout(timeout)
+        .no_proxy()
+        .connector_layer(clock)
+        .build()
+}
+
+/// Counts the connections a client opens and the time it spent opening
+/// them (TCP connect, as reqwest's connector does it). A buyer whose
+/// warm-up connection was kept opens none after the start.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ConnectClock {
+    micros: Arc<AtomicU64>,
+    opened: Arc<AtomicU64>,
+}
+
+impl ConnectClock {
+    /// Connections opened so far, and the microseconds they took.
+    pub(crate) fn read(&self) -> (u64, u64) {
+        (
+            self.opened.load(Ordering::Relaxed),
+            self.micros.load(Ordering::Relaxed),
+        )
+    }
+}
+
+impl<S> tower::Layer<S> for ConnectClock {
+    type Service = TimedConnect<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        TimedConnect {
+            inner,
+            clock: self.clone(),
+        }
+    }
+}
+
+/// The connector wrapped by [`ConnectClock`].
+#[derive(Debug, Clone)]
+pub(crate) struct TimedConnect<S> {
+    inner: S,
+    clock: ConnectClock,
+}
+
+impl<S, R> tower::Service<R> for TimedConnect<S>
+where
+    S: tower::Service<R>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, target: R) -> Self::Future {
+        let started = Instant::now();
+        let connecting = self.inner.call(target);
+        let clock = self.clock.clone();
+        Box::pin(async move {
+            let connected = connecting.await;
+            let micros = started.elapsed().as_micros() as u64;
+            clock.micros.fetch_add(micros, Ordering::Relaxed);
+            clock.opened.fetch_add(1, Ordering::Relaxed);
+            connected
+        })
+    }
 }
 
 /// A client that keeps up to `connections` connections per server, for

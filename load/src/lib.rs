@@ -17,6 +17,7 @@
 //! | [`client`] | a buyer's HTTP client, the database pool |
 //! | [`scrape`] | the servers' `/metrics` counters, before and after |
 //! | [`rush`] | the buyers, the start barrier, retries on 503, the judgement |
+//! | [`split`] | each buyer's latency split into connect, queue and server time |
 //! | [`reset`] | putting the ticket on sale afresh, by the level's own path |
 //! | [`run`] | `load run`: services, servers, rounds |
 //! | [`tour`] | `load tour`: every level and strategy, judged against its promise |
@@ -49,6 +50,7 @@ pub mod rush;
 pub mod scrape;
 pub mod servers;
 pub mod services;
+pub mod split;
 pub mod sustain;
 pub mod tour;
 pub mod units;

@@ -141,6 +141,10 @@ pub struct Report {
     /// The whole latency distribution, `[percentile, ms]`, for plots.
     #[serde(default)]
     pub latency_cdf_ms: Vec<[f64; 2]>,
+    /// Rushes only: where each buyer's latency went (connecting, queueing,
+    /// the servers' own time from `Server-Timing`).
+    #[serde(default)]
+    pub latency_split_ms: Option<LatencySplit>,
     /// Barrier to last answer.
     pub elapsed_ms: f64,
     /// HTTP answers per second (attempts / elapsed).
@@ -182,6 +186,38 @@ pub struct Report {
     /// (filled in by `load run`; empty when not read).
     #[serde(default)]
     pub settings: String,
+}
+
+/// A rush's buyer latency (barrier to final answer) split into its parts.
+/// Each part has its own percentiles over buyers (they do not add up); the
+/// `slowest` means say what the slowest 1% of buyers waited for.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+pub struct LatencySplit {
+    /// Opening connections after the start (zero for a buyer whose warm-up
+    /// connection was kept).
+    pub connect: Latency,
+    /// The rest: waiting in queues (the load tool's runtime, the kernel's
+    /// accept and socket queues, the server's workers before its handler
+    /// ran), the network stack, pauses before a retry.
+    pub queue: Latency,
+    /// The servers' own time, the sum of the `Server-Timing: app` of the
+    /// buyer's answers.
+    pub server: Latency,
+    /// Part of `server`: the strategy's own work (`Server-Timing: sale`;
+    /// Level 4: its Lua call).
+    #[serde(default)]
+    pub sale: Latency,
+    /// Part of `server`: claiming and recording the `Idempotency-Key` in
+    /// PostgreSQL (`Server-Timing: idem`).
+    #[serde(default)]
+    pub idem: Latency,
+    /// The slowest 1% of buyers (at or above the p99 of the whole latency):
+    /// their mean connect, queue and server time, in that order.
+    pub slowest: [f64; 3],
+    /// Connections opened after the start, all buyers together.
+    pub connections_opened: u64,
+    /// Answers that carried a `Server-Timing` duration.
+    pub timed_answers: u64,
 }
 
 /// Peak resident memory (VmHWM), in MiB.
@@ -259,6 +295,7 @@ impl Report {
             latency_ms: Latency::default(),
             latency_uncorrected_ms: None,
             latency_cdf_ms: Vec::new(),
+            latency_split_ms: None,
             elapsed_ms: 0.0,
             throughput_rps: 0.0,
             sales_per_sec: 0.0,

@@ -149,6 +149,7 @@ fn speed_lines(out: &mut String, report: &Report) {
             u.p50, u.p95, u.p99, u.max
         );
     }
+    split_lines(out, report);
     let _ = writeln!(
         out,
         "  elapsed         {:.0} ms  ·  {:.0} requests/s  ·  {:.0} sales/s  ·  {} requests",
@@ -165,6 +166,30 @@ fn speed_lines(out: &mut String, report: &Report) {
             );
         }
     }
+}
+
+/// Where the buyers' latency went (rushes): each part's p50 and p99, and
+/// what the slowest 1% waited for.
+fn split_lines(out: &mut String, report: &Report) {
+    let Some(split) = report.latency_split_ms else {
+        return;
+    };
+    let [connect, queue, server] = split.slowest;
+    let _ = writeln!(
+        out,
+        "  latency split   connect p50 {:.1} p99 {:.1}  ·  queue p50 {:.1} p99 {:.1}  ·  server p50 {:.1} p99 {:.1} ms",
+        split.connect.p50, split.connect.p99, split.queue.p50, split.queue.p99, split.server.p50, split.server.p99
+    );
+    let _ = writeln!(
+        out,
+        "  server parts    sale p50 {:.1} p99 {:.1}  ·  idempotency key p50 {:.1} p99 {:.1} ms",
+        split.sale.p50, split.sale.p99, split.idem.p50, split.idem.p99
+    );
+    let _ = writeln!(
+        out,
+        "  slowest 1%      connect {connect:.1}  ·  queue {queue:.1}  ·  server {server:.1} ms on average  ·  {} connections opened after the start  ·  {} answers timed",
+        split.connections_opened, split.timed_answers
+    );
 }
 
 /// Memory, persistence lag and the servers' own events.

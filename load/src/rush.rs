@@ -22,7 +22,8 @@
 //! in docs/load.md.
 //!
 //! A buyer's latency runs from the barrier to its final answer, retries
-//! included: it is what that person waited.
+//! included: it is what that person waited. The report splits it into
+//! connecting, queueing and the server's own time ([`crate::split`]).
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,7 +41,7 @@ use ticket_core::verify::{judge_run, Evidence, ExpectedOrders, Identities, Judge
 use ticket_core::{db, TicketId};
 use tokio::sync::Barrier;
 
-use crate::client::{buyer_client_waiting, raise_fd_limit};
+use crate::client::{raise_fd_limit, timed_buyer_client, ConnectClock};
 use crate::failures::Failures;
 use crate::model::latency_cdf;
 use crate::reset::reset_ticket;
@@ -49,6 +50,7 @@ pub use crate::reset::Reset;
 pub use crate::client::open_database;
 pub use crate::model::{Latency, Report};
 use crate::scrape::{metrics_delta, scrape_metrics};
+use crate::split::{split, BuyerTimes};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -224,14 +226,14 @@ fn progress_bar(plan: &RushPlan) -> ProgressBar {
 
 /// One task per buyer: connect, wait at the start line, buy, and count the
 /// final answer. Each task returns how long its buyer waited from the
-/// release.
+/// release, and where that time went.
 fn spawn_buyers(
     plan: &RushPlan,
     user_ids: &[i64],
     tally: &Arc<Tally>,
     start: &StartLine,
     progress: &ProgressBar,
-) -> tokio::task::JoinSet<Duration> {
+) -> tokio::task::JoinSet<BuyerTimes> {
     let mut tasks = tokio::task::JoinSet::new();
     // Keys must not repeat across runs on one database: a key from an
     // earlier run would replay that run's answer.
@@ -259,8 +261,16 @@ fn spawn_buyers(
             // One start instant for everyone: the first task through the
             // barrier takes it, so latencies and elapsed share a clock.
             let started = *release.get_or_init(Instant::now);
+            let mut times = BuyerTimes::default();
             let outcome = match client {
-                Ok(client) => buyer.buy(&client, &tally).await,
+                Ok((client, clock)) => {
+                    let (opened, micros) = clock.read();
+                    let outcome = buyer.buy(&client, &tally, &mut times).await;
+                    let (opened_after, micros_after) = clock.read();
+                    times.connections = opened_after - opened;
+                    times.connect = Duration::from_micros(micros_after - micros);
+                    outcome
+                }
                 Err(err) => {
                     let message = format!("cannot build an HTTP client: {err:#}");
                     tally
@@ -272,7 +282,7 @@ fn spawn_buyers(
             if matches!(outcome, Final::Error) {
                 lock(&tally.failed).push(buyer.user_id);
             }
-            let took = started.elapsed();
+            times.took = started.elapsed();
             let counter = match outcome {
                 Final::Bought => &tally.succeeded,
                 Final::SoldOut => &tally.sold_out,
@@ -282,25 +292,27 @@ fn spawn_buyers(
             };
             counter.fetch_add(1, Ordering::Relaxed);
             progress.inc(1);
-            took
+            times
         });
     }
     tasks
 }
 
 /// Waits for every buyer, at most `timeout`, and gathers how long each
-/// waited from the release.
+/// waited from the release (and where that time went).
 async fn collect_waits(
-    mut tasks: tokio::task::JoinSet<Duration>,
+    mut tasks: tokio::task::JoinSet<BuyerTimes>,
     timeout: Duration,
     buyers: usize,
-) -> anyhow::Result<Histogram<u64>> {
+) -> anyhow::Result<(Histogram<u64>, Vec<BuyerTimes>)> {
     let mut histogram =
         Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds");
+    let mut all = Vec::with_capacity(buyers);
     let collect = async {
         while let Some(joined) = tasks.join_next().await {
-            let took = joined.context("a buyer task panicked")?;
-            histogram.saturating_record(took.as_micros().max(1) as u64);
+            let times = joined.context("a buyer task panicked")?;
+            histogram.saturating_record(times.took.as_micros().max(1) as u64);
+            all.push(times);
         }
         anyhow::Ok(())
     };
@@ -314,7 +326,7 @@ async fn collect_waits(
             );
         }
     }
-    Ok(histogram)
+    Ok((histogram, all))
 }
 
 /// Reads what the database holds after the rush and judges it: who was
@@ -380,7 +392,7 @@ pub async fn rush(plan: &RushPlan) -> anyhow::Result<Report> {
     let tasks = spawn_buyers(plan, &user_ids, &tally, &start, &progress);
     start.barrier.wait().await;
     let started = *start.release.get_or_init(Instant::now);
-    let histogram = collect_waits(tasks, plan.timeout, plan.buyers).await?;
+    let (histogram, times) = collect_waits(tasks, plan.timeout, plan.buyers).await?;
     // On the shared clock, so never shorter than the slowest buyer's wait.
     let elapsed = started.elapsed();
     progress.finish_and_clear();
@@ -401,6 +413,7 @@ pub async fn rush(plan: &RushPlan) -> anyhow::Result<Report> {
         db_total: truth.total,
         latency_ms: Latency::of(&histogram),
         latency_cdf_ms: latency_cdf(&histogram),
+        latency_split_ms: split(&times, &histogram),
         server_metrics,
         persistence_lag_ms,
         ..counted(plan, &tally, elapsed, judgement)
@@ -458,13 +471,15 @@ struct Buyer {
 }
 
 impl Buyer {
-    /// One client per buyer, with its connection opened before the start.
-    async fn connect(&self) -> anyhow::Result<reqwest::Client> {
-        let client = buyer_client_waiting(self.timeout)?;
+    /// One client per buyer, with its connection opened before the start,
+    /// and the clock that times the connections it opens.
+    async fn connect(&self) -> anyhow::Result<(reqwest::Client, ConnectClock)> {
+        let clock = ConnectClock::default();
+        let client = timed_buyer_client(self.timeout, clock.clone())?;
         // A failed warm-up is not fatal: the purchase will try to connect
         // again, and count an error if that fails too.
         let _ = client.get(&self.health).send().await;
-        Ok(client)
+        Ok((client, clock))
     }
 
     /// Files an answer this buyer asks again about (see [`Buyer::buy`]).
@@ -477,7 +492,7 @@ impl Buyer {
         });
     }
 
-    async fn buy(&self, client: &reqwest::Client, tally: &Tally) -> Final {
+    async fn buy(&self, client: &reqwest::Client, tally: &Tally, times: &mut BuyerTimes) -> Final {
         let mut rng = StdRng::seed_from_u64(self.seed);
         for _ in 0..self.max_attempts {
             tally.attempts.fetch_add(1, Ordering::Relaxed);
@@ -497,6 +512,7 @@ impl Buyer {
                 }
             };
             let status = response.status().as_u16();
+            times.add_server_time(response.headers());
             let request_id = request_id_of(&response);
             let retry_after = response
                 .headers()

@@ -290,14 +290,12 @@ pub async fn start<C: Send + Sync + 'static>(
     config: C,
 ) -> anyhow::Result<RunningServer> {
     let entry = find(table, strategy)?;
-    let listener = TcpListener::bind((args.host, args.port))
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {}:{} (is another server already using that port?)",
-                args.host, args.port
-            )
-        })?;
+    let listener = listen(SocketAddr::new(args.host, args.port)).with_context(|| {
+        format!(
+            "cannot listen on {}:{} (is another server already using that port?)",
+            args.host, args.port
+        )
+    })?;
     let addr = listener.local_addr()?;
 
     let (url, postgres) = postgres_or_throwaway(args.database_url.clone()).await?;
@@ -349,6 +347,27 @@ pub async fn start<C: Send + Sync + 'static>(
         task,
         _postgres: postgres,
     })
+}
+
+/// How many connections the kernel may hold for the server before it
+/// accepts them (the kernel caps it at `net.core.somaxconn`). A rush opens
+/// a connection per buyer, all at once: when this queue is full, the kernel
+/// drops the buyer's SYN, and the buyer's kernel sends it again only after
+/// a second. Tokio's own `TcpListener::bind` asks for 1024.
+pub const LISTEN_BACKLOG: u32 = 8192;
+
+/// Binds `addr` and listens with [`LISTEN_BACKLOG`], as `TcpListener::bind`
+/// does otherwise (`SO_REUSEADDR` on, so a restarted server gets its port
+/// back at once).
+pub fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -12,6 +12,7 @@
 //! A purchase may carry an `Idempotency-Key` header: see [`crate::idempotency`].
 //! Every answer carries an `x-request-id` (the request's own, or a new one),
 //! and the server's log lines for that request name it: see [`observe`].
+//! Every answer also carries `Server-Timing: app;dur=<ms>`: see [`timing`].
 //!
 //! The module is split by concern, in the axum style:
 //!
@@ -21,17 +22,21 @@
 //! | [`input`] | extractors that parse and reject paths, bodies and headers before a handler runs |
 //! | `purchase` | the purchase handler and its idempotency flows |
 //! | [`observe`] | request ids and tracing, on every level's router |
+//! | [`limit`] | at most a few hundred requests worked on at once; the rest wait their turn |
+//! | [`timing`] | `Server-Timing` on every answer: the time the server spent on it |
 //! | `routes` | [`app`], and the other handlers, which return `Result<_, Problem>` and use `?` |
 //!
 //! Input is checked completely *before* a strategy is called, so bad input
 //! is always a 4xx and never changes a row.
 
 pub mod input;
+pub mod limit;
 pub mod listed;
 pub mod observe;
 pub mod problem;
 mod purchase;
 mod routes;
+pub mod timing;
 
 use std::sync::Arc;
 
@@ -46,6 +51,7 @@ pub use observe::{observed, REQUEST_ID};
 pub use problem::Problem;
 pub use purchase::replay_response;
 pub use routes::{app, listed};
+pub use timing::SERVER_TIMING;
 
 /// What every handler can reach: the strategy that sells, the pool that
 /// reads, and this server's metrics.

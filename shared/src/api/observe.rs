@@ -1,7 +1,8 @@
 //! Request tracing: every request gets an `x-request-id` (the caller's, or
 //! a new one), every answer carries it back, and every log line written
 //! while serving it sits in a span that names it. A buyer who got a 500 can
-//! quote the id, and the server's log shows that request's story.
+//! quote the id, and the server's log shows that request's story. Every
+//! answer is timed too ([`super::timing`]).
 
 use axum::http::{HeaderValue, Request};
 use axum::Router;
@@ -47,10 +48,24 @@ pub fn observed<S: Clone + Send + Sync + 'static>(router: Router<S>) -> Router<S
         })
         .on_response(DefaultOnResponse::new().level(Level::DEBUG))
         .on_failure(DefaultOnFailure::new().level(Level::ERROR));
-    // The last layer added runs first: the id is set, then the span opens
-    // with it, then the answer gets it back.
-    router
+    // The last layer added runs first: the clock starts (Server-Timing
+    // covers everything below it), the id is set, then the span opens with
+    // it, then the answer gets it back.
+    let router = router
         .layer(PropagateRequestIdLayer::new(header.clone()))
         .layer(trace)
         .layer(SetRequestIdLayer::new(header, RandomRequestId))
+        .layer(axum::middleware::from_fn(super::timing::server_timing));
+    // Outermost: a request waits for its turn before anything is done or
+    // timed (the wait is queueing, not the server's work).
+    match super::limit::max_in_flight() {
+        Some(limit) => {
+            let turns = std::sync::Arc::new(tokio::sync::Semaphore::new(limit));
+            router.layer(axum::middleware::from_fn_with_state(
+                turns,
+                super::limit::one_turn,
+            ))
+        }
+        None => router,
+    }
 }

@@ -2,7 +2,7 @@
 //! `Idempotency-Key` (see [`crate::idempotency`] for the design, and
 //! docs/api.md for the contract).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::input::{BuyerBody, IdempotencyKey, TicketPath};
 use super::problem::Problem;
+use super::timing::{metric, SERVER_TIMING};
 use super::AppState;
 use crate::domain::{Order, Purchase, PurchaseError, TicketId, UserId};
 use crate::idempotency::{self, Begin, Recorded};
@@ -18,7 +19,8 @@ use crate::idempotency::{self, Begin, Recorded};
 const REPLAYED: &str = "idempotent-replayed";
 
 /// The purchase handler. Its input was checked by the extractors; every
-/// answer it gives, replays included, is counted in the metrics by outcome.
+/// answer it gives, replays included, is counted in the metrics by outcome,
+/// and says in `Server-Timing` where its time went ([`Spent`]).
 pub(super) async fn purchase(
     State(state): State<AppState>,
     TicketPath(ticket): TicketPath,
@@ -26,13 +28,18 @@ pub(super) async fn purchase(
     BuyerBody(user): BuyerBody,
 ) -> Response {
     let started = Instant::now();
+    let mut spent = Spent::default();
     let answer = match key {
         None => {
-            let outcome = state.strategy.purchase(Purchase::new(ticket, user)).await;
+            let outcome = spent
+                .selling(state.strategy.purchase(Purchase::new(ticket, user)))
+                .await;
             answer_and_record(outcome).0
         }
         Some(key) => match state.idempotency.mode {
-            idempotency::Mode::Atomic => idempotent_purchase(&state, &key, ticket, user).await,
+            idempotency::Mode::Atomic => {
+                idempotent_purchase(&state, &key, ticket, user, &mut spent).await
+            }
             idempotency::Mode::CheckThenInsert => {
                 check_then_insert_purchase(&state, &key, ticket, user).await
             }
@@ -46,12 +53,51 @@ pub(super) async fn purchase(
                     claim: Some(claim),
                     ..Purchase::new(ticket, user)
                 };
-                answer_and_record(state.strategy.purchase(purchase).await).0
+                answer_and_record(spent.selling(state.strategy.purchase(purchase)).await).0
             }
         },
     };
     state.metrics.purchase(answer.outcome, started.elapsed());
-    answer.response
+    let mut response = answer.response;
+    spent.write(&mut response);
+    response
+}
+
+/// Where a purchase's time went, beyond the whole handler's `app` entry:
+/// `sale`, the strategy's own work (Level 4: its Lua call; Level 2: its
+/// transaction), and `idem`, claiming and recording the `Idempotency-Key`
+/// in PostgreSQL (the atomic design). Written as `Server-Timing` entries.
+#[derive(Debug, Default)]
+struct Spent {
+    sale: Option<Duration>,
+    keys: Option<Duration>,
+}
+
+impl Spent {
+    /// Runs the strategy's purchase, timing it as the sale.
+    async fn selling<T>(&mut self, sale: impl std::future::Future<Output = T>) -> T {
+        let started = Instant::now();
+        let outcome = sale.await;
+        self.sale = Some(started.elapsed());
+        outcome
+    }
+
+    /// Adds time spent on the key.
+    fn keys(&mut self, took: Duration) {
+        self.keys = Some(self.keys.unwrap_or_default() + took);
+    }
+
+    /// Appends the entries measured to `response`'s `Server-Timing`.
+    fn write(&self, response: &mut Response) {
+        let entries = [("sale", self.sale), ("idem", self.keys)];
+        for (name, took) in entries {
+            let Some(took) = took else { continue };
+            let value = metric(name, took.as_secs_f64() * 1000.0);
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                response.headers_mut().append(SERVER_TIMING, value);
+            }
+        }
+    }
 }
 
 /// A purchase's answer, with the outcome label the metrics count.
@@ -170,8 +216,11 @@ async fn idempotent_purchase(
     key: &str,
     ticket: TicketId,
     user: UserId,
+    spent: &mut Spent,
 ) -> Answer {
+    let claiming = Instant::now();
     let begun = idempotency::begin(&state.pool, &state.idempotency, key, ticket, user).await;
+    spent.keys(claiming.elapsed());
     let claim =
         match begun {
             Err(err) => return answer_and_record(Err(err)).0,
@@ -190,7 +239,9 @@ async fn idempotent_purchase(
         user,
         claim: Some(claim.clone()),
     };
-    let (answer, recorded) = answer_and_record(state.strategy.purchase(purchase).await);
+    let (answer, recorded) =
+        answer_and_record(spent.selling(state.strategy.purchase(purchase)).await);
+    let recording = Instant::now();
     let kept = match recorded {
         // A 201 whose order went through `insert_order` is recorded already,
         // in the order's transaction, and `finish` leaves it alone; one
@@ -198,6 +249,7 @@ async fn idempotent_purchase(
         Some(recorded) => idempotency::finish(&state.pool, &claim, &recorded).await,
         None => idempotency::release(&state.pool, &claim).await,
     };
+    spent.keys(recording.elapsed());
     if let Err(err) = kept {
         tracing::warn!(error = %err, "could not record an idempotency key's answer");
     }
