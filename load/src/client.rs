@@ -138,3 +138,34 @@ pub fn raise_fd_limit() {
         }
     }
 }
+
+/// The server's `x-request-id` for this answer, if it sent one.
+pub(crate) fn request_id_of(response: &reqwest::Response) -> Option<String> {
+    let id = response.headers().get(ticket_core::api::REQUEST_ID)?;
+    id.to_str().ok().map(str::to_owned)
+}
+
+/// The `Idempotency-Key` of buyer `index` of the run numbered `run`.
+pub(crate) fn idempotency_key(run: u64, index: u64) -> String {
+    format!("load-{run:016x}-{index}")
+}
+
+/// The `Retry-After` header's seconds, if any.
+pub(crate) fn retry_after_of(response: &reqwest::Response) -> Option<Duration> {
+    response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Duration::from_secs)
+}
+
+/// How long a 503 asks the buyer to wait: the body's `retry_after_ms`, else
+/// the `Retry-After` header, else 20 ms.
+pub(crate) fn busy_hint(body: &serde_json::Value, retry_after: Option<Duration>) -> Duration {
+    body.get("retry_after_ms")
+        .and_then(|v| v.as_u64())
+        .map(Duration::from_millis)
+        .or(retry_after)
+        .unwrap_or(Duration::from_millis(20))
+}

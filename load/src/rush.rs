@@ -48,6 +48,7 @@ use crate::reset::reset_ticket;
 pub use crate::reset::Reset;
 // Other crates and tests name these through `rush`, where they were born.
 pub use crate::client::open_database;
+pub(crate) use crate::client::{busy_hint, idempotency_key, request_id_of, retry_after_of};
 pub use crate::model::{Latency, Report};
 use crate::scrape::{metrics_delta, scrape_metrics};
 use crate::split::{split, BuyerTimes};
@@ -446,17 +447,6 @@ fn counted(plan: &RushPlan, tally: &Tally, elapsed: Duration, judgement: Judgeme
     }
 }
 
-/// The server's `x-request-id` for this answer, if it sent one.
-pub(crate) fn request_id_of(response: &reqwest::Response) -> Option<String> {
-    let id = response.headers().get(ticket_core::api::REQUEST_ID)?;
-    id.to_str().ok().map(str::to_owned)
-}
-
-/// The `Idempotency-Key` of buyer `index` of the run numbered `run`.
-pub(crate) fn idempotency_key(run: u64, index: u64) -> String {
-    format!("load-{run:016x}-{index}")
-}
-
 struct Buyer {
     url: String,
     health: String,
@@ -492,6 +482,14 @@ impl Buyer {
         });
     }
 
+    /// Files a sale: the buyer and when the last 201 came.
+    fn note_bought(&self, tally: &Tally) {
+        let now = std::time::SystemTime::now();
+        let mut last = lock(&tally.last_success);
+        *last = Some(last.map_or(now, |t| t.max(now)));
+        lock(&tally.answered).push(self.user_id);
+    }
+
     async fn buy(&self, client: &reqwest::Client, tally: &Tally, times: &mut BuyerTimes) -> Final {
         let mut rng = StdRng::seed_from_u64(self.seed);
         for _ in 0..self.max_attempts {
@@ -514,12 +512,7 @@ impl Buyer {
             let status = response.status().as_u16();
             times.add_server_time(response.headers());
             let request_id = request_id_of(&response);
-            let retry_after = response
-                .headers()
-                .get(reqwest::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok())
-                .map(Duration::from_secs);
+            let retry_after = retry_after_of(&response);
             let text = match response.text().await {
                 Ok(text) => text,
                 // The sale was answered; only its body was lost.
@@ -533,22 +526,14 @@ impl Buyer {
             let code = body.get("code").and_then(|c| c.as_str()).unwrap_or("");
             match (status, code) {
                 (201, _) => {
-                    let now = std::time::SystemTime::now();
-                    let mut last = lock(&tally.last_success);
-                    *last = Some(last.map_or(now, |t| t.max(now)));
-                    lock(&tally.answered).push(self.user_id);
+                    self.note_bought(tally);
                     return Final::Bought;
                 }
                 (409, "sold_out") => return Final::SoldOut,
                 (409, "already_purchased") => return Final::AlreadyPurchased,
                 (503, _) => {
                     tally.busy.fetch_add(1, Ordering::Relaxed);
-                    let hint = body
-                        .get("retry_after_ms")
-                        .and_then(|v| v.as_u64())
-                        .map(Duration::from_millis)
-                        .or(retry_after)
-                        .unwrap_or(Duration::from_millis(20));
+                    let hint = busy_hint(&body, retry_after);
                     // Half to one and a half times the hint: buyers who were
                     // told the same thing do not all come back together.
                     let pause = hint.mul_f64(rng.random_range(0.5..1.5));

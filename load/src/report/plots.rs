@@ -220,6 +220,16 @@ fn draw_latency_panel<DB: DrawingBackend>(
         }
     }
     let x = chart.backend_coord(&(3.6, max_ms)).0 - base_x + 8;
+    draw_line_names(area, x, labels)
+}
+
+/// Names each line at its end (`labels`: height, name, colour), spread so
+/// that no two names overlap.
+fn draw_line_names<DB: DrawingBackend>(
+    area: &DrawingArea<DB, plotters::coord::Shift>,
+    x: i32,
+    labels: Vec<(i32, String, RGBColor)>,
+) -> anyhow::Result<()> {
     for (y, name, color) in spread_labels(labels, 17) {
         let style = ("sans-serif", 15)
             .into_font()

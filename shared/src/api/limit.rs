@@ -1,4 +1,5 @@
-//! At most [`MAX_IN_FLIGHT`] requests are worked on at a time; the others
+//! With `TICKET_RUSH_MAX_IN_FLIGHT=N`, at most N requests are worked on at
+//! a time (by default there is no limit: [`MAX_IN_FLIGHT`]); the others
 //! wait their turn, first come first served, holding nothing but their
 //! parsed head.
 //!
@@ -20,8 +21,10 @@ use axum::middleware::Next;
 use axum::response::Response;
 use tokio::sync::Semaphore;
 
-/// Requests worked on at once, per server, by default.
-pub const MAX_IN_FLIGHT: usize = 256;
+/// Requests worked on at once, per server, by default: 0, no limit. The
+/// limit is there to be measured (`TICKET_RUSH_MAX_IN_FLIGHT=256` against
+/// the default, interleaved); it is not on until it has been.
+pub const MAX_IN_FLIGHT: usize = 0;
 
 /// The environment variable that overrides [`MAX_IN_FLIGHT`] (`0`: no
 /// limit), for measuring with and without it.
@@ -58,9 +61,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_limit_is_the_default_unless_a_number_says_otherwise() {
-        assert_eq!(limit_from(None), Some(MAX_IN_FLIGHT));
-        assert_eq!(limit_from(Some("lots")), Some(MAX_IN_FLIGHT));
+    fn there_is_no_limit_unless_a_number_asks_for_one() {
+        assert_eq!(limit_from(None), None, "off by default");
+        assert_eq!(limit_from(Some("lots")), None);
         assert_eq!(limit_from(Some(" 64 ")), Some(64));
         assert_eq!(limit_from(Some("0")), None, "0 turns it off");
     }
