@@ -196,16 +196,7 @@ fn plot(lines: &[Line<'_>]) -> anyhow::Result<String> {
             .map_err(plot_error)?;
         for (i, line) in lines.iter().enumerate() {
             let y = (n - 1 - i) as f64;
-            let mut start = 0.0;
-            for (width, fill) in stacked(line).into_iter().zip(COLOURS) {
-                chart
-                    .draw_series(std::iter::once(Rectangle::new(
-                        [(start, y + 0.15), (start + width, y + 0.85)],
-                        fill.filled(),
-                    )))
-                    .map_err(plot_error)?;
-                start += width;
-            }
+            super::plots::draw_segments(&mut chart, y, stacked(line).into_iter().zip(COLOURS))?;
             if let Some(floor) = line.floor {
                 chart
                     .draw_series(std::iter::once(PathElement::new(

@@ -241,6 +241,30 @@ fn draw_line_names<DB: DrawingBackend>(
     Ok(())
 }
 
+/// One horizontal bar at height `y` of a bar chart, its segments (width,
+/// colour) laid end to end from 0.
+pub(super) fn draw_segments<DB: DrawingBackend>(
+    chart: &mut ChartContext<
+        '_,
+        DB,
+        Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
+    >,
+    y: f64,
+    segments: impl IntoIterator<Item = (f64, RGBColor)>,
+) -> anyhow::Result<()> {
+    let mut start = 0.0;
+    for (width, fill) in segments {
+        chart
+            .draw_series(std::iter::once(Rectangle::new(
+                [(start, y + 0.15), (start + width, y + 0.85)],
+                fill.filled(),
+            )))
+            .map_err(plot_error)?;
+        start += width;
+    }
+    Ok(())
+}
+
 /// Milliseconds as an axis label: no trailing noise.
 fn format_ms(ms: f64) -> String {
     if ms >= 10.0 {
@@ -333,16 +357,8 @@ fn stacked_bars(
             .map_err(plot_error)?;
         for (i, bar) in bars.iter().enumerate() {
             let y = (n - 1 - i) as f64;
-            let mut start = 0.0;
-            for (width, fill) in bar.segments.iter().filter(|s| s.0 > 0.0) {
-                chart
-                    .draw_series(std::iter::once(Rectangle::new(
-                        [(start, y + 0.15), (start + width, y + 0.85)],
-                        fill.filled(),
-                    )))
-                    .map_err(plot_error)?;
-                start += width;
-            }
+            let segments = bar.segments.iter().filter(|s| s.0 > 0.0).copied();
+            draw_segments(&mut chart, y, segments)?;
         }
         draw_legend(&legend_area, legend)?;
         root.present().map_err(plot_error)?;
