@@ -27,9 +27,8 @@
 //! HTTP request and one purchase transaction can never cost less than the
 //! bare HTTP request plus the bare transaction, measured in the same run.
 
-use serde::{Deserialize, Serialize};
-
 use crate::model::{Ceiling, Report};
+pub use crate::model::{CpuCost, Floor, FloorPart, ProcessCpu, Role};
 
 /// Ticks per second of the times in `/proc/<pid>/stat`: the kernel reports
 /// them in `USER_HZ`, which Linux fixes at 100 for user space on every
@@ -93,20 +92,6 @@ impl ProcStat {
     pub fn with_children_ticks(&self) -> u64 {
         self.own_ticks() + self.cutime + self.cstime
     }
-}
-
-/// What part a measured process plays.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    /// The load generator (this process).
-    Load,
-    /// A server under test.
-    Server,
-    /// PostgreSQL, all its processes.
-    Postgres,
-    /// Redis.
-    Redis,
 }
 
 impl Role {
@@ -291,20 +276,6 @@ impl Stopwatch {
     }
 }
 
-/// What one process spent.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ProcessCpu {
-    /// `load`, `server 1`, `postgres`, `redis`.
-    pub name: String,
-    /// Its part.
-    pub role: Role,
-    /// CPU time over the run, in milliseconds (`None`: not measured).
-    pub cpu_ms: Option<f64>,
-    /// CPU time per operation, in microseconds (`None`: not measured, or
-    /// no operation succeeded).
-    pub us_per_op: Option<f64>,
-}
-
 impl ProcessCpu {
     fn of(process: &Watched, ticks: Option<u64>, operations: u64) -> Self {
         let cpu_ms = ticks.map(|t| t as f64 * 1000.0 / TICKS_PER_SECOND);
@@ -317,16 +288,6 @@ impl ProcessCpu {
                 .map(|ms| ms * 1000.0 / operations as f64),
         }
     }
-}
-
-/// CPU time per operation (a sale, or a ceiling's operation), by process.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CpuCost {
-    /// What the time is divided by: successful sales, or a ceiling's
-    /// successful operations.
-    pub operations: u64,
-    /// Each process measured.
-    pub processes: Vec<ProcessCpu>,
 }
 
 impl CpuCost {
@@ -379,29 +340,6 @@ pub fn floor_recipe(level: u8) -> Option<&'static [(&'static str, f64)]> {
         4 | 6 => Some(REDIS_THEN_BATCH),
         _ => None,
     }
-}
-
-/// One ceiling's share of a floor.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct FloorPart {
-    /// The ceiling.
-    pub ceiling: String,
-    /// How many of its operations one sale needs.
-    pub times: f64,
-    /// Its CPU µs per operation, all processes together.
-    pub us_per_op: f64,
-}
-
-/// A strategy's floor, and how its measured cost compares.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Floor {
-    /// The ceilings it is made of.
-    pub parts: Vec<FloorPart>,
-    /// CPU µs per sale the strategy cannot go below.
-    pub total_us: f64,
-    /// Measured CPU µs per sale over the floor (`None`: a process was not
-    /// measured).
-    pub ratio: Option<f64>,
 }
 
 /// The floor of `level` from `ceilings`, and `cost`'s ratio to it; `None`

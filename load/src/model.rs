@@ -177,10 +177,10 @@ pub struct Report {
     /// CPU time per successful sale, by process (sustained runs; see
     /// [`crate::cpu`]).
     #[serde(default)]
-    pub cpu: Option<crate::cpu::CpuCost>,
+    pub cpu: Option<CpuCost>,
     /// The CPU floor of the strategy and the ratio to it (sustained runs).
     #[serde(default)]
-    pub cpu_floor: Option<crate::cpu::Floor>,
+    pub cpu_floor: Option<Floor>,
     /// The services' durability settings as they reported them, e.g.
     /// `PostgreSQL fsync=on full_page_writes=on synchronous_commit=on`
     /// (filled in by `load run`; empty when not read).
@@ -342,5 +342,79 @@ pub struct Ceiling {
     /// CPU time per operation, by the processes it exercises (see
     /// [`crate::cpu`]).
     #[serde(default)]
-    pub cpu: Option<crate::cpu::CpuCost>,
+    pub cpu: Option<CpuCost>,
+}
+
+impl Ceiling {
+    /// How a ceiling was measured, in words: "64 concurrent on 2 servers",
+    /// "20 connections".
+    pub fn shape(&self) -> String {
+        match (self.name.as_str(), self.servers) {
+            ("postgres_purchase", _) => format!("{} connections", self.concurrency),
+            (_, 0) => format!("{} concurrent", self.concurrency),
+            (_, 1) => format!("{} concurrent on 1 server", self.concurrency),
+            (_, n) => format!("{} concurrent on {n} servers", self.concurrency),
+        }
+    }
+}
+
+/// What part a measured process plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// The load generator (this process).
+    Load,
+    /// A server under test.
+    Server,
+    /// PostgreSQL, all its processes.
+    Postgres,
+    /// Redis.
+    Redis,
+}
+
+/// What one process spent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProcessCpu {
+    /// `load`, `server 1`, `postgres`, `redis`.
+    pub name: String,
+    /// Its part.
+    pub role: Role,
+    /// CPU time over the run, in milliseconds (`None`: not measured).
+    pub cpu_ms: Option<f64>,
+    /// CPU time per operation, in microseconds (`None`: not measured, or
+    /// no operation succeeded).
+    pub us_per_op: Option<f64>,
+}
+
+/// CPU time per operation (a sale, or a ceiling's operation), by process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CpuCost {
+    /// What the time is divided by: successful sales, or a ceiling's
+    /// successful operations.
+    pub operations: u64,
+    /// Each process measured.
+    pub processes: Vec<ProcessCpu>,
+}
+
+/// One ceiling's share of a floor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FloorPart {
+    /// The ceiling.
+    pub ceiling: String,
+    /// How many of its operations one sale needs.
+    pub times: f64,
+    /// Its CPU µs per operation, all processes together.
+    pub us_per_op: f64,
+}
+
+/// A strategy's floor, and how its measured cost compares.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Floor {
+    /// The ceilings it is made of.
+    pub parts: Vec<FloorPart>,
+    /// CPU µs per sale the strategy cannot go below.
+    pub total_us: f64,
+    /// Measured CPU µs per sale over the floor (`None`: a process was not
+    /// measured).
+    pub ratio: Option<f64>,
 }

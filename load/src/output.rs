@@ -162,7 +162,7 @@ fn speed_lines(out: &mut String, report: &Report) {
                 "  vs ceiling      {ratio:.2} of {} ({:.0} ops/s at {})",
                 ceiling.name,
                 ceiling.ops_per_sec,
-                ceiling_shape(ceiling)
+                Ceiling::shape(ceiling)
             );
         }
     }
@@ -332,17 +332,6 @@ pub fn tour_row(row: &TourRow) -> String {
     )
 }
 
-/// How a ceiling was measured, in words: "64 concurrent on 2 servers",
-/// "20 connections".
-pub fn ceiling_shape(c: &Ceiling) -> String {
-    match (c.name.as_str(), c.servers) {
-        ("postgres_purchase", _) => format!("{} connections", c.concurrency),
-        (_, 0) => format!("{} concurrent", c.concurrency),
-        (_, 1) => format!("{} concurrent on 1 server", c.concurrency),
-        (_, n) => format!("{} concurrent on {n} servers", c.concurrency),
-    }
-}
-
 /// The ceilings of a sustained run, one line each.
 pub fn ceilings_table(ceilings: &[Ceiling]) -> String {
     let mut out = String::from(
@@ -355,7 +344,7 @@ pub fn ceilings_table(ceilings: &[Ceiling]) -> String {
             "  {:<18} {:>9.0} ops/s  at {}  ·  p50 {:.2} ms  ·  p99 {:.2} ms  ·  errors {}",
             c.name,
             c.ops_per_sec,
-            ceiling_shape(c),
+            Ceiling::shape(c),
             c.latency_ms.p50,
             c.latency_ms.p99,
             c.errors

@@ -45,7 +45,7 @@ use crate::client::{raise_fd_limit, timed_buyer_client, ConnectClock};
 use crate::failures::Failures;
 use crate::model::latency_cdf;
 use crate::reset::reset_ticket;
-pub use crate::reset::Reset;
+pub use crate::reset::{Reset, Settle, SettleFuture};
 // Other crates and tests name these through `rush`, where they were born.
 pub use crate::client::open_database;
 pub(crate) use crate::client::{busy_hint, idempotency_key, request_id_of, retry_after_of};
@@ -87,51 +87,6 @@ pub struct RushPlan {
     pub progress: bool,
     /// Waits for asynchronous persistence before the database is read.
     pub settle: Option<Settle>,
-}
-
-/// A step that waits until every answered sale is in PostgreSQL (see
-/// [`crate::levels::SettleFn`]).
-#[derive(Clone)]
-pub struct Settle(pub Arc<dyn Fn() -> SettleFuture + Send + Sync>);
-
-/// What a [`Settle`] step returns.
-pub type SettleFuture =
-    std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>>;
-
-impl std::fmt::Debug for Settle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Settle(..)")
-    }
-}
-
-impl Settle {
-    /// Runs the step, and measures the persistence lag: from the last 201
-    /// to the newest order row in PostgreSQL.
-    pub async fn run(
-        &self,
-        pool: &PgPool,
-        ticket: TicketId,
-        last_success: Option<std::time::SystemTime>,
-    ) -> anyhow::Result<Option<f64>> {
-        (self.0)().await.context("waiting for persistence")?;
-        let newest: Option<f64> = sqlx::query_scalar(
-            "SELECT EXTRACT(EPOCH FROM max(created_at))::float8 FROM ticket_orders WHERE ticket_id = $1",
-        )
-        .bind(ticket.get())
-        .fetch_one(pool)
-        .await
-        .context("read the newest order")?;
-        Ok(match (newest, last_success) {
-            (Some(newest), Some(last)) => {
-                let last = last
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .as_secs_f64();
-                Some(((newest - last) * 1000.0).max(0.0))
-            }
-            _ => None,
-        })
-    }
 }
 
 impl RushPlan {

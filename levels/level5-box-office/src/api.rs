@@ -1,5 +1,5 @@
 //! The box office's HTTP API, as `../shared/BOX_OFFICE.md` fixes it (the
-//! waiting room's own routes, `/queue`, are in [`crate::queue::routes`]):
+//! waiting room's own routes, `/queue`, are in [`crate::queue_routes`]):
 //!
 //! | request | success |
 //! | --- | --- |
@@ -21,52 +21,26 @@
 //! function; failures are [`BoxError`]s, turned into problem+json by `?`.
 
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use serde_json::Value;
-use sqlx::PgPool;
 use ticket_core::api::listed::ListedRouter;
-use ticket_core::idempotency;
-use ticket_core::metrics::Metrics;
 use ticket_core::UserId;
 
-use crate::cache::{reads, Cache};
+use crate::cache::reads;
 use crate::error::{BoxError, Reply};
-use crate::holds::{HoldRequest, HoldSeats};
+use crate::holds::HoldRequest;
 use crate::keys::{self, KeyClaim, Start};
-use crate::queue::{token::Token, Purpose, Queue};
-use crate::{input, reservations, settle, shows, wallet, Settings};
+use crate::queue::{token::Token, Purpose};
+pub use crate::state::{AppState, Body};
+use crate::{input, reservations, settle, shows, wallet};
 
 /// The largest request body accepted: a hold or a show fits in far less.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
-
-/// What every handler can reach.
-#[derive(Clone)]
-pub struct AppState {
-    /// The hold strategy chosen at start-up.
-    pub holds: Arc<dyn HoldSeats>,
-    /// The database.
-    pub pool: PgPool,
-    /// The server's settings.
-    pub settings: Settings,
-    /// The waiting room; `None` with `--queue off`.
-    pub queue: Option<Arc<Queue>>,
-    /// The read cache (without Redis, or `--cache off`, a pass-through).
-    pub cache: Arc<Cache>,
-    /// `--admin-token`, if configured.
-    pub admin_token: Option<Arc<str>>,
-    /// How `Idempotency-Key` is handled.
-    pub idempotency: idempotency::Settings,
-    /// This server's counters (`GET /metrics`), ticket-core's as on every level.
-    pub metrics: Metrics,
-}
 
 /// The box office's routes, each added through
 /// [`ticket_core::api::listed::ListedRouter`], so that the OpenAPI test
@@ -86,7 +60,7 @@ pub fn listed() -> ListedRouter<AppState> {
         .get("/health", health)
         .get("/livez", || async { "ok" })
         .get("/metrics", metrics)
-        .merge(crate::queue::routes::routes())
+        .merge(crate::queue_routes::routes())
 }
 
 /// Builds the router; kept apart from start-up so tests can serve it.
@@ -106,9 +80,6 @@ pub fn app(state: AppState) -> Router {
     // other levels.
     ticket_core::api::observed(router).with_state(state)
 }
-
-/// A request body as handlers take it: the bytes, or why they could not be read.
-pub type Body = Result<Bytes, BytesRejection>;
 
 /// With the waiting room on, checks the request's `Queue-Token` for `user`
 /// on `show_id` ([`Queue::admit`]); with it off, lets everyone through.

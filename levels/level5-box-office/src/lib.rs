@@ -70,11 +70,13 @@ pub mod holds;
 pub mod input;
 pub mod keys;
 pub mod queue;
+pub mod queue_routes;
 pub mod redis_conn;
 pub mod reservations;
 pub mod server;
 pub mod settle;
 pub mod shows;
+pub mod state;
 pub mod sweeper;
 pub mod wallet;
 

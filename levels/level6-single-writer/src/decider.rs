@@ -19,7 +19,7 @@ use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use redis::AsyncCommands as _;
 
 use crate::batch::{self, BatchError, Writer};
-use crate::engine::Shared;
+use crate::context::Shared;
 use crate::log::{Answer, Keys, Request, GROUP};
 use crate::replies::sleep_or_stop;
 use crate::state::PartitionState;

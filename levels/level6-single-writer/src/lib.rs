@@ -89,6 +89,7 @@
 pub mod batch;
 pub mod changelog;
 pub mod cli;
+pub mod context;
 pub mod decider;
 pub mod engine;
 pub mod http;

@@ -145,7 +145,7 @@ fn ceilings_table(out: &mut String, data: &ReportData) {
             out,
             "<tr><td>{}</td><td>{}</td><td>{:.0}</td><td>{:.2}</td><td>{:.2}</td></tr>",
             escape(&c.name),
-            escape(&crate::output::ceiling_shape(c)),
+            escape(&c.shape()),
             c.ops_per_sec,
             c.latency_ms.p50,
             c.latency_ms.p99

@@ -31,7 +31,6 @@
 //! `docs/07-waiting-room.md` tells the lesson and its figures.
 
 pub mod hint;
-pub mod routes;
 pub mod stats;
 pub mod token;
 

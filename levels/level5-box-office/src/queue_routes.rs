@@ -1,4 +1,5 @@
-//! The waiting room's HTTP API:
+//! The waiting room's HTTP API (beside [`crate::queue`], which it calls,
+//! so that the queue itself knows nothing of HTTP):
 //!
 //! | request | success |
 //! | --- | --- |
@@ -16,11 +17,11 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use ticket_core::api::listed::ListedRouter;
 
-use super::stats::QueueStats;
-use super::{Polled, Queue};
-use crate::api::{AppState, Body};
 use crate::error::BoxError;
 use crate::input;
+use crate::queue::stats::QueueStats;
+use crate::queue::{Polled, Queue};
+use crate::state::{AppState, Body};
 
 /// The waiting room's routes, merged into [`crate::api::app`].
 pub fn routes() -> ListedRouter<AppState> {
