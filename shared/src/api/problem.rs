@@ -90,6 +90,12 @@ impl IntoResponse for Problem {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if self.status == StatusCode::PAYLOAD_TOO_LARGE {
+            // The body was refused unread, so the connection is closed after
+            // this answer; saying so keeps a client from sending its next
+            // request on it (it would fail half-sent: IncompleteMessage).
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if let Some(after) = self.retry_after {
             // Retry-After only speaks whole seconds; `retry_after_ms` in the
             // body carries the finer hint that the load tool honours.
@@ -165,6 +171,17 @@ impl From<sqlx::Error> for Problem {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_body_closes_the_connection_and_says_so() {
+        let too_large = Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "big");
+        assert_eq!(
+            too_large.into_response().headers()[header::CONNECTION],
+            "close"
+        );
+        let other = Problem::malformed("bad").into_response();
+        assert!(other.headers().get(header::CONNECTION).is_none());
+    }
 
     #[test]
     fn busy_problems_carry_retry_after() {
